@@ -1,0 +1,54 @@
+"""The CLI's way into the running hub: its REST API, as the admin service."""
+
+from __future__ import annotations
+
+import httpx
+
+from .errors import HubNotRunning, ImagingHubError
+from .hubconfig import ADMIN_SERVICE
+from .state import Home
+
+
+class HubAPI:
+    def __init__(self, home: Home):
+        run = home.read_run()
+        if run is None:
+            raise HubNotRunning(
+                f"the workspace in {home.path} is not running: start it with "
+                f"'imaginghub up --home {home.path}' and try again"
+            )
+        self.url = run["hub_api"]
+        self._client = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"token {home.secret('admin_service_token')}"},
+            timeout=30,
+        )
+
+    def request(self, method: str, path: str, **kw) -> httpx.Response:
+        try:
+            r = self._client.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise HubNotRunning(f"cannot reach the hub at {self.url} ({type(e).__name__})") from None
+        if r.status_code >= 400:
+            try:
+                message = r.json().get("message", r.text)
+            except ValueError:
+                message = r.text
+            raise ImagingHubError(f"the hub refused {method} {path} as {ADMIN_SERVICE}: "
+                                  f"HTTP {r.status_code} {message}")
+        return r
+
+    def ensure_user(self, name: str, admin: bool) -> None:
+        if self._client.get(f"/users/{name}").status_code == 404:
+            self.request("POST", f"/users/{name}")
+        if admin:
+            self.request("PATCH", f"/users/{name}", json={"admin": True})
+
+    def add_to_group(self, group: str, name: str) -> None:
+        if self._client.get(f"/groups/{group}").status_code == 404:
+            self.request("POST", f"/groups/{group}")
+        self.request("POST", f"/groups/{group}/users", json={"users": [name]})
+
+    def new_token(self, name: str, note: str = "imaginghub token") -> str:
+        r = self.request("POST", f"/users/{name}/tokens", json={"note": note})
+        return r.json()["token"]

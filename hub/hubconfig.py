@@ -1,0 +1,134 @@
+"""Write the hub's ``jupyterhub_config.py``: a plain file a person can read.
+
+It holds no secret itself: it reads them from the state directory's
+``secrets/`` (0600) when the hub loads it, and reads the user registry for
+admins and projects.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .state import Home
+
+ADMIN_SERVICE = "imaginghub-admin"
+
+TEMPLATE = '''\
+# JupyterHub configuration of the imaginghub workspace in {home}
+#
+# Written by `imaginghub up` at every start: change the site with the
+# `imaginghub` command (users, projects) or settings.json, not here.
+# Secrets are read from {home}/secrets (0600); none is written in this file.
+
+import json
+from pathlib import Path
+
+HOME = Path({home!r})
+SECRETS = HOME / "secrets"
+
+
+def secret(name):
+    return (SECRETS / name).read_text().strip()
+
+
+c = get_config()  # noqa: F821
+
+# -- Network: everything on loopback ----------------------------------------
+c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+# The pure-Python configurable-http-proxy from PyPI.
+c.ConfigurableHTTPProxy.command = [{chp!r}]
+c.ConfigurableHTTPProxy.auth_token = secret("proxy_auth_token")
+c.ConfigurableHTTPProxy.pid_file = str(HOME / "hub" / "proxy.pid")
+
+# -- State -------------------------------------------------------------------
+c.JupyterHub.db_url = "sqlite:///" + str(HOME / "hub" / "jupyterhub.sqlite")
+c.JupyterHub.cookie_secret_file = str(SECRETS / "jupyterhub_cookie_secret")
+c.JupyterHub.pid_file = str(HOME / "hub" / "jupyterhub.pid")
+c.JupyterHub.cleanup_servers = True
+c.JupyterHub.cleanup_proxy = True
+
+# -- Users and projects: imaginghub's user registry ---------------------------
+c.JupyterHub.authenticator_class = "imaginghub.hub.auth.RegistryAuthenticator"
+c.RegistryAuthenticator.registry_path = str(HOME / "users.json")
+_registry = json.loads((HOME / "users.json").read_text()).get("users", {{}})
+c.Authenticator.admin_users = {{n for n, u in _registry.items() if u.get("admin")}}
+c.Authenticator.allowed_users = set(_registry)
+# A project P is the group "project-P"; its members are the users listing P.
+_groups = {{}}
+for _name, _user in _registry.items():
+    for _project in _user.get("projects", []):
+        _groups.setdefault("project-" + _project, []).append(_name)
+c.JupyterHub.load_groups = {{g: {{"users": sorted(m)}} for g, m in _groups.items()}}
+
+# The CLI (`imaginghub users`, `imaginghub token`) talks to the hub as this service.
+c.JupyterHub.services = [
+    {{"name": "{admin_service}", "api_token": secret("admin_service_token")}},
+]
+c.JupyterHub.load_roles = [
+    {{
+        "name": "{admin_service}",
+        "description": "the imaginghub command line: users, projects, tokens",
+        "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "read:hub"],
+        "services": ["{admin_service}"],
+    }},
+]
+
+# -- User servers: local processes, homes under the state directory ----------
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = str(HOME / "users" / "{{username}}")
+c.Spawner.cmd = [{singleuser!r}]
+c.Spawner.default_url = "/lab"
+c.Spawner.args = {spawner_args!r}
+c.Spawner.start_timeout = 60
+c.Spawner.http_timeout = 60
+# What every kernel needs to reach the archive; the imaging kernelspec lives
+# in JUPYTER_PATH and is the default kernel.
+c.Spawner.environment = {{
+    "JUPYTER_PATH": {jupyter_path!r},
+    "IMAGINGHUB_DICOMWEB_URL": {dicomweb_url!r},
+    "IMAGINGHUB_DICOMWEB_USER": {archive_user!r},
+    "IMAGINGHUB_DICOMWEB_PASSWORD": secret("archive_password"),
+}}
+'''
+
+
+@dataclass
+class HubSettings:
+    port: int
+    hub_port: int
+    proxy_api_port: int
+    dicomweb_url: str
+    archive_user: str
+
+
+def venv_bin(name: str) -> str:
+    """A console script installed beside this Python (the project's venv)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def write_config(home: Home, settings: HubSettings) -> Path:
+    args = ["--MultiKernelManager.default_kernel_name=imaging"]
+    if os.geteuid() == 0:
+        args.insert(0, "--allow-root")
+    text = TEMPLATE.format(
+        home=str(home.path),
+        port=settings.port,
+        hub_port=settings.hub_port,
+        proxy_api_port=settings.proxy_api_port,
+        chp=venv_bin("configurable-http-proxy"),
+        singleuser=venv_bin("jupyterhub-singleuser"),
+        spawner_args=args,
+        jupyter_path=str(home.jupyter_data_dir),
+        dicomweb_url=settings.dicomweb_url,
+        archive_user=settings.archive_user,
+        admin_service=ADMIN_SERVICE,
+    )
+    path = home.hub_dir / "jupyterhub_config.py"
+    path.write_text(text)
+    return path

@@ -1,0 +1,283 @@
+"""The embedded stack that ``imaginghub up`` runs: the archive (Orthanc with
+DICOMweb) and JupyterHub (with its proxy and the users' servers), as managed
+child processes of one foreground command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import httpx
+
+from . import hubconfig, orthanc
+from .errors import ConfigError, StackError
+from .process import Managed, kill_tree
+from .state import Home, free_port, port_in_use, write_private
+from .users import Registry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8000
+DEFAULT_DICOM_PORT = 4242
+# Restarts of a crashed archive allowed within a minute before `up` gives up.
+MAX_RESTARTS_PER_MINUTE = 3
+
+
+class Stack:
+    """Start, watch and stop the embedded stack on one state directory."""
+
+    def __init__(self, home: Home, *, port: int | None = None, dicom_port: int | None = None,
+                 demo: bool = False, out=None):
+        self.home = home
+        self.demo = demo
+        self.out = out or sys.stdout
+        self._port_arg = port
+        self._dicom_port_arg = dicom_port
+        self.archive: Managed | None = None
+        self.hub: Managed | None = None
+        self._stop = threading.Event()
+        self._restarts: list[float] = []
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    # -- settings -----------------------------------------------------------
+    def _settings(self) -> dict:
+        s = self.home.load_settings()
+        s["port"] = self._port_arg or s.get("port") or DEFAULT_PORT
+        s["dicom_port"] = self._dicom_port_arg or s.get("dicom_port") or DEFAULT_DICOM_PORT
+        s.setdefault("modalities", {})
+        if not s.get("orthanc_http_port") or port_in_use(s["orthanc_http_port"]):
+            s["orthanc_http_port"] = free_port()
+        return s
+
+    def _check_ports(self, s: dict) -> None:
+        if port_in_use(s["port"]):
+            raise StackError(
+                f"port {s['port']} on 127.0.0.1 is in use by another program: stop it or "
+                f"start the workspace on another port with 'imaginghub up --port N'"
+            )
+        if port_in_use(s["dicom_port"], "0.0.0.0"):
+            raise StackError(
+                f"the DICOM port {s['dicom_port']} is in use by another program: stop it or "
+                f"choose another with 'imaginghub up --dicom-port N'"
+            )
+
+    # -- start ----------------------------------------------------------------
+    def start(self) -> dict:
+        """Start everything and return what run.json records."""
+        home = self.home
+        running = home.read_run()
+        if running:
+            raise StackError(
+                f"the workspace in {home.path} is running already (pid {running['pid']}, "
+                f"{running['url']}); stop it first"
+            )
+        exe, plugin = orthanc.find_orthanc()
+        home.create()
+        first_run = not home.users_file.exists()
+        s = self._settings()
+        self._check_ports(s)
+        home.save_settings(s)
+
+        archive_password = home.secret("archive_password")
+        home.secret("jupyterhub_cookie_secret")
+        home.secret("proxy_auth_token")
+        home.secret("admin_service_token")
+
+        registry = Registry(home.users_file)
+        admin_password = None
+        if first_run:
+            _, admin_password = registry.add("admin", admin=True)
+        demo_logins = self._demo_users(registry) if self.demo else {}
+
+        from ..kernels import kernelspec
+
+        kernelspec.install(home.jupyter_data_dir)
+
+        self.orthanc_settings = orthanc.OrthancSettings(
+            http_port=s["orthanc_http_port"], dicom_port=s["dicom_port"],
+            password=archive_password, modalities=s["modalities"],
+        )
+        config = orthanc.write_config(self.orthanc_settings, home.orthanc_dir, plugin)
+        self.archive = Managed(
+            "the archive (Orthanc)", [exe, str(config)],
+            log_path=home.path / "logs" / "orthanc.log",
+            ready=self._archive_ready,
+        )
+        try:
+            self._start_archive()
+            if self.demo:
+                self._load_demo_data()
+            hub_settings = hubconfig.HubSettings(
+                port=s["port"], hub_port=free_port(), proxy_api_port=free_port(),
+                dicomweb_url=self.orthanc_settings.dicomweb_url,
+                archive_user=orthanc.ARCHIVE_USER,
+            )
+            hub_config = hubconfig.write_config(home, hub_settings)
+            url = f"http://127.0.0.1:{s['port']}"
+            env = dict(os.environ)
+            env.pop("JUPYTERHUB_API_TOKEN", None)
+            self.hub = Managed(
+                "JupyterHub", [hubconfig.venv_bin("jupyterhub"), "-f", str(hub_config)],
+                log_path=home.path / "logs" / "jupyterhub.log",
+                ready=lambda: httpx.get(f"{url}/hub/api/", timeout=2).status_code == 200,
+                env=env, cwd=home.hub_dir,
+            )
+            self.hub.start()
+            self.hub.wait_ready(90)
+        except BaseException:
+            self.stop()
+            raise
+        run = {
+            "pid": os.getpid(),
+            "url": url,
+            "hub_api": f"http://127.0.0.1:{hub_settings.hub_port}/hub/api",
+            "archive_url": self.orthanc_settings.url,
+            "dicomweb_url": self.orthanc_settings.dicomweb_url,
+            "dicom_port": s["dicom_port"],
+            "pids": {"archive": self.archive.pid, "hub": self.hub.pid},
+        }
+        write_private(home.run_file, json.dumps(run, indent=2) + "\n")
+        self._banner(url, admin_password, demo_logins)
+        return run
+
+    def _demo_users(self, registry: Registry) -> dict:
+        """alice (project lung) and bob (project neuro); their passwords are
+        generated once and kept in secrets/demo_logins.json (0600)."""
+        path = self.home.secrets_dir / "demo_logins.json"
+        logins = json.loads(path.read_text()) if path.exists() else {}
+        for name, project in (("alice", "lung"), ("bob", "neuro")):
+            user, password = registry.add(name, projects=[project], exist_ok=True)
+            if password:
+                logins[name] = password
+        write_private(path, json.dumps(logins, indent=2) + "\n")
+        return logins
+
+    def _banner(self, url: str, admin_password: str | None, demo_logins: dict) -> None:
+        self.say()
+        self.say(f"imaginghub is running at {url}")
+        self.say(f"  state directory: {self.home.path}")
+        if admin_password:
+            self.say(f"  admin login: admin / {admin_password}")
+            self.say("  (shown once; 'imaginghub users passwd admin' sets a new one)")
+        for name, password in sorted(demo_logins.items()):
+            self.say(f"  demo login: {name} / {password}")
+        self.say("Press Ctrl-C to stop.")
+
+    # -- the archive ------------------------------------------------------------
+    def archive_client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.orthanc_settings.url,
+            auth=(orthanc.ARCHIVE_USER, self.orthanc_settings.password), timeout=10,
+        )
+
+    def _archive_ready(self) -> bool:
+        with self.archive_client() as c:
+            r = c.get("/system")
+            if r.status_code != 200:
+                return False
+            return c.get("/dicom-web/studies?limit=1").status_code == 200
+
+    def _start_archive(self) -> None:
+        self.archive.start()
+        self.archive.wait_ready(60)
+
+    def _load_demo_data(self) -> None:
+        from . import demo
+
+        with self.archive_client() as c:
+            count = c.get("/statistics").json().get("CountInstances", 0)
+        if count:
+            log.info("the archive holds %d instances already: no demo data loaded", count)
+            return
+        demo.load(self.orthanc_settings.dicomweb_url,
+                  (orthanc.ARCHIVE_USER, self.orthanc_settings.password), out=self.out)
+
+    # -- run ------------------------------------------------------------------
+    def watch(self, interval: float = 1.0) -> int:
+        """Watch the children until asked to stop; restart a crashed archive.
+        Returns the exit status for the command."""
+        while not self._stop.wait(interval):
+            if not self.hub.alive():
+                self.say(f"JupyterHub stopped unexpectedly (exit code {self.hub.proc.returncode}); "
+                         f"stopping the workspace. Last log lines:\n{self.hub.tail()}")
+                return 1
+            if not self.archive.alive():
+                now = time.monotonic()
+                self._restarts = [t for t in self._restarts if now - t < 60] + [now]
+                code = self.archive.proc.returncode
+                if len(self._restarts) > MAX_RESTARTS_PER_MINUTE:
+                    self.say(f"the archive (Orthanc) keeps stopping (exit code {code}); "
+                             f"stopping the workspace. Last log lines:\n{self.archive.tail()}")
+                    return 1
+                self.say(f"the archive (Orthanc) stopped unexpectedly (exit code {code}); "
+                         "restarting it")
+                try:
+                    self._start_archive()
+                except StackError as e:
+                    self.say(str(e))
+                    return 1
+                self._update_run_pids()
+                self.say("the archive is back")
+        return 0
+
+    def _update_run_pids(self) -> None:
+        try:
+            run = json.loads(self.home.run_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return
+        run["pids"] = {"archive": self.archive.pid, "hub": self.hub.pid}
+        write_private(self.home.run_file, json.dumps(run, indent=2) + "\n")
+
+    def request_stop(self, *_):
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop the hub (which stops the users' servers and its proxy), then the
+        archive, then anything they left behind."""
+        import psutil
+
+        try:
+            leftovers = [p.pid for p in psutil.Process().children(recursive=True)]
+        except psutil.Error:
+            leftovers = []
+        if self.hub is not None:
+            self.hub.stop(timeout=20)
+        if self.archive is not None:
+            self.archive.stop(timeout=20)
+        kill_tree(leftovers)
+        try:
+            run = json.loads(self.home.run_file.read_text())
+            if run.get("pid") == os.getpid():
+                self.home.run_file.unlink()
+        except (OSError, json.JSONDecodeError):
+            pass
+
+
+def run_foreground(stack: Stack) -> int:
+    """``imaginghub up``: start, watch until Ctrl-C or SIGTERM, stop.
+
+    A signal during start-up interrupts it (what was started is stopped);
+    afterwards it asks the watch loop to stop everything in order."""
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+    stack.start()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stack.request_stop)
+    status = 0
+    try:
+        status = stack.watch()
+    finally:
+        stack.say("stopping the workspace ...")
+        stack.stop()
+        stack.say("stopped.")
+    return status

@@ -1,0 +1,389 @@
+"""``pacs``: the kernel's DICOMweb client.
+
+Built on dicomweb-client and keeping its names (``search_for_*``,
+``retrieve_*``, ``iter_*``, ``store_instances``); anything it offers that is
+not wrapped here is reached through the same object. It is configured from
+the environment that the hub's spawner sets:
+
+``IMAGINGHUB_DICOMWEB_URL``
+    base URL of the DICOMweb service (the archive, later the gateway)
+``IMAGINGHUB_DICOMWEB_USER`` / ``IMAGINGHUB_DICOMWEB_PASSWORD``
+    HTTP basic credentials, or
+``IMAGINGHUB_DICOMWEB_TOKEN`` (default: ``JUPYTERHUB_API_TOKEN``)
+    a bearer token, used when no user is set.
+
+It hides quirks of archives so that plain DICOMweb works: query values are
+sent with DICOM's wildcard characters unescaped (Orthanc's plugin 1.7 does
+not percent-decode them), frames are asked for as octet streams in any
+transfer syntax, and datasets built in memory get a preamble and file meta
+before STOW-RS.
+
+This module imports nothing heavy at import time: the kernel's start-up
+stays fast, and the first call pays for dicomweb-client and numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import string
+from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
+
+from .errors import ArchiveUnavailable, AuthenticationFailed, NotFound, PACSError
+
+log = logging.getLogger(__name__)
+
+ENV_URL = "IMAGINGHUB_DICOMWEB_URL"
+ENV_USER = "IMAGINGHUB_DICOMWEB_USER"
+ENV_PASSWORD = "IMAGINGHUB_DICOMWEB_PASSWORD"
+ENV_TOKEN = "IMAGINGHUB_DICOMWEB_TOKEN"
+
+# (connect, read) seconds: a dead archive fails fast, a big answer may stream.
+DEFAULT_TIMEOUT = (5.0, 120.0)
+# Characters a query value may carry unescaped: DICOM's wildcards (* ?) and
+# list separator (,) among them. Some archives do not percent-decode queries
+# (Orthanc's plugin 1.7), so anything else in a value is sent as the
+# single-character wildcard and the results are filtered here exactly.
+_SAFE_IN_QUERY = frozenset(string.ascii_letters + string.digits + "-._~*?,:")
+
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _plain_query(query: str) -> str:
+    """Re-encode a query so that DICOM's wildcards and separators reach the
+    archive as they are."""
+    out = []
+    for pair in query.split("&"):
+        key, sep, value = pair.partition("=")
+        out.append(key + sep + quote(unquote_plus(value), safe="".join(_SAFE_IN_QUERY)))
+    return "&".join(out)
+
+
+def _archive_filters(filters: dict | None) -> tuple[dict | None, list[tuple[str, str]]]:
+    """Filters the archive can take, and the exact matches to check afterwards."""
+    if not filters:
+        return filters, []
+    out, exact = {}, []
+    for key, value in filters.items():
+        if isinstance(value, str) and any(ch not in _SAFE_IN_QUERY for ch in value):
+            out[key] = "".join(ch if ch in _SAFE_IN_QUERY else "?" for ch in value)
+            exact.append((key, value))
+        else:
+            out[key] = value
+    return out, exact
+
+
+def _tag_of(key: str) -> str:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(key)
+    return f"{tag:08X}" if tag is not None else key.upper()
+
+
+def _keep(record: dict, exact: list[tuple[str, str]]) -> bool:
+    """True when ``record`` matches every pattern in ``exact`` (DICOM
+    wildcard matching; person names case-insensitively, as archives do)."""
+    for key, pattern in exact:
+        element = record.get(_tag_of(key))
+        if element is None:
+            continue  # the archive did not return the attribute: trust it
+        regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+        flags = re.S | (re.I if element.get("vr") == "PN" else 0)
+        values = [v.get("Alphabetic", "") if isinstance(v, dict) else str(v)
+                  for v in element.get("Value", [])] or [""]
+        if not any(re.fullmatch(regex, v, flags) for v in values):
+            return False
+    return True
+
+
+def _session(username, password, token, timeout):
+    import requests
+    from requests.auth import AuthBase, HTTPBasicAuth
+
+    class _Bearer(AuthBase):
+        def __init__(self, value):
+            self._value = value
+
+        def __call__(self, r):
+            r.headers["Authorization"] = f"token {self._value}"
+            return r
+
+        def __repr__(self):  # never show the token
+            return "<token auth>"
+
+    class ArchiveSession(requests.Session):
+        def request(self, method, url, *args, **kwargs):
+            parts = urlsplit(url)
+            if parts.query:
+                url = urlunsplit(parts._replace(query=_plain_query(parts.query)))
+            kwargs["timeout"] = kwargs.get("timeout") or timeout
+            return super().request(method, url, *args, **kwargs)
+
+    s = ArchiveSession()
+    if username:
+        s.auth = HTTPBasicAuth(username, password or "")
+    elif token:
+        s.auth = _Bearer(token)
+    return s
+
+
+class PACS:
+    """A DICOMweb archive as seen from a notebook.
+
+    >>> pacs.search_for_series(search_filters={"Modality": "CT"})
+    >>> vol = pacs.load_series(series_uid)
+    """
+
+    def __init__(self, url: str | None = None, *, username: str | None = None,
+                 password: str | None = None, token: str | None = None,
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT):
+        self.url = (url or "").rstrip("/")
+        self._username = username
+        self._password = password
+        self._token = token
+        self.timeout = timeout
+        self._client = None
+        self._http = None
+
+    @classmethod
+    def from_env(cls, environ=None) -> "PACS":
+        env = os.environ if environ is None else environ
+        return cls(
+            env.get(ENV_URL, ""),
+            username=env.get(ENV_USER) or None,
+            password=env.get(ENV_PASSWORD) or None,
+            token=env.get(ENV_TOKEN) or env.get("JUPYTERHUB_API_TOKEN") or None,
+        )
+
+    def __repr__(self) -> str:
+        return f"<PACS {self.url or '(not configured)'}>"
+
+    # -- plumbing ---------------------------------------------------------
+    @property
+    def client(self):
+        """The underlying ``dicomweb_client.DICOMwebClient``."""
+        if self._client is None:
+            if not self.url:
+                raise PACSError(
+                    f"no archive configured: set {ENV_URL} (the hub sets it in every "
+                    "user server), or create a client with PACS(url, ...)"
+                )
+            from dicomweb_client import DICOMwebClient
+
+            self._client = DICOMwebClient(
+                self.url,
+                session=_session(self._username, self._password, self._token, self.timeout),
+                timeout=self.timeout,
+            )
+            # dicomweb-client retries a refused connection five times with
+            # growing waits (a minute for a dead archive), each logged with a
+            # traceback: fail at once with our own message instead.
+            self._client.set_http_retry_params(retry=False)
+        return self._client
+
+    def _httpx(self):
+        """An httpx client for streamed transfers (connection reuse)."""
+        if self._http is None:
+            import httpx
+
+            auth = None
+            headers = {}
+            if self._username:
+                auth = httpx.BasicAuth(self._username, self._password or "")
+            elif self._token:
+                headers["Authorization"] = f"token {self._token}"
+            connect, read = self.timeout
+            self._http = httpx.Client(
+                auth=auth, headers=headers,
+                timeout=httpx.Timeout(read, connect=connect),
+            )
+        return self._http
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Run a dicomweb-client call, turning transport errors into ours."""
+        import requests
+
+        try:
+            return fn(*args, **kwargs)
+        except requests.exceptions.HTTPError as e:
+            raise self._http_error(e.response.status_code if e.response is not None else 0,
+                                   what) from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+            raise self._unreachable(e) from None
+        except Exception as e:  # retrying wraps the last answer in RetryError
+            if type(e).__name__ == "RetryError":
+                raise ArchiveUnavailable(
+                    f"the archive at {self.url} kept failing ({what}); try again later"
+                ) from None
+            raise
+
+    def _unreachable(self, exc) -> ArchiveUnavailable:
+        kind = "timed out" if "timeout" in type(exc).__name__.lower() else "is not reachable"
+        return ArchiveUnavailable(
+            f"the archive at {self.url} {kind}: check that the workspace is running "
+            f"('imaginghub up') and that {ENV_URL} is right"
+        )
+
+    def _http_error(self, status: int, what: str) -> PACSError:
+        if status in (401, 403):
+            return AuthenticationFailed(
+                f"the archive at {self.url} refused the credentials (HTTP {status}) for "
+                f"{what}: check {ENV_USER}/{ENV_PASSWORD} or the token"
+            )
+        if status == 404:
+            return NotFound(f"{what}: not found in the archive at {self.url}")
+        return PACSError(f"{what}: the archive at {self.url} answered HTTP {status}")
+
+    # -- QIDO-RS ----------------------------------------------------------
+    def _search(self, what: str, fn, *args, search_filters=None, **kwargs) -> list[dict]:
+        filters, exact = _archive_filters(search_filters)
+        found = self._call(what, fn, *args, search_filters=filters, **kwargs)
+        return [r for r in found if _keep(r, exact)] if exact else found
+
+    def search_for_studies(self, **kwargs) -> list[dict]:
+        """QIDO-RS studies; keyword arguments as dicomweb-client's
+        (``search_filters``, ``fields``, ``limit``, ``offset``, ``fuzzymatching``)."""
+        return self._search("search for studies", self.client.search_for_studies, **kwargs)
+
+    def search_for_series(self, study_instance_uid: str | None = None, **kwargs) -> list[dict]:
+        """QIDO-RS series, e.g. ``search_filters={"Modality": "CT", "PatientName": "Demo*"}``."""
+        return self._search("search for series", self.client.search_for_series,
+                            study_instance_uid, **kwargs)
+
+    def search_for_instances(self, study_instance_uid: str | None = None,
+                             series_instance_uid: str | None = None, **kwargs) -> list[dict]:
+        return self._search("search for instances", self.client.search_for_instances,
+                            study_instance_uid, series_instance_uid, **kwargs)
+
+    # -- WADO-RS ----------------------------------------------------------
+    def retrieve_series_metadata(self, study_instance_uid, series_instance_uid):
+        return self._call(f"series {series_instance_uid}", self.client.retrieve_series_metadata,
+                          study_instance_uid, series_instance_uid)
+
+    def retrieve_instance(self, study_instance_uid, series_instance_uid, sop_instance_uid, **kw):
+        return self._call(f"instance {sop_instance_uid}", self.client.retrieve_instance,
+                          study_instance_uid, series_instance_uid, sop_instance_uid, **kw)
+
+    def retrieve_series(self, study_instance_uid, series_instance_uid, **kw):
+        return self._call(f"series {series_instance_uid}", self.client.retrieve_series,
+                          study_instance_uid, series_instance_uid, **kw)
+
+    def iter_series(self, study_instance_uid, series_instance_uid, **kw):
+        return self._call(f"series {series_instance_uid}", self.client.iter_series,
+                          study_instance_uid, series_instance_uid, **kw)
+
+    def retrieve_instance_frames(self, study_instance_uid, series_instance_uid,
+                                 sop_instance_uid, frame_numbers, media_types=None):
+        """Frames as bytes, in their stored transfer syntax unless ``media_types`` says else."""
+        media_types = media_types or (("application/octet-stream", "*"),)
+        return self._call(f"frames of {sop_instance_uid}", self.client.retrieve_instance_frames,
+                          study_instance_uid, series_instance_uid, sop_instance_uid,
+                          frame_numbers, media_types=media_types)
+
+    # -- STOW-RS ----------------------------------------------------------
+    def store_instances(self, datasets, study_instance_uid: str | None = None):
+        """Store pydicom datasets; ones built in memory get the preamble and
+        file meta that a DICOM file needs."""
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+        for ds in datasets:
+            if getattr(ds, "preamble", None) is None:
+                ds.preamble = b"\0" * 128
+            meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+            meta.setdefault("TransferSyntaxUID", ExplicitVRLittleEndian)
+            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            meta.setdefault("ImplementationClassUID", PYDICOM_IMPLEMENTATION_UID)
+            ds.file_meta = meta
+        return self._call("store instances", self.client.store_instances, list(datasets),
+                          study_instance_uid)
+
+    # -- volumes ----------------------------------------------------------
+    def find_series(self, series_instance_uid: str) -> dict:
+        """The QIDO-RS record of one series (study UID, instance count, ...)."""
+        found = self.search_for_series(
+            search_filters={"SeriesInstanceUID": series_instance_uid},
+            fields=["NumberOfSeriesRelatedInstances", "SeriesDescription", "Modality"],
+        )
+        if not found:
+            raise NotFound(f"series {series_instance_uid}: not found in the archive at {self.url}")
+        return found[0]
+
+    def load_series(self, series_instance_uid: str, study_instance_uid: str | None = None, *,
+                    dtype="float32", progress: bool | None = None):
+        """Load a series as a :class:`~imaginghub.kernels.volume.Volume`.
+
+        The WADO-RS answer is streamed and every instance is decoded into one
+        preallocated array as it arrives; slices are ordered along the slice
+        normal (not by InstanceNumber) and stored values are rescaled to
+        physical units (for CT, Hounsfield units).
+        """
+        import httpx
+        import numpy as np
+        from pydicom import dcmread
+        from pydicom.filebase import DicomBytesIO
+
+        from .decode import frames_and_pixels
+        from .multipart import boundary_of, iter_parts
+        from .volume import VolumeBuilder
+
+        record = self.find_series(series_instance_uid)
+        study_instance_uid = study_instance_uid or _value(record, "0020000D")
+        count = int(_value(record, "00201209") or 0)
+        url = f"{self.url}/studies/{study_instance_uid}/series/{series_instance_uid}"
+        builder = VolumeBuilder(expected=count, dtype=np.dtype(dtype))
+        bar = _progress(count, f"series {series_instance_uid[-12:]}", progress)
+        meta = {}
+        try:
+            with self._httpx().stream("GET", url, headers={"Accept": MULTIPART_DICOM}) as r:
+                if r.status_code != 200:
+                    raise self._http_error(r.status_code, f"series {series_instance_uid}")
+                boundary = boundary_of(r.headers.get("content-type", ""))
+                for _, body in iter_parts(r.iter_bytes(1 << 20), boundary):
+                    ds = dcmread(DicomBytesIO(body), force=True)
+                    if not meta:
+                        meta = _series_meta(ds)
+                    if "PixelData" not in ds:
+                        continue
+                    for frame, pixels in frames_and_pixels(ds):
+                        builder.add(frame, pixels)
+                    bar.update(1)
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        finally:
+            bar.close()
+        return builder.build(meta)
+
+
+def _value(record: dict, tag: str):
+    v = record.get(tag, {}).get("Value")
+    return v[0] if v else None
+
+
+_META_KEYWORDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+                  "SeriesDescription", "BodyPartExamined", "Manufacturer")
+
+
+def _series_meta(ds) -> dict:
+    return {k: str(ds.get(k, "")) for k in _META_KEYWORDS}
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool | None):
+    """A tqdm bar (the notebook's widget in a kernel) or nothing.
+
+    By default a bar is shown for series of more than 20 instances."""
+    if enabled is False or (enabled is None and total <= 20):
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False)

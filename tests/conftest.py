@@ -1,0 +1,155 @@
+"""Session fixtures: a real Orthanc on free ports, and the real stack
+(`imaginghub up --demo`) on a temporary home."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imaginghub.hub import orthanc as orthanc_mod
+from imaginghub.hub.process import Managed
+from imaginghub.hub.state import Home, free_port
+from imaginghub.kernels.dicomweb import PACS
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
+
+
+class Archive:
+    def __init__(self, settings: orthanc_mod.OrthancSettings):
+        self.settings = settings
+        self.url = settings.url
+        self.dicomweb_url = settings.dicomweb_url
+        self.auth = (orthanc_mod.ARCHIVE_USER, settings.password)
+
+    def pacs(self, **kw) -> PACS:
+        return PACS(self.dicomweb_url, username=self.auth[0], password=self.auth[1], **kw)
+
+    def rest(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, auth=self.auth, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory):
+    """A real Orthanc with the DICOMweb plugin, configured as `up` does it."""
+    exe, plugin = orthanc_mod.find_orthanc()
+    d = tmp_path_factory.mktemp("orthanc")
+    settings = orthanc_mod.OrthancSettings(
+        http_port=free_port(), dicom_port=free_port(), password="test-archive-password",
+    )
+    config = orthanc_mod.write_config(settings, d, plugin)
+    a = Archive(settings)
+
+    def ready():
+        with a.rest() as c:
+            return c.get("/system").status_code == 200
+
+    proc = Managed("orthanc", [exe, str(config)], log_path=d / "orthanc.log", ready=ready)
+    proc.start()
+    try:
+        proc.wait_ready(60)
+        yield a
+    finally:
+        proc.stop()
+
+
+class RunningStack:
+    def __init__(self, home: Path, proc: subprocess.Popen, output: Path):
+        self.home = Home(home)
+        self.proc = proc
+        self.output = output
+        self.run = json.loads((home / "run.json").read_text())
+        self.url = self.run["url"]
+
+    def cli(self, *args, check=True) -> subprocess.CompletedProcess:
+        r = subprocess.run([IMAGINGHUB, "--home", str(self.home.path), *args],
+                           capture_output=True, text=True, timeout=120)
+        if check and r.returncode != 0:
+            raise AssertionError(f"imaginghub {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def token(self, user: str) -> str:
+        return self.cli("token", user).stdout.strip()
+
+    def archive(self) -> Archive:
+        return Archive(orthanc_mod.OrthancSettings(
+            http_port=int(self.run["archive_url"].rsplit(":", 1)[1]),
+            dicom_port=self.run["dicom_port"],
+            password=self.home.secret("archive_password"),
+        ))
+
+
+def start_stack(home: Path, *extra, port: int | None = None, timeout: float = 180):
+    """Start `imaginghub up` as a child; return (proc, output path) once ready
+    (or once it exited)."""
+    port = port or free_port()
+    output = home.parent / f"{home.name}-up-{int(time.time() * 1000)}.log"
+    out = open(output, "w")
+    proc = subprocess.Popen(
+        [IMAGINGHUB, "--home", str(home), "up", "--port", str(port),
+         "--dicom-port", str(free_port()), *extra],
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )
+    out.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None or "Press Ctrl-C to stop." in output.read_text():
+            return proc, output
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"imaginghub up did not start in {timeout} s:\n{output.read_text()}")
+
+
+def stop_stack(proc: subprocess.Popen, timeout: float = 60) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return proc.returncode
+
+
+def processes_using(path: Path) -> list[str]:
+    """Command lines of live processes that mention ``path`` (orphans)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "environ"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            env = p.info["environ"] or {}
+        except (psutil.Error, TypeError):
+            continue
+        if p.pid == os.getpid():
+            continue
+        if str(path) in cmd or str(path) in env.get("JUPYTERHUB_SERVICE_PREFIX", "") \
+                or str(path) in env.get("HOME", ""):
+            found.append(f"{p.pid}: {cmd}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """The real embedded stack with demo data, started once per session."""
+    home = tmp_path_factory.mktemp("stack") / "home"
+    proc, output = start_stack(home, "--demo")
+    if proc.poll() is not None:
+        raise AssertionError(f"imaginghub up failed:\n{output.read_text()}")
+    s = RunningStack(home, proc, output)
+    try:
+        yield s
+    finally:
+        code = stop_stack(proc)
+        leftovers = processes_using(home)
+        assert code == 0, output.read_text()
+        assert not leftovers, f"processes left behind after Ctrl-C: {leftovers}"

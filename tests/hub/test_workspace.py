@@ -1,0 +1,174 @@
+"""End to end on the real stack: a demo user logs in, starts a server, and a
+kernel of the default kernelspec reads the archive."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import numpy as np
+import pytest
+from hubclient import UserSession
+
+from imaginghub.hub import demo
+
+
+@pytest.fixture(scope="module")
+def alice(stack):
+    session = UserSession(stack.url, "alice", stack.token("alice"))
+    session.start_server()
+    return session
+
+
+def test_kernel_reads_the_archive(stack, alice):
+    kernel = alice.start_kernel()  # no name: the server's default kernelspec
+    assert kernel["name"] == "imaging"
+    specs = alice.server("GET", "/kernelspecs").json()
+    assert specs["default"] == "imaging"
+    assert specs["kernelspecs"]["imaging"]["spec"]["display_name"] == "Imaging (Python 3)"
+
+    uid = demo.series("ct-chest").series_uid
+    code = f"""
+import json
+found = pacs.search_for_series(search_filters={{"PatientName": "Demo*"}})
+vol = pacs.load_series({uid!r}, progress=False)
+k, j, i = 150, 256, 256
+print(json.dumps({{
+    "n_series": len(found),
+    "shape": vol.shape,
+    "spacing": vol.spacing,
+    "origin": vol.origin,
+    "corner": vol.array[:, 0, 0].tolist(),
+    "centre": float(vol.array[k, j, i]),
+}}))
+"""
+    out = alice.execute(kernel["id"], code)
+    assert out["error"] is None, out
+    got = json.loads(out["stdout"])
+    assert got["n_series"] == len(demo.SERIES)
+    assert got["shape"] == [300, 512, 512]
+    assert got["spacing"] == pytest.approx([0.7, 0.7, 1.25])
+    assert got["origin"] == pytest.approx([-179.3, -179.3, -200.0])
+    # Each slice stores its InstanceNumber at [0, 0]: slices come back in order,
+    # in Hounsfield units (RescaleIntercept -1024).
+    assert got["corner"] == [n - 1024 for n in range(1, 301)]
+    expected = demo.built_slice("ct-chest", 150)[256, 256] - 1024
+    assert got["centre"] == expected
+
+
+def test_preload_needs_no_import_and_hides_credentials_in_repr(stack, alice):
+    kernel = alice.start_kernel()
+    out = alice.execute(kernel["id"], "print(repr(pacs)); print(type(pacs).__module__)")
+    assert out["error"] is None, out
+    assert stack.run["dicomweb_url"] in out["stdout"]
+    assert stack.home.secret("archive_password") not in out["stdout"]
+    assert "imaginghub.kernels.dicomweb" in out["stdout"]
+
+
+def _login(url: str, username: str, password: str) -> httpx.Response:
+    with httpx.Client(base_url=url, follow_redirects=False, timeout=30) as c:
+        page = c.get("/hub/login")
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+        data = {"username": username, "password": password}
+        if xsrf:
+            data["_xsrf"] = xsrf.group(1)
+        return c.post("/hub/login", data=data)
+
+
+def test_password_login(stack):
+    logins = json.loads((stack.home.secrets_dir / "demo_logins.json").read_text())
+    ok = _login(stack.url, "alice", logins["alice"])
+    assert ok.status_code == 302, ok.text[:500]
+    assert any(k.startswith("jupyterhub-session-id") or k == "jupyterhub-hub-login"
+               for k in ok.cookies)
+    bad = _login(stack.url, "alice", logins["alice"] + "x")
+    assert bad.status_code == 403
+    assert "jupyterhub-hub-login" not in bad.cookies
+    nobody = _login(stack.url, "mallory", "whatever")
+    assert nobody.status_code == 403
+
+
+def test_users_and_projects(stack):
+    admin = UserSession(stack.url, "admin", stack.token("admin"))
+    groups = {g["name"]: g["users"] for g in admin.hub("GET", "/groups").json()}
+    assert groups["project-lung"] == ["alice"]
+    assert groups["project-neuro"] == ["bob"]
+
+    out = stack.cli("users", "add", "carol", "--project", "lung", "--project", "neuro").stdout
+    password = re.search(r"password: (\S+)", out).group(1)
+    groups = {g["name"]: g["users"] for g in admin.hub("GET", "/groups").json()}
+    assert "carol" in groups["project-lung"] and "carol" in groups["project-neuro"]
+    assert _login(stack.url, "carol", password).status_code == 302
+
+    listing = stack.cli("users", "list").stdout
+    assert re.search(r"^carol\s+user\s+lung, neuro$", listing, re.M), listing
+    assert re.search(r"^admin\s+admin", listing, re.M), listing
+
+    bad = stack.cli("users", "add", "Bad Name", check=False)
+    assert bad.returncode != 0 and "invalid user name" in bad.stderr
+
+    carol = UserSession(stack.url, "carol", stack.token("carol"))
+    assert carol.hub("GET", "/user").json()["name"] == "carol"
+    assert stack.cli("token", "nobody", check=False).returncode != 0
+
+
+def test_state_is_private_and_config_is_safe(stack):
+    home = stack.home.path
+    for name in ("archive_password", "jupyterhub_cookie_secret", "proxy_auth_token",
+                 "admin_service_token", "demo_logins.json"):
+        assert (home / "secrets" / name).stat().st_mode & 0o777 == 0o600, name
+    for path in (home / "users.json", home / "orthanc" / "orthanc.json", home / "run.json"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+    config = json.loads((home / "orthanc" / "orthanc.json").read_text())
+    assert config["RemoteAccessAllowed"] is False
+    assert config["AuthenticationEnabled"] is True
+    assert config["HttpCompressionEnabled"] is False
+    assert config["DicomAlwaysAllowStore"] is False
+    assert config["DicomWeb"]["Host"].startswith("127.0.0.1:")
+
+    hub_config = (home / "hub" / "jupyterhub_config.py").read_text()
+    assert '"http://127.0.0.1:' in hub_config
+    for secret in ("archive_password", "jupyterhub_cookie_secret", "proxy_auth_token",
+                   "admin_service_token"):
+        value = stack.home.secret(secret)
+        assert value not in hub_config
+        for log in (home / "logs").iterdir():
+            assert value not in log.read_text(errors="replace"), (secret, log)
+    logins = json.loads((home / "secrets" / "demo_logins.json").read_text())
+    for log in (home / "logs").iterdir():
+        text = log.read_text(errors="replace")
+        assert logins["alice"] not in text
+        assert "Demo^" not in text  # no patient names
+
+
+def test_archive_needs_credentials(stack):
+    url = stack.run["archive_url"]
+    assert httpx.get(f"{url}/dicom-web/studies", timeout=10).status_code == 401
+    archive = stack.archive()
+    with archive.rest() as c:
+        assert c.get("/dicom-web/studies").status_code == 200
+
+
+def test_dimse_store_only_from_known_modalities(stack):
+    """An unknown calling AE cannot C-STORE: refused at association or per
+    store, and nothing reaches the archive."""
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    ds = dcmread(demo.to_bytes_path(demo.series("ct-small")))
+    ds.SOPInstanceUID = demo.uid("instance", "dimse-intruder")
+    ae = AE(ae_title="STRANGER")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", stack.run["dicom_port"], ae_title="IMAGINGHUB")
+    status = None
+    if assoc.is_established:
+        status = assoc.send_c_store(ds)
+        assoc.release()
+    # refused: no association, an aborted one (empty status) or a failure status
+    assert status is None or status.get("Status", 0xFFFF) != 0x0000
+    with stack.archive().rest() as c:
+        found = c.post("/tools/find", json={"Level": "Instance",
+                                            "Query": {"SOPInstanceUID": ds.SOPInstanceUID}})
+        assert found.json() == []
