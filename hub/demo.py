@@ -394,8 +394,7 @@ def instances(s: DemoSeries) -> Iterator[Dataset]:
 
 
 def count_instances() -> int:
-    return sum(GRIDS[s.key].slices if s.source == "built" and s.key in _CLASSIC else 1
-               for s in SERIES)
+    return sum(GRIDS[s.key].slices if s.key in _CLASSIC else 1 for s in SERIES)
 
 
 _CLASSIC = ("ct-chest", "ct-abdomen", "mr-head", "mr-head-oblique")
@@ -413,19 +412,21 @@ def to_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def load(dicomweb_url: str, auth, *, out=None, batch: int = 32) -> int:
-    """STOW-RS the demo set to ``dicomweb_url``; returns the instances stored."""
+def load(dicomweb_url: str, auth, *, out=None, batch: int = 32,
+         keys: list[str] | None = None) -> int:
+    """STOW-RS the demo set (or the series named by ``keys``) to
+    ``dicomweb_url``; returns the instances stored."""
     import httpx
     from tqdm import tqdm
 
-    total = count_instances()
+    chosen = [s for s in SERIES if keys is None or s.key in keys]
+    total = sum(GRIDS[s.key].slices if s.key in _CLASSIC else 1 for s in chosen)
     stored = 0
     boundary = "imaginghub-demo-boundary"
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
     with httpx.Client(auth=auth, timeout=120) as client, \
             tqdm(total=total, desc="demo data", unit="img", file=out) as bar:
-        for s in SERIES:
-            pending: list[bytes] = []
+        for s in chosen:
             items = instances(s)
             while True:
                 pending = [to_bytes(ds) for _, ds in zip(range(batch), items)]

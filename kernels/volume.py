@@ -104,11 +104,15 @@ class VolumeBuilder:
             grown[:n] = self.out[:n]
             self.out = grown
         target = self.out[n]
-        if frame.slope == 1.0 and frame.intercept == 0.0:
-            target[...] = pixels
+        t = self.dtype.type
+        # One pass computed in the output type (a Python float would make
+        # numpy compute in float64 and cast, three times slower).
+        if frame.slope == 1.0:
+            np.add(pixels, t(frame.intercept), out=target, dtype=self.dtype, casting="unsafe")
         else:
-            np.multiply(pixels, frame.slope, out=target, casting="unsafe")
-            target += self.dtype.type(frame.intercept)
+            np.multiply(pixels, t(frame.slope), out=target, dtype=self.dtype, casting="unsafe")
+            if frame.intercept:
+                target += t(frame.intercept)
         self.frames.append(frame)
 
     def build(self, metadata: dict | None = None) -> Volume:

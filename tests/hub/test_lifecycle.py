@@ -1,0 +1,102 @@
+"""`imaginghub up` as a process: refuses a busy port cleanly, restarts a
+killed archive, stops everything on Ctrl-C, and resumes with all state."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+
+import httpx
+import psutil
+from conftest import Archive, processes_using, start_stack, stop_stack
+from tests_support import in_memory_ct
+
+from imaginghub.hub import orthanc
+from imaginghub.hub.state import Home, free_port
+
+
+def test_busy_port_is_refused_without_leftovers(tmp_path):
+    home = tmp_path / "home"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc, output = start_stack(home, port=port, timeout=60)
+        code = proc.wait(30)
+    text = output.read_text()
+    assert code != 0
+    assert f"port {port}" in text and "in use" in text and "--port" in text
+    assert "Traceback" not in text
+    assert not processes_using(home)
+
+
+def test_killed_archive_is_restarted_and_state_survives_a_restart(tmp_path):
+    home = tmp_path / "home"
+    proc, output = start_stack(home)
+    assert proc.poll() is None, output.read_text()
+    first = output.read_text()
+    admin_password = re.search(r"admin login: admin / (\S+)", first).group(1)
+    run = json.loads((home / "run.json").read_text())
+    h = Home(home)
+    token = subprocess_token(home, "admin")
+    archive = Archive(orthanc.OrthancSettings(
+        http_port=int(run["archive_url"].rsplit(":", 1)[1]), dicom_port=run["dicom_port"],
+        password=h.secret("archive_password")))
+    ds = in_memory_ct()
+    archive.pacs().store_instances([ds])
+
+    # Kill the archive: `up` notices and starts it again.
+    old_pid = run["pids"]["archive"]
+    psutil.Process(old_pid).kill()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "the archive is back" not in output.read_text():
+        time.sleep(0.2)
+    assert "stopped unexpectedly" in output.read_text()
+    assert "the archive is back" in output.read_text()
+    new_pid = json.loads((home / "run.json").read_text())["pids"]["archive"]
+    assert new_pid != old_pid and psutil.pid_exists(new_pid)
+    assert archive.pacs().search_for_instances(
+        search_filters={"SOPInstanceUID": ds.SOPInstanceUID})
+
+    # Ctrl-C stops everything it started.
+    assert stop_stack(proc) == 0
+    assert not processes_using(home), processes_using(home)
+    assert not (home / "run.json").exists()
+
+    # A second `up` on the same home resumes: data, users and tokens intact,
+    # and the admin password is not printed again.
+    proc, output = start_stack(home)
+    try:
+        again = output.read_text()
+        assert "imaginghub is running" in again
+        assert admin_password not in again and "admin login" not in again
+        run = json.loads((home / "run.json").read_text())
+        r = httpx.get(f"{run['url']}/hub/api/user", headers={"Authorization": f"token {token}"})
+        assert r.status_code == 200 and r.json()["name"] == "admin"
+        archive = Archive(orthanc.OrthancSettings(
+            http_port=int(run["archive_url"].rsplit(":", 1)[1]), dicom_port=run["dicom_port"],
+            password=h.secret("archive_password")))
+        back = archive.pacs().retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                                ds.SOPInstanceUID)
+        assert back.PatientID == "MEM-1"
+    finally:
+        assert stop_stack(proc) == 0
+    assert not processes_using(home)
+
+
+def test_second_up_on_a_running_home_is_refused(stack):
+    proc, output = start_stack(stack.home.path, port=free_port(), timeout=60)
+    assert proc.wait(30) != 0
+    assert "running already" in output.read_text()
+    assert stack.proc.poll() is None  # the running one is untouched
+
+
+def subprocess_token(home, user):
+    import subprocess
+
+    from conftest import IMAGINGHUB
+
+    return subprocess.run([IMAGINGHUB, "--home", str(home), "token", user], check=True,
+                          capture_output=True, text=True).stdout.strip()
