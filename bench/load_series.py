@@ -49,11 +49,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    series = demo.series("ct-chest")
-    g = demo.GRIDS["ct-chest"]
+    series = demo.series("ct-head")
+    g = demo.GRIDS["ct-head"]
     with running_archive() as (settings, auth):
         pacs_auth = auth
-        demo.load(settings.dicomweb_url, auth, keys=["ct-chest"])
+        demo.load(settings.dicomweb_url, auth, keys=["ct-head"])
         pacs = PACS(settings.dicomweb_url, username=auth[0], password=auth[1])
         size_mb = raw_stream(settings.dicomweb_url, auth, series) / 1e6  # also warms caches
         runs = {

@@ -2,25 +2,24 @@
 and multi-slice series built with correct geometry from a real CT slice and
 from an analytic head phantom.
 
-Every UID is derived from a fixed key (``uid("series", "ct-chest")``), so
+Every UID is derived from a fixed key (``uid("series", "ct-head")``), so
 tests and tutorials can name the series. Patient names start with ``Demo^``.
 
-=========  ==============  =======  =========================================
-patient    name            project  series (key)
-=========  ==============  =======  =========================================
-DEMO-001   Demo^Chest      lung     ct-chest: 300 x 512 x 512 CT built from a real slice
-DEMO-002   Demo^Abdomen    lung     ct-abdomen: 120 x 256 x 256 CT, slices stored head-first
-                                    (z decreasing); real single files: ct-slice,
-                                    ct-slice-j2k, ct-small, nm-jpeg-lossless,
-                                    nm-jpeg-lossy, sc-jpeg-baseline, seg-liver,
-                                    ct-enhanced (a real Enhanced CT, 2 frames)
-DEMO-003   Demo^Head       neuro    mr-head: 60 x 128 x 128 MR phantom; mr-head-oblique:
-                                    the same phantom on a grid tilted by 20 degrees;
-                                    mr-head-enhanced: the phantom as one Enhanced MR
-                                    image, frames shuffled; real enhanced multi-frame
-                                    MR without geometry (mr-enhanced, -rle,
-                                    -jpegls, -j2k); mr-small-rle
-=========  ==============  =======  =========================================
+Patients, projects and series (by key):
+
+- DEMO-001 Demo^Stack, project oncology: ``ct-head``, 300 x 512 x 512 CT: one
+  real head slice (693_UNCR) stacked at 1.25 mm, plus a sphere of +400 HU.
+- DEMO-002 Demo^Reversed, project oncology: ``ct-head-reversed``, 120 x 256 x 256,
+  the same, stored head-first (z decreasing with InstanceNumber); real single
+  files ``ct-slice``, ``ct-slice-j2k``, ``ct-small``, ``nm-jpeg-lossless``,
+  ``nm-jpeg-lossy``, ``sc-jpeg-baseline``, ``seg-liver``, and ``ct-enhanced``
+  (a real Enhanced CT, 2 frames).
+- DEMO-003 Demo^Head, project neuro: ``mr-head``, 60 x 128 x 128 MR of an
+  analytic head phantom (labels in :data:`PHANTOM`); ``mr-head-oblique``, the
+  same phantom on a grid tilted by 20 degrees; ``mr-head-enhanced``, the
+  phantom as one Enhanced MR image with shuffled frames; real enhanced
+  multi-frame MR without geometry (``mr-enhanced``, ``-rle``, ``-jpegls``,
+  ``-j2k``) and ``mr-small-rle``.
 
 In the built series, voxel ``[row 0, column 0]`` of each slice stores the
 slice's InstanceNumber, so tests can check the order slices come back in.
@@ -67,8 +66,8 @@ class Patient:
 
 
 PATIENTS = {
-    "chest": Patient("DEMO-001", "Demo^Chest", "lung", "F", "061Y"),
-    "abdomen": Patient("DEMO-002", "Demo^Abdomen", "lung", "M", "047Y"),
+    "stack": Patient("DEMO-001", "Demo^Stack", "oncology", "F", "061Y"),
+    "reversed": Patient("DEMO-002", "Demo^Reversed", "oncology", "M", "047Y"),
     "head": Patient("DEMO-003", "Demo^Head", "neuro", "F", "035Y"),
 }
 
@@ -95,19 +94,20 @@ class DemoSeries:
 
 
 SERIES = [
-    DemoSeries("ct-chest", "chest", "CT chest 1.25 mm (phantom from a real slice)", "CT", "built"),
-    DemoSeries("ct-abdomen", "abdomen", "CT abdomen 2.5 mm head-first", "CT", "built"),
-    DemoSeries("ct-slice", "abdomen", "CT slice uncompressed", "CT", "693_UNCR.dcm"),
-    DemoSeries("ct-slice-j2k", "abdomen", "CT slice JPEG 2000 lossless", "CT", "693_J2KR.dcm"),
-    DemoSeries("ct-small", "abdomen", "CT small", "CT", "CT_small.dcm"),
-    DemoSeries("nm-jpeg-lossless", "abdomen", "NM JPEG lossless", "NM", "JPEG-LL.dcm"),
-    DemoSeries("nm-jpeg-lossy", "abdomen", "NM JPEG extended 12 bit", "NM", "JPGExtended.dcm"),
-    DemoSeries("sc-jpeg-baseline", "abdomen", "Secondary capture JPEG baseline", "OT",
+    DemoSeries("ct-head", "stack", "CT head 1.25 mm (a real slice stacked, with a sphere)", "CT",
+               "built"),
+    DemoSeries("ct-head-reversed", "reversed", "CT head 2.5 mm stored head-first", "CT", "built"),
+    DemoSeries("ct-slice", "reversed", "CT slice uncompressed", "CT", "693_UNCR.dcm"),
+    DemoSeries("ct-slice-j2k", "reversed", "CT slice JPEG 2000 lossless", "CT", "693_J2KR.dcm"),
+    DemoSeries("ct-small", "reversed", "CT small", "CT", "CT_small.dcm"),
+    DemoSeries("nm-jpeg-lossless", "reversed", "NM JPEG lossless", "NM", "JPEG-LL.dcm"),
+    DemoSeries("nm-jpeg-lossy", "reversed", "NM JPEG extended 12 bit", "NM", "JPGExtended.dcm"),
+    DemoSeries("sc-jpeg-baseline", "reversed", "Secondary capture JPEG baseline", "OT",
                "SC_rgb_jpeg_dcmtk.dcm"),
-    DemoSeries("seg-liver", "abdomen", "Liver segmentation (DICOM SEG)", "SEG", "liver.dcm"),
+    DemoSeries("seg-liver", "reversed", "Liver segmentation (DICOM SEG)", "SEG", "liver.dcm"),
     DemoSeries("mr-head", "head", "MR head phantom axial", "MR", "built"),
     DemoSeries("mr-head-oblique", "head", "MR head phantom oblique 20 deg", "MR", "built"),
-    DemoSeries("ct-enhanced", "abdomen", "Enhanced CT multi-frame", "CT", "eCT_Supplemental.dcm"),
+    DemoSeries("ct-enhanced", "reversed", "Enhanced CT multi-frame", "CT", "eCT_Supplemental.dcm"),
     DemoSeries("mr-head-enhanced", "head", "MR head phantom enhanced multi-frame", "MR", "built"),
     DemoSeries("mr-enhanced", "head", "Enhanced MR multi-frame", "MR", "emri_small.dcm"),
     DemoSeries("mr-enhanced-rle", "head", "Enhanced MR multi-frame RLE", "MR", "emri_small_RLE.dcm"),
@@ -165,8 +165,8 @@ def _tilted(deg: float) -> tuple[tuple, tuple]:
 
 
 GRIDS = {
-    "ct-chest": Grid(512, 512, 300, (0.7, 0.7), 1.25, (-179.3, -179.3, -200.0)),
-    "ct-abdomen": Grid(256, 256, 120, (1.4, 1.4), 2.5, (-178.6, -178.6, 100.0), order=-1),
+    "ct-head": Grid(512, 512, 300, (0.7, 0.7), 1.25, (-179.3, -179.3, -200.0)),
+    "ct-head-reversed": Grid(256, 256, 120, (1.4, 1.4), 2.5, (-178.6, -178.6, 100.0), order=-1),
     "mr-head": Grid(128, 128, 60, (1.6, 1.6), 2.5, (-101.6, -101.6, -73.75)),
     "mr-head-oblique": Grid(128, 128, 60, (1.6, 1.6), 2.5, (0, 0, 0), *_tilted(20.0)),
 }
@@ -245,8 +245,8 @@ def built_slice(key: str, index: int, _cache: dict = {}) -> np.ndarray:
             step = base.shape[0] // g.rows
             base = base[::step, ::step]
         world = g.world(index)
-        # a 30 mm "nodule" (+400 HU) whose cross-section changes along z
-        nodule = _inside(world, (40.0, 20.0, -20.0 if key == "ct-chest" else 50.0),
+        # a sphere of 30 mm radius (+400 HU) whose cross-section changes along z
+        nodule = _inside(world, (40.0, 20.0, -20.0 if key == "ct-head" else 50.0),
                          (30.0, 30.0, 30.0))
         pixels = base.copy()
         pixels[nodule] += 400
@@ -271,7 +271,7 @@ def _patient_study(ds: Dataset, s: DemoSeries) -> None:
     ds.StudyID = p.id[-3:]
     ds.AccessionNumber = "ACC" + p.id[-3:]
     ds.ReferringPhysicianName = ""
-    ds.StudyDescription = {"lung": "Demo chest and abdomen", "neuro": "Demo head"}[p.project]
+    ds.StudyDescription = {"oncology": "Demo CT", "neuro": "Demo head"}[p.project]
     ds.SeriesInstanceUID = s.series_uid
     ds.SeriesNumber = SERIES.index(s) + 1
     ds.SeriesDescription = s.description
@@ -293,7 +293,7 @@ def _built_instances(s: DemoSeries) -> Iterator[Dataset]:
         ds.Modality = s.modality
         ds.Manufacturer = "imaginghub demo"
         ds.ManufacturerModelName = "phantom"
-        ds.BodyPartExamined = {"ct-chest": "CHEST", "ct-abdomen": "ABDOMEN"}.get(s.key, "HEAD")
+        ds.BodyPartExamined = "HEAD"
         ds.FrameOfReferenceUID = uid("frame", s.patient)
         ds.PositionReferenceIndicator = ""
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -397,7 +397,7 @@ def count_instances() -> int:
     return sum(GRIDS[s.key].slices if s.key in _CLASSIC else 1 for s in SERIES)
 
 
-_CLASSIC = ("ct-chest", "ct-abdomen", "mr-head", "mr-head-oblique")
+_CLASSIC = ("ct-head", "ct-head-reversed", "mr-head", "mr-head-oblique")
 
 
 def to_bytes_path(s: DemoSeries) -> io.BytesIO:

@@ -7,6 +7,7 @@ admins and projects.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from pathlib import Path
 from .state import Home
 
 ADMIN_SERVICE = "imaginghub-admin"
+# notebooks/tutorials of the source tree (the install is editable).
+TUTORIALS = Path(__file__).resolve().parents[1] / "notebooks" / "tutorials"
 
 TEMPLATE = '''\
 # JupyterHub configuration of the imaginghub workspace in {home}
@@ -86,6 +89,20 @@ c.Spawner.cmd = [{singleuser!r}]
 c.Spawner.default_url = "/lab"
 c.Spawner.args = {spawner_args!r}
 c.Spawner.start_timeout = 60
+
+
+def copy_tutorials(spawner):
+    """Give every user the tutorials once; their copies are theirs to change."""
+    import shutil
+
+    home = HOME / "users" / spawner.user.name
+    target = home / "tutorials"
+    if not target.exists() and Path({tutorials!r}).is_dir():
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copytree({tutorials!r}, target)
+
+
+c.Spawner.pre_spawn_hook = copy_tutorials
 c.Spawner.http_timeout = 60
 # What every kernel needs to reach the archive; the imaging kernelspec lives
 # in JUPYTER_PATH and is the default kernel.
@@ -112,8 +129,20 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+# JupyterLab settings for every user: sites are often offline, and nothing is
+# fetched from the internet at run time (no news, no update checks).
+LAB_OVERRIDES = {
+    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false",
+                                                    "checkForUpdates": False},
+}
+
+
 def write_config(home: Home, settings: HubSettings) -> Path:
-    args = ["--MultiKernelManager.default_kernel_name=imaging"]
+    lab_settings = home.jupyter_data_dir / "lab" / "settings"
+    lab_settings.mkdir(parents=True, exist_ok=True)
+    (lab_settings / "overrides.json").write_text(json.dumps(LAB_OVERRIDES, indent=2) + "\n")
+    args = ["--MultiKernelManager.default_kernel_name=imaging",
+            f"--LabApp.app_settings_dir={lab_settings}"]
     if os.geteuid() == 0:
         args.insert(0, "--allow-root")
     text = TEMPLATE.format(
@@ -128,6 +157,7 @@ def write_config(home: Home, settings: HubSettings) -> Path:
         dicomweb_url=settings.dicomweb_url,
         archive_user=settings.archive_user,
         admin_service=ADMIN_SERVICE,
+        tutorials=str(TUTORIALS),
     )
     path = home.hub_dir / "jupyterhub_config.py"
     path.write_text(text)

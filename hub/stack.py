@@ -148,11 +148,11 @@ class Stack:
         return run
 
     def _demo_users(self, registry: Registry) -> dict:
-        """alice (project lung) and bob (project neuro); their passwords are
+        """alice (project oncology) and bob (project neuro); their passwords are
         generated once and kept in secrets/demo_logins.json (0600)."""
         path = self.home.secrets_dir / "demo_logins.json"
         logins = json.loads(path.read_text()) if path.exists() else {}
-        for name, project in (("alice", "lung"), ("bob", "neuro")):
+        for name, project in (("alice", "oncology"), ("bob", "neuro")):
             user, password = registry.add(name, projects=[project], exist_ok=True)
             if password:
                 logins[name] = password

@@ -28,7 +28,7 @@ def test_kernel_reads_the_archive(stack, alice):
     assert specs["default"] == "imaging"
     assert specs["kernelspecs"]["imaging"]["spec"]["display_name"] == "Imaging (Python 3)"
 
-    uid = demo.series("ct-chest").series_uid
+    uid = demo.series("ct-head").series_uid
     code = f"""
 import json
 found = pacs.search_for_series(search_filters={{"PatientName": "Demo*"}})
@@ -53,7 +53,7 @@ print(json.dumps({{
     # Each slice stores its InstanceNumber at [0, 0]: slices come back in order,
     # in Hounsfield units (RescaleIntercept -1024).
     assert got["corner"] == [n - 1024 for n in range(1, 301)]
-    expected = demo.built_slice("ct-chest", 150)[256, 256] - 1024
+    expected = demo.built_slice("ct-head", 150)[256, 256] - 1024
     assert got["centre"] == expected
 
 
@@ -92,17 +92,17 @@ def test_password_login(stack):
 def test_users_and_projects(stack):
     admin = UserSession(stack.url, "admin", stack.token("admin"))
     groups = {g["name"]: g["users"] for g in admin.hub("GET", "/groups").json()}
-    assert groups["project-lung"] == ["alice"]
+    assert groups["project-oncology"] == ["alice"]
     assert groups["project-neuro"] == ["bob"]
 
-    out = stack.cli("users", "add", "carol", "--project", "lung", "--project", "neuro").stdout
+    out = stack.cli("users", "add", "carol", "--project", "oncology", "--project", "neuro").stdout
     password = re.search(r"password: (\S+)", out).group(1)
     groups = {g["name"]: g["users"] for g in admin.hub("GET", "/groups").json()}
-    assert "carol" in groups["project-lung"] and "carol" in groups["project-neuro"]
+    assert "carol" in groups["project-oncology"] and "carol" in groups["project-neuro"]
     assert _login(stack.url, "carol", password).status_code == 302
 
     listing = stack.cli("users", "list").stdout
-    assert re.search(r"^carol\s+user\s+lung, neuro$", listing, re.M), listing
+    assert re.search(r"^carol\s+user\s+oncology, neuro$", listing, re.M), listing
     assert re.search(r"^admin\s+admin", listing, re.M), listing
 
     bad = stack.cli("users", "add", "Bad Name", check=False)

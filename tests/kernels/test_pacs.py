@@ -38,8 +38,8 @@ def test_search_with_wildcards_and_special_characters(pacs, filters, expected):
 
 
 def test_reversed_demo_series(pacs):
-    vol = _load(pacs, "ct-abdomen")
-    g = demo.GRIDS["ct-abdomen"]
+    vol = _load(pacs, "ct-head-reversed")
+    g = demo.GRIDS["ct-head-reversed"]
     assert vol.shape == (g.slices, g.rows, g.cols)
     # stored head-first: the first slot holds the last instance
     np.testing.assert_array_equal(vol.array[:, 0, 0], np.arange(g.slices, 0, -1) - 1024)

@@ -1,0 +1,26 @@
+"""Every tutorial runs top to bottom in the imaging kernel against the demo archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+TUTORIALS = sorted((Path(__file__).parents[2] / "notebooks" / "tutorials").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
+def test_tutorial_runs(stack, path, monkeypatch, tmp_path):
+    archive = stack.archive()
+    monkeypatch.setenv("JUPYTER_PATH", str(stack.home.jupyter_data_dir))
+    monkeypatch.setenv("IMAGINGHUB_DICOMWEB_URL", archive.dicomweb_url)
+    monkeypatch.setenv("IMAGINGHUB_DICOMWEB_USER", archive.auth[0])
+    monkeypatch.setenv("IMAGINGHUB_DICOMWEB_PASSWORD", archive.auth[1])
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="imaging", resources={
+        "metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the figure was not drawn"
