@@ -102,7 +102,7 @@ def test_users_and_projects(stack):
     assert _login(stack.url, "carol", password).status_code == 302
 
     listing = stack.cli("users", "list").stdout
-    assert re.search(r"^carol\s+user\s+oncology, neuro$", listing, re.M), listing
+    assert re.search(r"^carol\s+user\s+neuro, oncology$", listing, re.M), listing
     assert re.search(r"^admin\s+admin", listing, re.M), listing
 
     bad = stack.cli("users", "add", "Bad Name", check=False)
@@ -128,6 +128,11 @@ def test_state_is_private_and_config_is_safe(stack):
     assert config["DicomAlwaysAllowStore"] is False
     assert config["DicomWeb"]["Host"].startswith("127.0.0.1:")
 
+    # a user's token, used through the proxy, is not logged either
+    bob_token = stack.token("bob")
+    bob = UserSession(stack.url, "bob", bob_token)
+    assert bob.hub("GET", "/user").status_code == 200
+
     hub_config = (home / "hub" / "jupyterhub_config.py").read_text()
     assert '"http://127.0.0.1:' in hub_config
     for secret in ("archive_password", "jupyterhub_cookie_secret", "proxy_auth_token",
@@ -140,6 +145,7 @@ def test_state_is_private_and_config_is_safe(stack):
     for log in (home / "logs").iterdir():
         text = log.read_text(errors="replace")
         assert logins["alice"] not in text
+        assert bob_token not in text
         assert "Demo^" not in text  # no patient names
 
 
@@ -172,3 +178,13 @@ def test_dimse_store_only_from_known_modalities(stack):
         found = c.post("/tools/find", json={"Level": "Instance",
                                             "Query": {"SOPInstanceUID": ds.SOPInstanceUID}})
         assert found.json() == []
+
+
+def test_demo_data_command_is_idempotent(stack):
+    with stack.archive().rest() as c:
+        before = c.get("/statistics").json()["CountInstances"]
+    assert before == demo.count_instances()
+    out = stack.cli("demo-data").stdout
+    assert f"stored {demo.count_instances()}" in out
+    with stack.archive().rest() as c:
+        assert c.get("/statistics").json()["CountInstances"] == before
