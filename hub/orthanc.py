@@ -110,3 +110,22 @@ def write_config(settings: OrthancSettings, directory: Path, plugin: str) -> Pat
     path = directory / "orthanc.json"
     write_private(path, json.dumps(config, indent=2) + "\n")
     return path
+
+
+def managed(settings: OrthancSettings, directory: Path, log_path: Path):
+    """A :class:`~imaginghub.hub.process.Managed` Orthanc configured in
+    ``directory`` (config and storage), ready when its DICOMweb answers."""
+    import httpx
+
+    from .process import Managed
+
+    exe, plugin = find_orthanc()
+    config = write_config(settings, directory, plugin)
+    auth = (ARCHIVE_USER, settings.password)
+
+    def ready() -> bool:
+        with httpx.Client(base_url=settings.url, auth=auth, timeout=10) as c:
+            return (c.get("/system").status_code == 200
+                    and c.get("/dicom-web/studies?limit=1").status_code == 200)
+
+    return Managed("the archive (Orthanc)", [exe, str(config)], log_path=log_path, ready=ready)

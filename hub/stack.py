@@ -78,7 +78,7 @@ class Stack:
                 f"the workspace in {home.path} is running already (pid {running['pid']}, "
                 f"{running['url']}); stop it first"
             )
-        exe, plugin = orthanc.find_orthanc()
+        orthanc.find_orthanc()  # a clear error before anything starts
         home.create()
         first_run = not home.users_file.exists()
         s = self._settings()
@@ -104,12 +104,8 @@ class Stack:
             http_port=s["orthanc_http_port"], dicom_port=s["dicom_port"],
             password=archive_password, modalities=s["modalities"],
         )
-        config = orthanc.write_config(self.orthanc_settings, home.orthanc_dir, plugin)
-        self.archive = Managed(
-            "the archive (Orthanc)", [exe, str(config)],
-            log_path=home.path / "logs" / "orthanc.log",
-            ready=self._archive_ready,
-        )
+        self.archive = orthanc.managed(self.orthanc_settings, home.orthanc_dir,
+                                       home.path / "logs" / "orthanc.log")
         try:
             self._start_archive()
             if self.demo:
@@ -176,13 +172,6 @@ class Stack:
             base_url=self.orthanc_settings.url,
             auth=(orthanc.ARCHIVE_USER, self.orthanc_settings.password), timeout=10,
         )
-
-    def _archive_ready(self) -> bool:
-        with self.archive_client() as c:
-            r = c.get("/system")
-            if r.status_code != 200:
-                return False
-            return c.get("/dicom-web/studies?limit=1").status_code == 200
 
     def _start_archive(self) -> None:
         self.archive.start()

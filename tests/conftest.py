@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from imaginghub.hub import orthanc as orthanc_mod
-from imaginghub.hub.process import Managed
 from imaginghub.hub.state import Home, free_port
 from imaginghub.kernels.dicomweb import PACS
 
@@ -40,19 +39,12 @@ class Archive:
 @pytest.fixture(scope="session")
 def archive(tmp_path_factory):
     """A real Orthanc with the DICOMweb plugin, configured as `up` does it."""
-    exe, plugin = orthanc_mod.find_orthanc()
     d = tmp_path_factory.mktemp("orthanc")
     settings = orthanc_mod.OrthancSettings(
         http_port=free_port(), dicom_port=free_port(), password="test-archive-password",
     )
-    config = orthanc_mod.write_config(settings, d, plugin)
     a = Archive(settings)
-
-    def ready():
-        with a.rest() as c:
-            return c.get("/system").status_code == 200
-
-    proc = Managed("orthanc", [exe, str(config)], log_path=d / "orthanc.log", ready=ready)
+    proc = orthanc_mod.managed(settings, d, d / "orthanc.log")
     proc.start()
     try:
         proc.wait_ready(60)
