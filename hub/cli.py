@@ -90,7 +90,11 @@ def cmd_demo_data(args) -> int:
         raise ImagingHubError(
             f"the workspace in {home.path} is not running: start it with 'imaginghub up' "
             "(with --demo it loads the demo data itself)")
+    from .services.data.__main__ import db_url
+    from .services.data.db import Store
+
     n = demo.load(run["dicomweb_url"], (orthanc.ARCHIVE_USER, home.secret("archive_password")))
+    demo.assign_projects(Store(db_url(home)))
     print(f"stored {n} demo instances")
     return 0
 

@@ -444,3 +444,12 @@ def load(dicomweb_url: str, auth, *, out=None, batch: int = 32,
                 stored += len(pending)
                 bar.update(len(pending))
     return stored
+
+
+def assign_projects(store) -> int:
+    """Put every demo series into its patient's project (idempotent)."""
+    added = 0
+    for project in {p.project for p in PATIENTS.values()}:
+        added += store.assign([(s.study_uid, s.series_uid) for s in SERIES if s.project == project],
+                              project, by="demo")
+    return added

@@ -69,15 +69,35 @@ for _name, _user in _registry.items():
         _groups.setdefault("project-" + _project, []).append(_name)
 c.JupyterHub.load_groups = {{g: {{"users": sorted(m)}} for g, m in _groups.items()}}
 
-# The CLI (`imaginghub users`, `imaginghub token`) talks to the hub as this service.
+# Services: the data service (the only door to the archive) and the identity
+# the CLI (`imaginghub users`, `imaginghub token`) uses to talk to the hub.
 c.JupyterHub.services = [
+    {{
+        "name": "data",
+        "url": "http://127.0.0.1:{data_port}",
+        "command": [{python!r}, "-m", "imaginghub.hub.services.data"],
+        "environment": {{"IMAGINGHUB_HOME": str(HOME)}},
+        "oauth_no_confirm": True,
+    }},
     {{"name": "{admin_service}", "api_token": secret("admin_service_token")}},
 ]
 c.JupyterHub.load_roles = [
     {{
+        "name": "user",
+        "description": "researchers: their own server, and the archive through the data service",
+        "scopes": ["self", "access:services!service=data"],
+    }},
+    {{
+        "name": "data-service",
+        "description": "the data service reads users' projects (groups) and admin flag",
+        "scopes": ["read:users", "read:users:groups", "read:groups"],
+        "services": ["data"],
+    }},
+    {{
         "name": "{admin_service}",
         "description": "the imaginghub command line: users, projects, tokens",
-        "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "read:hub"],
+        "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "read:hub",
+                   "access:services!service=data"],
         "services": ["{admin_service}"],
     }},
 ]
@@ -104,13 +124,15 @@ def copy_tutorials(spawner):
 
 c.Spawner.pre_spawn_hook = copy_tutorials
 c.Spawner.http_timeout = 60
-# What every kernel needs to reach the archive; the imaging kernelspec lives
-# in JUPYTER_PATH and is the default kernel.
+# Kernels reach the archive through the data service with the server's own
+# token (JUPYTERHUB_API_TOKEN), never with the archive's credentials. The
+# imaging kernelspec lives in JUPYTER_PATH and is the default kernel.
+c.Spawner.server_token_scopes = [
+    "users:activity!user", "access:servers!server", "access:services!service=data",
+]
 c.Spawner.environment = {{
     "JUPYTER_PATH": {jupyter_path!r},
-    "IMAGINGHUB_DICOMWEB_URL": {dicomweb_url!r},
-    "IMAGINGHUB_DICOMWEB_USER": {archive_user!r},
-    "IMAGINGHUB_DICOMWEB_PASSWORD": secret("archive_password"),
+    "IMAGINGHUB_DICOMWEB_URL": "http://127.0.0.1:{data_port}/services/data/dicom-web",
 }}
 '''
 
@@ -120,8 +142,7 @@ class HubSettings:
     port: int
     hub_port: int
     proxy_api_port: int
-    dicomweb_url: str
-    archive_user: str
+    data_port: int
 
 
 def venv_bin(name: str) -> str:
@@ -154,8 +175,8 @@ def write_config(home: Home, settings: HubSettings) -> Path:
         singleuser=venv_bin("jupyterhub-singleuser"),
         spawner_args=args,
         jupyter_path=str(home.jupyter_data_dir),
-        dicomweb_url=settings.dicomweb_url,
-        archive_user=settings.archive_user,
+        data_port=settings.data_port,
+        python=sys.executable,
         admin_service=ADMIN_SERVICE,
         tutorials=str(TUTORIALS),
     )

@@ -112,8 +112,7 @@ class Stack:
                 self._load_demo_data()
             hub_settings = hubconfig.HubSettings(
                 port=s["port"], hub_port=free_port(), proxy_api_port=free_port(),
-                dicomweb_url=self.orthanc_settings.dicomweb_url,
-                archive_user=orthanc.ARCHIVE_USER,
+                data_port=free_port(),
             )
             hub_config = hubconfig.write_config(home, hub_settings)
             url = f"http://127.0.0.1:{s['port']}"
@@ -136,6 +135,7 @@ class Stack:
             "hub_api": f"http://127.0.0.1:{hub_settings.hub_port}/hub/api",
             "archive_url": self.orthanc_settings.url,
             "dicomweb_url": self.orthanc_settings.dicomweb_url,
+            "gateway_url": f"http://127.0.0.1:{hub_settings.data_port}/services/data/dicom-web",
             "dicom_port": s["dicom_port"],
             "pids": {"archive": self.archive.pid, "hub": self.hub.pid},
         }
@@ -184,9 +184,18 @@ class Stack:
             count = c.get("/statistics").json().get("CountInstances", 0)
         if count:
             log.info("the archive holds %d instances already: no demo data loaded", count)
-            return
-        demo.load(self.orthanc_settings.dicomweb_url,
-                  (orthanc.ARCHIVE_USER, self.orthanc_settings.password), out=self.out)
+        else:
+            demo.load(self.orthanc_settings.dicomweb_url,
+                      (orthanc.ARCHIVE_USER, self.orthanc_settings.password), out=self.out)
+        demo.assign_projects(self.store())
+
+    def store(self):
+        """The data service's database (the service itself runs under the hub)."""
+        from .services.data.__main__ import db_url
+        from .services.data.db import Store
+
+        (self.home.path / "data").mkdir(exist_ok=True)
+        return Store(db_url(self.home))
 
     # -- run ------------------------------------------------------------------
     def watch(self, interval: float = 1.0) -> int:

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import string
-from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ArchiveUnavailable, AuthenticationFailed, NotFound, PACSError
+from .query import archive_filters, keep, plain_query
 
 log = logging.getLogger(__name__)
 
@@ -41,62 +40,7 @@ ENV_TOKEN = "IMAGINGHUB_DICOMWEB_TOKEN"
 
 # (connect, read) seconds: a dead archive fails fast, a big answer may stream.
 DEFAULT_TIMEOUT = (5.0, 120.0)
-# Characters a query value may carry unescaped: DICOM's wildcards (* ?) and
-# list separator (,) among them. Some archives do not percent-decode queries
-# (Orthanc's plugin 1.7), so anything else in a value is sent as the
-# single-character wildcard and the results are filtered here exactly.
-_SAFE_IN_QUERY = frozenset(string.ascii_letters + string.digits + "-._~*?,:")
-
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-
-
-def _plain_query(query: str) -> str:
-    """Re-encode a query so that DICOM's wildcards and separators reach the
-    archive as they are."""
-    out = []
-    for pair in query.split("&"):
-        key, sep, value = pair.partition("=")
-        out.append(key + sep + quote(unquote_plus(value), safe="".join(_SAFE_IN_QUERY)))
-    return "&".join(out)
-
-
-def _archive_filters(filters: dict | None) -> tuple[dict | None, list[tuple[str, str]]]:
-    """Filters the archive can take, and the exact matches to check afterwards."""
-    if not filters:
-        return filters, []
-    out, exact = {}, []
-    for key, value in filters.items():
-        if isinstance(value, str) and any(ch not in _SAFE_IN_QUERY for ch in value):
-            out[key] = "".join(ch if ch in _SAFE_IN_QUERY else "?" for ch in value)
-            exact.append((key, value))
-        else:
-            out[key] = value
-    return out, exact
-
-
-def _tag_of(key: str) -> str:
-    from pydicom.datadict import tag_for_keyword
-
-    tag = tag_for_keyword(key)
-    return f"{tag:08X}" if tag is not None else key.upper()
-
-
-def _keep(record: dict, exact: list[tuple[str, str]]) -> bool:
-    """True when ``record`` matches every pattern in ``exact`` (DICOM
-    wildcard matching; person names case-insensitively, as archives do)."""
-    for key, pattern in exact:
-        element = record.get(_tag_of(key))
-        if element is None:
-            continue  # the archive did not return the attribute: trust it
-        regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-        flags = re.S | (re.I if element.get("vr") == "PN" else 0)
-        values = [v.get("Alphabetic", "") if isinstance(v, dict) else str(v)
-                  for v in element.get("Value", [])] or [""]
-        if not any(re.fullmatch(regex, v, flags) for v in values):
-            return False
-    return True
-
-
 def _session(username, password, token, timeout):
     import requests
     from requests.auth import AuthBase, HTTPBasicAuth
@@ -116,7 +60,7 @@ def _session(username, password, token, timeout):
         def request(self, method, url, *args, **kwargs):
             parts = urlsplit(url)
             if parts.query:
-                url = urlunsplit(parts._replace(query=_plain_query(parts.query)))
+                url = urlunsplit(parts._replace(query=plain_query(parts.query)))
             kwargs["timeout"] = kwargs.get("timeout") or timeout
             return super().request(method, url, *args, **kwargs)
 
@@ -237,9 +181,9 @@ class PACS:
 
     # -- QIDO-RS ----------------------------------------------------------
     def _search(self, what: str, fn, *args, search_filters=None, **kwargs) -> list[dict]:
-        filters, exact = _archive_filters(search_filters)
+        filters, exact = archive_filters(search_filters)
         found = self._call(what, fn, *args, search_filters=filters, **kwargs)
-        return [r for r in found if _keep(r, exact)] if exact else found
+        return [r for r in found if keep(r, exact)] if exact else found
 
     def search_for_studies(self, **kwargs) -> list[dict]:
         """QIDO-RS studies; keyword arguments as dicomweb-client's

@@ -1,0 +1,1 @@
+"""Hub-managed services: ``data`` (the DICOMweb gateway and project mapping)."""

@@ -1,0 +1,60 @@
+"""Run the data service: ``python -m imaginghub.hub.services.data``.
+
+JupyterHub starts it as a managed service and sets JUPYTERHUB_API_TOKEN,
+JUPYTERHUB_API_URL, JUPYTERHUB_SERVICE_URL and JUPYTERHUB_SERVICE_PREFIX;
+``IMAGINGHUB_HOME`` names the state directory, where the archive's address
+(settings.json) and password (secrets/) are read. ``IMAGINGHUB_DATA_DB_URL``
+overrides the database (default: SQLite in the state directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from urllib.parse import urlsplit
+
+from jupyterhub.services.auth import HubAuth
+
+from ... import orthanc
+from ...state import Home
+from .app import Context, make_app
+from .db import Store
+
+
+def db_url(home: Home) -> str:
+    return os.environ.get("IMAGINGHUB_DATA_DB_URL") or f"sqlite:///{home.path / 'data' / 'data.sqlite'}"
+
+
+async def serve() -> None:
+    home = Home(os.environ["IMAGINGHUB_HOME"])
+    (home.path / "data").mkdir(exist_ok=True)
+    settings = home.load_settings()
+    archive = f"http://127.0.0.1:{settings['orthanc_http_port']}"
+    ctx = Context(archive, (orthanc.ARCHIVE_USER, home.secret("archive_password")),
+                  Store(db_url(home)), HubAuth(cache_max_age=60))
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/data/")
+    bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
+    app = make_app(ctx, prefix)
+    server = app.listen(bind.port, address=bind.hostname or "127.0.0.1",
+                        max_buffer_size=2 * 1024**3)
+    logging.getLogger("imaginghub.data").info("data service on %s%s", bind.netloc, prefix)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.stop()
+    await ctx.archive.aclose()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

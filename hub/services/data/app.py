@@ -1,0 +1,340 @@
+"""The data service's web application: DICOMweb gateway and project API.
+
+Every request is authenticated by JupyterHub (the caller's token, checked
+through ``HubAuth`` with a short cache) and authorised by the caller's
+projects: a user's JupyterHub groups ``project-NAME``; the CLI's admin
+service and, when they ask with the header ``X-Imaginghub-Scope: all``,
+admin users see everything. Anything outside the caller's projects answers
+exactly what an unknown UID answers, without asking the archive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import httpx
+from jupyterhub.services.auth import HubAuth
+from tornado import web
+
+from ....kernels.query import archive_filters, keep
+from ...users import PROJECT_PREFIX
+from .db import Store
+
+log = logging.getLogger("imaginghub.data")
+
+UID = r"[0-9][0-9.]{0,63}"  # a DICOM UID: digits and dots, at most 64
+NOT_FOUND = {"message": "Not Found"}
+ADMIN_SERVICE = "imaginghub-admin"
+SCOPE_HEADER = "X-Imaginghub-Scope"
+# QIDO attributes that would count what the caller may not see
+_STUDY_COUNTS = ("00201206", "00201208", "00080061")  # series, instances, modalities
+_PASS_HEADERS = ("content-type", "content-length", "content-location", "etag", "last-modified")
+
+
+@dataclass
+class Caller:
+    name: str
+    projects: frozenset[str]
+    admin: bool
+    all_projects: bool  # sees every series (the admin service, or an admin who asked)
+
+    @property
+    def scope(self) -> set[str] | None:
+        """Projects to filter by; None means no filter."""
+        return None if self.all_projects else set(self.projects)
+
+
+class Context:
+    """What the handlers share: archive client, store, hub auth, group cache."""
+
+    def __init__(self, archive_url: str, archive_auth, store: Store, hub_auth: HubAuth,
+                 cache_seconds: float = 60.0):
+        self.archive_url = archive_url.rstrip("/")
+        self.archive = httpx.AsyncClient(
+            auth=archive_auth, timeout=httpx.Timeout(120, connect=5),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self.store = store
+        self.hub_auth = hub_auth
+        self.cache_seconds = cache_seconds
+        self._users: dict[str, tuple[float, dict]] = {}
+
+    async def user_model(self, name: str) -> dict:
+        """The hub's model of a user (groups, admin), fetched with the service's
+        own token and cached briefly."""
+        hit = self._users.get(name)
+        if hit and time.monotonic() - hit[0] < self.cache_seconds:
+            return hit[1]
+        async with httpx.AsyncClient(timeout=10) as c:
+            r = await c.get(f"{self.hub_auth.api_url}/users/{name}",
+                            headers={"Authorization": f"token {self.hub_auth.api_token}"})
+        model = r.json() if r.status_code == 200 else {}
+        self._users[name] = (time.monotonic(), model)
+        return model
+
+
+class BaseHandler(web.RequestHandler):
+    ctx: Context
+
+    def initialize(self, ctx: Context):
+        self.ctx = ctx
+        self.caller: Caller | None = None
+        self._action = ""
+        self._uids: list[str] = []
+
+    def set_default_headers(self):
+        self.clear_header("Server")
+
+    async def prepare(self):
+        header = self.request.headers.get("Authorization", "")
+        token = header.split(None, 1)[1].strip() if " " in header else ""
+        model = None
+        if token:
+            try:
+                model = await self.ctx.hub_auth.user_for_token(token, sync=False)
+            except Exception:  # an unreachable hub or a bad token: not authenticated
+                log.warning("token check failed for %s %s", self.request.method,
+                            self.request.path)
+        if not model:
+            self._audit_user = "-"
+            raise web.HTTPError(401)
+        scopes = self.ctx.hub_auth.check_scopes({"access:services!service=data"}, model)
+        if not scopes:
+            self._audit_user = model.get("name", "-")
+            raise web.HTTPError(403)
+        kind = model.get("kind", "user")
+        name = model["name"]
+        if kind == "service":
+            self.caller = Caller(name, frozenset(), admin=name == ADMIN_SERVICE,
+                                 all_projects=name == ADMIN_SERVICE)
+        else:
+            full = await self.ctx.user_model(name)
+            projects = frozenset(g[len(PROJECT_PREFIX):] for g in full.get("groups", [])
+                                 if g.startswith(PROJECT_PREFIX))
+            admin = bool(full.get("admin"))
+            asked = self.request.headers.get(SCOPE_HEADER, "").lower() == "all"
+            self.caller = Caller(name, projects, admin, all_projects=admin and asked)
+
+    def write_error(self, status_code, **kwargs):
+        # One body per status: a forbidden UID reads exactly as an unknown one.
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(NOT_FOUND if status_code == 404 else
+                               {"message": self._reason}))
+
+    def on_finish(self):
+        user = self.caller.name if self.caller else getattr(self, "_audit_user", "-")
+        projects = sorted(self.caller.projects) if self.caller else []
+        action = self._action or f"{self.request.method} {type(self).__name__}"
+        status = self.get_status()
+        log.info("audit user=%s action=%s projects=%s uids=%s status=%d", user, action,
+                 ",".join(projects), ",".join(self._uids), status)
+        try:
+            self.ctx.store.audit(user, action, projects, self._uids, status)
+        except Exception:
+            log.exception("could not write the audit entry")
+
+    def not_found(self):
+        raise web.HTTPError(404)
+
+    async def archive_get(self, path: str, params=None, headers=None) -> httpx.Response:
+        return await self.ctx.archive.get(f"{self.ctx.archive_url}{path}", params=params,
+                                          headers=headers)
+
+
+class QidoHandler(BaseHandler):
+    """QIDO-RS at any level; results filtered to the caller's projects."""
+
+    async def get(self, level: str, study: str | None = None, series: str | None = None):
+        self._action = f"qido-{level}"
+        self._uids = [u for u in (study, series) if u]
+        scope = self.caller.scope
+        if scope is not None:
+            if series and not self.ctx.store.is_visible(scope, study, series):
+                return self._json([])
+            if study and not series and not self.ctx.store.series_of_study(scope, study):
+                return self._json([])
+        params = {k: self.get_arguments(k) for k in self.request.arguments}
+        limit = _int(params.pop("limit", [None])[0])
+        offset = _int(params.pop("offset", [None])[0]) or 0
+        filters = {k: v[-1] for k, v in params.items()
+                   if k not in ("includefield", "fuzzymatching")}
+        sent, exact = archive_filters(filters)
+        query = [(k, v) for k, v in (sent or {}).items()]
+        query += [("includefield", v) for v in params.get("includefield", [])]
+        if level in ("series", "instances") and scope is not None:
+            query.append(("includefield", "0020000E"))
+        path = self.request.path.split("/dicom-web", 1)[1]
+        r = await self.ctx.archive.get(
+            f"{self.ctx.archive_url}/dicom-web{path}?{urlencode(query, safe='*?,')}",
+            headers={"Accept": "application/dicom+json"})
+        if r.status_code == 204 or not r.content:
+            return self._json([])
+        if r.status_code != 200:
+            raise web.HTTPError(502, reason=f"archive answered {r.status_code}")
+        records = [rec for rec in r.json() if keep(rec, exact)] if exact else r.json()
+        if scope is not None:
+            records = self._visible(level, records, scope)
+        end = offset + limit if limit else None
+        self._json(records[offset:end])
+
+    def _visible(self, level: str, records: list[dict], scope: set[str]) -> list[dict]:
+        store = self.ctx.store
+        if level == "studies":
+            counts = store.visible_studies(scope, (_v(r, "0020000D") for r in records))
+            out = []
+            for rec in records:
+                study = _v(rec, "0020000D")
+                if study not in counts:
+                    continue
+                if counts[study] != _int(_v(rec, "00201206")):
+                    for tag in _STUDY_COUNTS:  # would reveal series outside the projects
+                        rec.pop(tag, None)
+                out.append(rec)
+            return out
+        visible = store.visible_series(scope, (_v(r, "0020000E") for r in records))
+        return [rec for rec in records if _v(rec, "0020000E") in visible]
+
+    def _json(self, records):
+        self.set_header("Content-Type", "application/dicom+json")
+        self.finish(json.dumps(records))
+
+
+class SeriesHandler(BaseHandler):
+    """WADO-RS at series level and below: streamed from the archive when the
+    series is in one of the caller's projects, 404 otherwise."""
+
+    async def get(self, study: str, series: str, rest: str | None = None):
+        rest = rest or ""
+        words = [w for w in (rest or "").split("/") if w and not w[0].isdigit()]
+        self._action = "-".join(["wado-series", *words])
+        self._uids = [study, series]
+        scope = self.caller.scope
+        if scope is not None and not self.ctx.store.is_visible(scope, study, series):
+            self.not_found()
+        await self.stream(f"/dicom-web/studies/{study}/series/{series}{rest}")
+
+    async def stream(self, path: str):
+        headers = {k: v for k, v in self.request.headers.items()
+                   if k.lower() in ("accept", "range")}
+        query = self.request.query
+        url = f"{self.ctx.archive_url}{path}" + (f"?{query}" if query else "")
+        request = self.ctx.archive.build_request("GET", url, headers=headers)
+        r = await self.ctx.archive.send(request, stream=True)
+        try:
+            if r.status_code == 404:
+                self.not_found()
+            self.set_status(r.status_code)
+            for k, v in r.headers.items():
+                if k.lower() in _PASS_HEADERS:
+                    self.set_header(k, v)
+            async for chunk in r.aiter_raw(1 << 20):
+                self.write(chunk)
+                await self.flush()
+        finally:
+            await r.aclose()
+
+
+class StudyHandler(SeriesHandler):
+    """WADO-RS at study level: the whole study when every series in it is
+    visible, otherwise only the visible series."""
+
+    async def get(self, study: str, rest: str | None = None):
+        rest = rest or ""
+        self._action = "wado-study" + (f"-{rest.strip('/')}" if rest else "")
+        self._uids = [study]
+        scope = self.caller.scope
+        if scope is None:
+            return await self.stream(f"/dicom-web/studies/{study}{rest}")
+        visible = self.ctx.store.series_of_study(scope, study)
+        if not visible:
+            self.not_found()
+        r = await self.archive_get(f"/dicom-web/studies/{study}/series",
+                                   headers={"Accept": "application/dicom+json"})
+        in_archive = {_v(rec, "0020000E") for rec in (r.json() if r.status_code == 200 else [])}
+        if in_archive and in_archive <= set(visible):
+            return await self.stream(f"/dicom-web/studies/{study}{rest}")
+        if rest == "/metadata":
+            out = []
+            for series in visible:
+                r = await self.archive_get(f"/dicom-web/studies/{study}/series/{series}/metadata",
+                                           headers={"Accept": "application/dicom+json"})
+                if r.status_code == 200:
+                    out.extend(r.json())
+            self.set_header("Content-Type", "application/dicom+json")
+            return self.finish(json.dumps(out))
+        if rest:
+            self.not_found()
+        await self._reframe(study, visible)
+
+    async def _reframe(self, study: str, series_uids: list[str]):
+        """One multipart answer made of the parts of several series answers."""
+        from ....kernels.multipart import boundary_of, iter_parts_async
+
+        boundary = "imaginghub-" + study[-16:]
+        accept = self.request.headers.get("Accept") or 'multipart/related; type="application/dicom"'
+        self.set_header("Content-Type",
+                        f'multipart/related; type="application/dicom"; boundary={boundary}')
+        for series in series_uids:
+            request = self.ctx.archive.build_request(
+                "GET", f"{self.ctx.archive_url}/dicom-web/studies/{study}/series/{series}",
+                headers={"Accept": accept})
+            r = await self.ctx.archive.send(request, stream=True)
+            try:
+                if r.status_code != 200:
+                    continue
+                inner = boundary_of(r.headers["content-type"])
+                async for headers, body in iter_parts_async(r.aiter_raw(1 << 20), inner):
+                    ctype = headers.get("content-type", "application/dicom")
+                    self.write(f"--{boundary}\r\nContent-Type: {ctype}\r\n\r\n".encode())
+                    self.write(body)
+                    self.write(b"\r\n")
+                    await self.flush()
+            finally:
+                await r.aclose()
+        self.write(f"--{boundary}--\r\n".encode())
+
+
+class NotFoundHandler(BaseHandler):
+    async def get(self, *args):
+        self._action = "unknown-path"
+        self.not_found()
+
+    post = put = delete = get
+
+
+def _v(record: dict, tag: str):
+    v = record.get(tag, {}).get("Value")
+    return v[0] if v else None
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _log_request(handler: web.RequestHandler) -> None:
+    """Tornado's access log without the query string: queries carry patient names."""
+    r = handler.request
+    log.debug("%d %s %s %.1fms", handler.get_status(), r.method, r.path,
+              1000 * r.request_time())
+
+
+def make_app(ctx: Context, prefix: str) -> web.Application:
+    p = prefix.rstrip("/") + "/dicom-web"
+    k = {"ctx": ctx}
+    return web.Application([
+        (rf"{p}/(?P<level>studies|series|instances)", QidoHandler, k),
+        (rf"{p}/studies/(?P<study>{UID})/(?P<level>series|instances)", QidoHandler, k),
+        (rf"{p}/studies/(?P<study>{UID})/series/(?P<series>{UID})/(?P<level>instances)",
+         QidoHandler, k),
+        (rf"{p}/studies/(?P<study>{UID})/series/(?P<series>{UID})"
+         rf"(?P<rest>/metadata|/rendered|/thumbnail|/instances/{UID}(?:/[a-z0-9/,]*)?)?",
+         SeriesHandler, k),
+        (rf"{p}/studies/(?P<study>{UID})(?P<rest>/metadata|/rendered)?", StudyHandler, k),
+        (r".*", NotFoundHandler, k),
+    ], log_function=_log_request)
