@@ -99,6 +99,64 @@ def cmd_demo_data(args) -> int:
     return 0
 
 
+def _gateway(home: Home) -> tuple[str, str]:
+    """The running gateway's DICOMweb URL and the CLI's token."""
+    run = home.read_run()
+    if run is None:
+        raise ImagingHubError(
+            f"the workspace in {home.path} is not running: start it with 'imaginghub up'")
+    return run["gateway_url"], home.secret("admin_service_token")
+
+
+def cmd_ingest(args) -> int:
+    from pathlib import Path
+
+    from .ingest import Ingest
+    from .users import validate_project
+
+    home = _home(args)
+    url, token = _gateway(home)
+    project = validate_project(args.project)
+    report = Ingest(url, token, project).run([Path(p) for p in args.paths])
+    for line in report.lines():
+        print(line)
+    return 1 if report.refused else 0
+
+
+def cmd_projects(args) -> int:
+    import httpx
+
+    home = _home(args)
+    url, token = _gateway(home)
+    api = url.rsplit("/dicom-web", 1)[0] + "/api"
+    headers = {"Authorization": f"token {token}", "X-Imaginghub-Scope": "all"}
+    if args.projects_command == "list":
+        r = httpx.get(f"{api}/projects", headers=headers, timeout=60)
+        r.raise_for_status()
+        for p in r.json()["projects"]:
+            print(f"{p['name']:<24} {p['studies']:>6} studies {p['series']:>7} series")
+        return 0
+    from .users import validate_project
+
+    project = validate_project(args.project)
+    body = {"series": args.series or [], "studies": args.study or []}
+    if not body["series"] and not body["studies"]:
+        raise ImagingHubError("name what to change with --series UID or --study UID")
+    path = f"{api}/projects/{project}/series" + ("/remove" if args.projects_command == "remove"
+                                                 else "")
+    r = httpx.post(path, json=body, headers=headers, timeout=120)
+    if r.status_code != 200:
+        raise ImagingHubError(f"the data service refused: HTTP {r.status_code} {r.reason_phrase}")
+    result = r.json()
+    if "removed" in result:
+        print(f"removed {result['removed']} series from {project}")
+    else:
+        print(f"added {result['added']} series to {project} ({result['already']} there already)")
+        for uid in result["unknown"]:
+            print(f"  not in the archive: {uid}")
+    return 1 if result.get("unknown") else 0
+
+
 def cmd_kernelspec(args) -> int:
     from pathlib import Path
 
@@ -147,6 +205,22 @@ def parser() -> argparse.ArgumentParser:
 
     dd = sub.add_parser("demo-data", help="load the demo data set into the running archive")
     dd.set_defaults(fn=cmd_demo_data)
+
+    ing = sub.add_parser("ingest", help="store DICOM files, folders or zip files into a project")
+    ing.add_argument("paths", nargs="+", metavar="PATH")
+    ing.add_argument("--project", required=True, help="the project the data goes into")
+    ing.set_defaults(fn=cmd_ingest)
+
+    prj = sub.add_parser("projects", help="what belongs to which project (needs the running hub)")
+    ps = prj.add_subparsers(dest="projects_command", required=True)
+    ps.add_parser("list", help="projects with their sizes").set_defaults(fn=cmd_projects)
+    for verb, text in (("add", "put series or whole studies into a project"),
+                       ("remove", "take series or whole studies out of a project")):
+        sp = ps.add_parser(verb, help=text)
+        sp.add_argument("project")
+        sp.add_argument("--series", action="append", metavar="UID")
+        sp.add_argument("--study", action="append", metavar="UID")
+        sp.set_defaults(fn=cmd_projects)
 
     ks = sub.add_parser("kernelspec", help="install the 'Imaging (Python 3)' kernelspec")
     ks.add_argument("--prefix", help="install prefix (default: this Python's)")

@@ -28,7 +28,7 @@ import logging
 import os
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ArchiveUnavailable, AuthenticationFailed, NotFound, PACSError
+from .errors import ArchiveUnavailable, AuthenticationFailed, Forbidden, NotFound, PACSError
 from .query import archive_filters, keep, plain_query
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,9 @@ class PACS:
         )
 
     def _http_error(self, status: int, what: str) -> PACSError:
-        if status in (401, 403):
+        if status == 403:
+            return Forbidden(f"{what}: not allowed by {self.url} (HTTP 403)")
+        if status == 401:
             return AuthenticationFailed(
                 f"the archive at {self.url} refused the credentials (HTTP {status}) for "
                 f"{what}: check {ENV_USER}/{ENV_PASSWORD} or the token"
@@ -226,12 +228,18 @@ class PACS:
                           frame_numbers, media_types=media_types)
 
     # -- STOW-RS ----------------------------------------------------------
-    def store_instances(self, datasets, study_instance_uid: str | None = None):
-        """Store pydicom datasets; ones built in memory get the preamble and
-        file meta that a DICOM file needs."""
-        from pydicom.dataset import FileMetaDataset
+    def store_instances(self, datasets, study_instance_uid: str | None = None, *,
+                        project: str | None = None):
+        """STOW-RS pydicom datasets, into ``project`` when the gateway needs to
+        be told which (you belong to several). Datasets built in memory get
+        the preamble and file meta that a DICOM file needs. Returns the
+        archive's answer as a pydicom Dataset."""
+        import io
+
+        from pydicom.dataset import Dataset, FileMetaDataset
         from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
+        bodies = []
         for ds in datasets:
             if getattr(ds, "preamble", None) is None:
                 ds.preamble = b"\0" * 128
@@ -241,8 +249,35 @@ class PACS:
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             meta.setdefault("ImplementationClassUID", PYDICOM_IMPLEMENTATION_UID)
             ds.file_meta = meta
-        return self._call("store instances", self.client.store_instances, list(datasets),
-                          study_instance_uid)
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            bodies.append(buf.getvalue())
+        r = self._post_dicom(bodies, study_instance_uid, project)
+        return Dataset.from_json(r.json()) if r.content else Dataset()
+
+    def _post_dicom(self, bodies: list[bytes], study_instance_uid=None, project=None):
+        """POST raw DICOM files as one STOW-RS request; returns the httpx answer
+        (200 all stored, 202 some refused, 409 none stored)."""
+        import httpx
+
+        boundary = "imaginghub-stow-boundary"
+        content = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom"
+                           b"\r\n\r\n" + b + b"\r\n" for b in bodies)
+        content += b"--" + boundary.encode() + b"--\r\n"
+        headers = {"Content-Type": f'multipart/related; type="application/dicom"; '
+                                   f"boundary={boundary}",
+                   "Accept": "application/dicom+json"}
+        if project:
+            headers["X-Imaginghub-Project"] = project
+        url = f"{self.url}/studies" + (f"/{study_instance_uid}" if study_instance_uid else "")
+        try:
+            r = self._httpx().post(url, content=content, headers=headers)
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        if r.status_code not in (200, 202, 409):
+            reason = r.reason_phrase
+            raise self._http_error(r.status_code, f"store instances: {reason}")
+        return r
 
     # -- volumes ----------------------------------------------------------
     def find_series(self, series_instance_uid: str) -> dict:

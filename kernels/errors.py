@@ -13,6 +13,11 @@ class AuthenticationFailed(PACSError):
     """The archive refused the credentials or token."""
 
 
+class Forbidden(PACSError):
+    """The gateway refused the action (for example storing into a project
+    you are not a member of)."""
+
+
 class NotFound(PACSError):
     """No study, series or instance with that UID (that you may see)."""
 

@@ -17,3 +17,24 @@ def in_memory_ct() -> Dataset:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     ds.PixelData = np.arange(64, dtype=np.int16).tobytes()
     return ds
+
+
+def ct_file(series_uid=None, study_uid=None, sop_uid=None, value=0) -> bytes:
+    """A complete CT file (bytes) of an 8x8 image."""
+    import io
+
+    ds = in_memory_ct()
+    ds.StudyInstanceUID = study_uid or ds.StudyInstanceUID
+    ds.SeriesInstanceUID = series_uid or ds.SeriesInstanceUID
+    ds.SOPInstanceUID = sop_uid or ds.SOPInstanceUID
+    ds.PixelData = (np.arange(64, dtype=np.int16) + value).tobytes()
+    from pydicom.dataset import FileMetaDataset
+
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.preamble = b"\0" * 128
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -297,6 +297,180 @@ class StudyHandler(SeriesHandler):
         self.write(f"--{boundary}--\r\n".encode())
 
 
+class StowHandler(BaseHandler):
+    """STOW-RS into one project: the header ``X-Imaginghub-Project`` names it,
+    or the caller's only project. See :mod:`.stow` for what is checked."""
+
+    async def post(self, study: str | None = None):
+        from ....kernels.multipart import boundary_of, iter_parts
+        from . import stow
+
+        self._action = "stow"
+        project = self.target_project()
+        try:
+            boundary = boundary_of(self.request.headers.get("Content-Type", ""))
+            parts = [stow.inspect(i, body) for i, (_, body)
+                     in enumerate(iter_parts([self.request.body], boundary))]
+        except ValueError as e:
+            raise web.HTTPError(400, reason=f"not a multipart/related body: {e}") from None
+        if not parts:
+            raise web.HTTPError(400, reason="the request holds no DICOM instances")
+        for p in parts:
+            if not p.problem and study and p.study != study:
+                p.problem, p.code = f"not of study {study}", stow.CANNOT_UNDERSTAND
+        store = self.ctx.store
+        fresh: dict[str, str] = {}
+        allowed: set[str] = set()
+        for series in {p.series for p in parts if not p.problem}:
+            owners = store.projects_of(series)
+            if project in owners:
+                allowed.add(series)
+            elif not owners and not await self.archive_has_series(series):
+                allowed.add(series)
+                fresh[series] = next(p.study for p in parts if p.series == series)
+        for p in parts:
+            if not p.problem and p.series not in allowed:
+                p.problem, p.code = stow.REASONS[stow.NOT_AUTHORIZED], stow.NOT_AUTHORIZED
+        accepted = [p for p in parts if not p.problem]
+        self._uids = sorted({p.series for p in parts if p.series})[:100]
+        answer: dict = {}
+        stored: set[str] = set()
+        if accepted:
+            store.assign([(st, se) for se, st in fresh.items()], project, by=self.caller.name)
+            try:
+                boundary = "imaginghub-stow"
+                r = await self.ctx.archive.post(
+                    f"{self.ctx.archive_url}/dicom-web/studies",
+                    content=stow.multipart_body(accepted, boundary),
+                    headers={"Content-Type": "multipart/related; type=\"application/dicom\"; "
+                                             f"boundary={boundary}",
+                             "Accept": "application/dicom+json"})
+                answer = r.json() if r.status_code in (200, 202) and r.content else {}
+                stored = {item["00081155"]["Value"][0]
+                          for item in answer.get("00081199", {}).get("Value", [])}
+            finally:
+                kept = {p.series for p in accepted if p.sop in stored}
+                empty = [se for se in fresh if se not in kept]
+                if empty:
+                    store.unassign(project, series_uids=empty)
+        for p in accepted:
+            if p.sop not in stored:
+                p.problem, p.code = stow.REASONS[stow.PROCESSING_FAILURE], stow.PROCESSING_FAILURE
+        failed = [stow.failed_item(p) for p in parts if p.problem]
+        answer.pop("00081198", None)
+        if failed:
+            answer["00081198"] = {"vr": "SQ", "Value": failed}
+        self.set_status(200 if not failed else 202 if stored else 409)
+        self.set_header("Content-Type", "application/dicom+json")
+        self.finish(json.dumps(answer))
+
+    def target_project(self) -> str:
+        from ...users import validate_project
+        from ...errors import ConfigError
+
+        named = self.request.headers.get("X-Imaginghub-Project", "").strip()
+        if not named:
+            if len(self.caller.projects) != 1:
+                raise web.HTTPError(400, reason=(
+                    "say which project to store into (header X-Imaginghub-Project, or "
+                    "pacs.store_instances(..., project=NAME)): you are in "
+                    f"{len(self.caller.projects)} projects"))
+            return next(iter(self.caller.projects))
+        try:
+            project = validate_project(named)
+        except ConfigError as e:
+            raise web.HTTPError(400, reason=str(e)) from None
+        if project not in self.caller.projects and not self.caller.all_projects:
+            raise web.HTTPError(403, reason=f"you are not a member of project {project}")
+        return project
+
+    async def archive_has_series(self, series: str) -> bool:
+        r = await self.archive_get("/dicom-web/series", params={"SeriesInstanceUID": series},
+                                   headers={"Accept": "application/dicom+json"})
+        return r.status_code == 200 and bool(r.content) and bool(r.json())
+
+
+class ProjectsHandler(BaseHandler):
+    """GET: the projects the caller sees, with their sizes."""
+
+    async def get(self):
+        self._action = "projects-list"
+        summary = self.ctx.store.project_summary()
+        names = set(summary) if self.caller.all_projects else set(self.caller.projects)
+        if self.caller.admin and self.caller.all_projects:
+            names |= set(self.caller.projects)
+        out = [{"name": n, "member": n in self.caller.projects,
+                **summary.get(n, {"studies": 0, "series": 0})} for n in sorted(names)]
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"projects": out}))
+
+
+class ProjectSeriesHandler(BaseHandler):
+    """POST ``{"series": [...], "studies": [...]}`` to put series (or every
+    series of studies) into a project, or to ``.../remove`` to take them out.
+    Admins only."""
+
+    async def post(self, project: str, remove: str | None = None):
+        from ...users import validate_project
+
+        self._action = "projects-remove" if remove else "projects-add"
+        if not self.caller.admin:
+            raise web.HTTPError(403, reason="only admins change what belongs to a project")
+        try:
+            body = json.loads(self.request.body or b"{}")
+            series = [str(u) for u in body.get("series", [])]
+            studies = [str(u) for u in body.get("studies", [])]
+            project = validate_project(project)
+        except Exception as e:
+            raise web.HTTPError(400, reason=f"expected JSON with 'series' and/or 'studies' "
+                                            f"lists of UIDs ({e})") from None
+        self._uids = (series + studies)[:100]
+        if remove:
+            n = self.ctx.store.unassign(project, series_uids=series, study_uids=studies)
+            return self._json({"removed": n})
+        pairs, unknown = [], []
+        for uid in series:
+            r = await self.archive_get("/dicom-web/series", params={"SeriesInstanceUID": uid},
+                                       headers={"Accept": "application/dicom+json"})
+            found = r.json() if r.status_code == 200 and r.content else []
+            if found:
+                pairs.append((_v(found[0], "0020000D"), uid))
+            else:
+                unknown.append(uid)
+        for uid in studies:
+            r = await self.archive_get(f"/dicom-web/studies/{uid}/series",
+                                       headers={"Accept": "application/dicom+json"})
+            found = r.json() if r.status_code == 200 and r.content else []
+            pairs.extend((uid, _v(rec, "0020000E")) for rec in found)
+            if not found:
+                unknown.append(uid)
+        added = self.ctx.store.assign(pairs, project, by=self.caller.name)
+        self._json({"added": added, "already": len(pairs) - added, "unknown": unknown})
+
+    def _json(self, data):
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+class DicomWebRootHandler(QidoHandler, StowHandler):
+    """``/studies``: QIDO-RS search (GET) and STOW-RS (POST)."""
+
+    async def get(self):
+        await QidoHandler.get(self, "studies")
+
+    async def post(self):
+        await StowHandler.post(self)
+
+
+class StudyRouteHandler(StudyHandler, StowHandler):
+    """``/studies/{study}``: WADO-RS (GET) and STOW-RS into that study (POST)."""
+
+    async def post(self, study: str, rest: str | None = None):
+        if rest:
+            self.not_found()
+        await StowHandler.post(self, study)
+
+
 class NotFoundHandler(BaseHandler):
     async def get(self, *args):
         self._action = "unknown-path"
@@ -327,14 +501,19 @@ def _log_request(handler: web.RequestHandler) -> None:
 def make_app(ctx: Context, prefix: str) -> web.Application:
     p = prefix.rstrip("/") + "/dicom-web"
     k = {"ctx": ctx}
+    api = prefix.rstrip("/") + "/api"
     return web.Application([
-        (rf"{p}/(?P<level>studies|series|instances)", QidoHandler, k),
+        (rf"{p}/studies/?", DicomWebRootHandler, k),
+        (rf"{p}/(?P<level>series|instances)", QidoHandler, k),
         (rf"{p}/studies/(?P<study>{UID})/(?P<level>series|instances)", QidoHandler, k),
         (rf"{p}/studies/(?P<study>{UID})/series/(?P<series>{UID})/(?P<level>instances)",
          QidoHandler, k),
         (rf"{p}/studies/(?P<study>{UID})/series/(?P<series>{UID})"
          rf"(?P<rest>/metadata|/rendered|/thumbnail|/instances/{UID}(?:/[a-z0-9/,]*)?)?",
          SeriesHandler, k),
-        (rf"{p}/studies/(?P<study>{UID})(?P<rest>/metadata|/rendered)?", StudyHandler, k),
+        (rf"{p}/studies/(?P<study>{UID})(?P<rest>/metadata|/rendered)?", StudyRouteHandler, k),
+        (rf"{api}/projects", ProjectsHandler, k),
+        (rf"{api}/projects/(?P<project>[a-z0-9][a-z0-9_-]{{0,62}})/series(?P<remove>/remove)?",
+         ProjectSeriesHandler, k),
         (r".*", NotFoundHandler, k),
     ], log_function=_log_request)
