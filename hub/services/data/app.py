@@ -230,9 +230,16 @@ class SeriesHandler(BaseHandler):
             for k, v in r.headers.items():
                 if k.lower() in _PASS_HEADERS:
                     self.set_header(k, v)
+            # Forward as it comes, flushing every few MB: memory stays bounded
+            # (the client's pace holds the archive back) without a flush per
+            # small network read.
+            pending = 0
             async for chunk in r.aiter_raw(1 << 20):
                 self.write(chunk)
-                await self.flush()
+                pending += len(chunk)
+                if pending >= 4 << 20:
+                    await self.flush()
+                    pending = 0
         finally:
             await r.aclose()
 

@@ -1,0 +1,86 @@
+"""What the data service's gateway costs: pacs.load_series of the 300-slice
+demo CT and QIDO-RS series searches, through the gateway (hub token, project
+filtering, audit) and straight from the archive, in one run on one stack.
+
+    .venv/bin/python bench/gateway_overhead.py [--repeat 5] [--queries 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from imaginghub.hub import demo
+from imaginghub.hub.state import Home, free_port
+from imaginghub.kernels.dicomweb import PACS
+
+IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--queries", type=int, default=50)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        home = Path(d) / "home"
+        log = open(Path(d) / "up.log", "w")
+        up = subprocess.Popen([IMAGINGHUB, "--home", str(home), "up", "--demo", "--port",
+                               str(free_port()), "--dicom-port", str(free_port())],
+                              stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while "Press Ctrl-C" not in (Path(d) / "up.log").read_text():
+                if up.poll() is not None:
+                    sys.exit((Path(d) / "up.log").read_text())
+                time.sleep(0.5)
+            run = json.loads((home / "run.json").read_text())
+            token = subprocess.run([IMAGINGHUB, "--home", str(home), "token", "alice"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+            direct = PACS(run["dicomweb_url"], username="imaginghub",
+                          password=Home(home).secret("archive_password"))
+            gateway = PACS(run["gateway_url"], token=token)
+            measure(direct, gateway, args)
+        finally:
+            up.send_signal(signal.SIGINT)
+            up.wait(60)
+
+
+def measure(direct: PACS, gateway: PACS, args) -> None:
+    uid = demo.series("ct-head").series_uid
+    g = demo.GRIDS["ct-head"]
+    mb = g.slices * g.rows * g.cols * 2 / 1e6
+    loads = {"archive": [], "gateway": []}
+    for p in (direct, gateway):  # warm up caches and connections
+        p.load_series(uid, progress=False)
+    for _ in range(args.repeat):
+        for name, p in (("archive", direct), ("gateway", gateway)):
+            t = time.perf_counter()
+            p.load_series(uid, progress=False)
+            loads[name].append(time.perf_counter() - t)
+    queries = {"archive": [], "gateway": []}
+    for _ in range(args.queries):
+        for name, p in (("archive", direct), ("gateway", gateway)):
+            t = time.perf_counter()
+            p.search_for_series(search_filters={"Modality": "CT"})
+            queries[name].append(time.perf_counter() - t)
+    a, gw = statistics.median(loads["archive"]), statistics.median(loads["gateway"])
+    print(f"\ngateway overhead: load_series of {g.slices} x {g.rows} x {g.cols} CT "
+          f"({mb:.0f} MB of pixels), median of {args.repeat}")
+    print(f"  archive directly  {a:6.3f} s  {mb / a:6.0f} MB/s")
+    print(f"  through gateway   {gw:6.3f} s  {mb / gw:6.0f} MB/s   overhead {100 * (gw / a - 1):+.1f} %")
+    qa, qg = (statistics.median(queries[k]) * 1000 for k in ("archive", "gateway"))
+    qa95, qg95 = (statistics.quantiles(queries[k], n=20)[18] * 1000 for k in ("archive", "gateway"))
+    print(f"QIDO-RS series search (Modality=CT), {args.queries} queries:")
+    print(f"  archive directly  p50 {qa:6.1f} ms  p95 {qa95:6.1f} ms")
+    print(f"  through gateway   p50 {qg:6.1f} ms  p95 {qg95:6.1f} ms   p50 overhead {qg - qa:+.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
