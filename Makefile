@@ -13,12 +13,12 @@ ORTHANC := /usr/sbin/Orthanc
 DICOMWEB_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 APT_PACKAGES := orthanc orthanc-dicomweb
 
-.PHONY: up test setup system-deps bench clean
+.PHONY: up test setup system-deps test-deps apt-install bench clean
 
 up: setup
 	$(VENV)/bin/imaginghub up --demo
 
-test: setup
+test: setup test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 setup: system-deps $(STAMP)
@@ -41,6 +41,11 @@ system-deps:
 	  fi; \
 	fi
 
+# What only the tests need: PostgreSQL, to run the data service on it.
+test-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  $(MAKE) --no-print-directory apt-install PKGS=postgresql
+
 apt-install:
 	@if ! command -v apt-get >/dev/null 2>&1; then \
 	  echo "imaginghub needs these Debian/Ubuntu packages: $(PKGS)"; \
@@ -53,6 +58,7 @@ apt-install:
 bench: setup
 	$(PY) bench/load_series.py
 	$(PY) bench/kernel_start.py
+	$(PY) bench/gateway_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

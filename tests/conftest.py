@@ -131,8 +131,13 @@ def processes_using(path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
+def stack(main_stack):
     """The real embedded stack with demo data, started once per session."""
+    return main_stack
+
+
+@pytest.fixture(scope="session")
+def main_stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("stack") / "home"
     proc, output = start_stack(home, "--demo")
     if proc.poll() is not None:
@@ -145,3 +150,89 @@ def stack(tmp_path_factory):
         leftovers = processes_using(home)
         assert code == 0, output.read_text()
         assert not leftovers, f"processes left behind after Ctrl-C: {leftovers}"
+
+
+class Postgres:
+    """A throwaway PostgreSQL server from Debian's packages, on loopback."""
+
+    def __init__(self, root: Path):
+        import glob
+        import shutil
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            raise RuntimeError("PostgreSQL is not installed: 'make test' installs the "
+                               "Debian package postgresql")
+        self.bin = Path(bins[-1]).parent
+        self.data = root / "pgdata"
+        self.sock = root / "pgsock"
+        self.port = free_port()
+        self.as_postgres = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            self.as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres",
+                                "--init-groups", "--"]
+            root.chmod(0o755)
+        self.data.mkdir()
+        self.sock.mkdir()
+        if self.as_postgres:
+            shutil.chown(self.data, "postgres", "postgres")
+            shutil.chown(self.sock, "postgres", "postgres")
+        self._run(self.bin / "initdb", "-D", self.data, "-A", "trust", "-U", "imaginghub",
+                  "--no-sync")
+        self._run(self.bin / "pg_ctl", "-D", self.data, "-w", "-l", self.sock / "pg.log", "-o",
+                  f"-h 127.0.0.1 -p {self.port} -k {self.sock} -F", "start")
+
+    def _run(self, *args):
+        r = subprocess.run([*self.as_postgres, *map(str, args)], capture_output=True,
+                           text=True, timeout=120, cwd="/")
+        if r.returncode:
+            raise RuntimeError(f"{args[0]} failed: {r.stdout}{r.stderr}")
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=imaginghub dbname=postgres",
+                             autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://imaginghub@127.0.0.1:{self.port}/{name}"
+
+    def stop(self):
+        self._run(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "stop")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    import shutil
+    import tempfile
+
+    # its own folder under /tmp: pytest's temp folders are closed to the
+    # postgres user that the server runs as
+    root = Path(tempfile.mkdtemp(prefix="imaginghub-pg-"))
+    pg = Postgres(root)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def data_stack(request, tmp_path_factory):
+    """The stack with the data service's database on SQLite (the session's
+    stack) and on a real PostgreSQL (a second stack)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("main_stack")
+        return
+    pg = request.getfixturevalue("postgres")
+    home = tmp_path_factory.mktemp("pgstack") / "home"
+    Home(home).save_settings({"data_db_url": pg.create_database("imaginghub_data")})
+    proc, output = start_stack(home, "--demo")
+    if proc.poll() is not None:
+        raise AssertionError(f"imaginghub up failed:\n{output.read_text()}")
+    s = RunningStack(home, proc, output)
+    assert not (home / "data" / "data.sqlite").exists()  # the mapping lives in PostgreSQL
+    try:
+        yield s
+    finally:
+        assert stop_stack(proc) == 0, output.read_text()
+        assert not processes_using(home)

@@ -19,6 +19,12 @@ MR = demo.series("mr-head")  # also in project "mixed": part of a study in two p
 CT = demo.series("ct-head")
 
 
+
+@pytest.fixture(scope="module")
+def stack(data_stack):
+    """Every test here runs on SQLite and on PostgreSQL (see conftest)."""
+    return data_stack
+
 @pytest.fixture(scope="module")
 def gw(stack):
     stack.cli("users", "add", "dana", "--project", "oncology", "--project", "neuro")

@@ -16,6 +16,12 @@ from imaginghub.kernels.dicomweb import PACS
 from imaginghub.kernels.errors import Forbidden, PACSError
 
 
+
+@pytest.fixture(scope="module")
+def stack(data_stack):
+    """Every test here runs on SQLite and on PostgreSQL (see conftest)."""
+    return data_stack
+
 @pytest.fixture(scope="module")
 def users(stack):
     stack.cli("users", "add", "frank", "--project", "oncology", "--project", "neuro")

@@ -3,8 +3,8 @@
 JupyterHub starts it as a managed service and sets JUPYTERHUB_API_TOKEN,
 JUPYTERHUB_API_URL, JUPYTERHUB_SERVICE_URL and JUPYTERHUB_SERVICE_PREFIX;
 ``IMAGINGHUB_HOME`` names the state directory, where the archive's address
-(settings.json) and password (secrets/) are read. ``IMAGINGHUB_DATA_DB_URL``
-overrides the database (default: SQLite in the state directory).
+(settings.json) and password (secrets/) are read; see :func:`db_url` for the
+database.
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ from .db import Store
 
 
 def db_url(home: Home) -> str:
-    return os.environ.get("IMAGINGHUB_DATA_DB_URL") or f"sqlite:///{home.path / 'data' / 'data.sqlite'}"
+    """The service's database: $IMAGINGHUB_DATA_DB_URL, else ``data_db_url``
+    in settings.json (e.g. ``postgresql+psycopg://user@host/db``), else SQLite
+    in the state directory."""
+    return (os.environ.get("IMAGINGHUB_DATA_DB_URL") or home.load_settings().get("data_db_url")
+            or f"sqlite:///{home.path / 'data' / 'data.sqlite'}")
 
 
 async def serve() -> None:
