@@ -157,6 +157,47 @@ def cmd_projects(args) -> int:
     return 1 if result.get("unknown") else 0
 
 
+def cmd_modalities(args) -> int:
+    """DICOM peers allowed to C-STORE into the archive (kept in settings.json,
+    applied to the running archive at once)."""
+    import httpx
+
+    from . import orthanc
+
+    home = _home(args)
+    settings = home.load_settings()
+    modalities = settings.setdefault("modalities", {})
+    if args.modalities_command == "list":
+        for name, (aet, host, port) in sorted(modalities.items()):
+            print(f"{name:<16} {aet:<16} {host}:{port}")
+        if not modalities:
+            print("no modalities: only known peers may store (imaginghub modalities add ...)")
+        return 0
+    name = args.name
+    run = home.read_run()
+    client = (httpx.Client(base_url=run["archive_url"], timeout=30,
+                           auth=(orthanc.ARCHIVE_USER, home.secret("archive_password")))
+              if run else None)
+    if args.modalities_command == "add":
+        aet = (args.aet or name).upper()
+        if not (1 <= len(aet) <= 16) or not aet.isascii():
+            raise ImagingHubError(f"invalid AE title {aet!r}: 1 to 16 ASCII characters")
+        modalities[name] = [aet, args.host, args.port]
+        if client:
+            client.put(f"/modalities/{name}",
+                       json={"AET": aet, "Host": args.host, "Port": args.port}).raise_for_status()
+        print(f"{name} ({aet} at {args.host}:{args.port}) may now store into the archive; "
+              "the called AE title names the project (e.g. ONCOLOGY)")
+    else:
+        if modalities.pop(name, None) is None:
+            raise ImagingHubError(f"no modality {name!r}")
+        if client:
+            client.delete(f"/modalities/{name}")
+        print(f"removed {name}")
+    home.save_settings(settings)
+    return 0
+
+
 def cmd_kernelspec(args) -> int:
     from pathlib import Path
 
@@ -221,6 +262,19 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--series", action="append", metavar="UID")
         sp.add_argument("--study", action="append", metavar="UID")
         sp.set_defaults(fn=cmd_projects)
+
+    mod = sub.add_parser("modalities", help="DICOM peers allowed to C-STORE into the archive")
+    ms = mod.add_subparsers(dest="modalities_command", required=True)
+    ms.add_parser("list").set_defaults(fn=cmd_modalities)
+    ma = ms.add_parser("add", help="allow a peer (its calling AE title, host and port)")
+    ma.add_argument("name")
+    ma.add_argument("--aet", help="its AE title (default: NAME in capitals)")
+    ma.add_argument("--host", default="127.0.0.1")
+    ma.add_argument("--port", type=int, default=104)
+    ma.set_defaults(fn=cmd_modalities)
+    mr = ms.add_parser("remove")
+    mr.add_argument("name")
+    mr.set_defaults(fn=cmd_modalities)
 
     ks = sub.add_parser("kernelspec", help="install the 'Imaging (Python 3)' kernelspec")
     ks.add_argument("--prefix", help="install prefix (default: this Python's)")

@@ -41,6 +41,10 @@ async def serve() -> None:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/data/")
     bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
     app = make_app(ctx, prefix)
+    from .sync import ChangeFeed
+
+    feed = asyncio.create_task(ChangeFeed(ctx.archive, archive, ctx.store,
+                                          settings.get("aet", "IMAGINGHUB")).run())
     server = app.listen(bind.port, address=bind.hostname or "127.0.0.1",
                         max_buffer_size=2 * 1024**3)
     logging.getLogger("imaginghub.data").info("data service on %s%s", bind.netloc, prefix)
@@ -49,6 +53,7 @@ async def serve() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    feed.cancel()
     server.stop()
     await ctx.archive.aclose()
 

@@ -1,0 +1,111 @@
+"""Following the archive's change feed (Orthanc's ``/changes``): series that
+arrive by DIMSE C-STORE get the project their called AE title names, as in
+Kaapana (send to AE title ``ONCOLOGY`` and the series lands in project
+``oncology``). A series that already has a project keeps it; one sent to the
+archive's own AE title, or to a title that names no valid project, stays
+unassigned (invisible) until an admin assigns it.
+
+The position in the feed is kept in the service's database, so a restart
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ...errors import ConfigError
+from ...users import validate_project
+from .db import Base, Store
+
+log = logging.getLogger("imaginghub.data.sync")
+
+
+class FeedPosition(Base):
+    __tablename__ = "feed_position"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last: Mapped[int] = mapped_column()
+
+
+class ChangeFeed:
+    def __init__(self, archive: httpx.AsyncClient, archive_url: str, store: Store,
+                 own_aet: str, interval: float = 1.0):
+        self.archive = archive
+        self.url = archive_url.rstrip("/")
+        self.store = store
+        self.own_aet = own_aet.upper()
+        self.interval = interval
+        Base.metadata.create_all(store.engine)
+
+    def _position(self) -> int:
+        with self.store.session() as s:
+            row = s.get(FeedPosition, "orthanc")
+            return row.last if row else 0
+
+    def _save(self, last: int) -> None:
+        with self.store.session.begin() as s:
+            row = s.get(FeedPosition, "orthanc")
+            if row is None:
+                s.add(FeedPosition(name="orthanc", last=last))
+            else:
+                row.last = last
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("change feed: will retry")
+            await asyncio.sleep(self.interval)
+
+    async def step(self) -> int:
+        """Read the feed once; returns how many series got a project."""
+        assigned = 0
+        since = self._position()
+        while True:
+            r = await self.archive.get(f"{self.url}/changes",
+                                       params={"since": since, "limit": 500})
+            r.raise_for_status()
+            feed = r.json()
+            for change in feed.get("Changes", []):
+                if change.get("ChangeType") == "NewSeries":
+                    assigned += await self._new_series(change["ID"])
+            since = feed.get("Last", since)
+            self._save(since)
+            if feed.get("Done", True):
+                return assigned
+
+    async def _new_series(self, orthanc_id: str) -> int:
+        series = (await self.archive.get(f"{self.url}/series/{orthanc_id}")).json()
+        series_uid = series["MainDicomTags"].get("SeriesInstanceUID")
+        if not series_uid or self.store.projects_of(series_uid):
+            return 0
+        study = (await self.archive.get(f"{self.url}/studies/{series['ParentStudy']}")).json()
+        study_uid = study["MainDicomTags"].get("StudyInstanceUID")
+        first = series["Instances"][0] if series.get("Instances") else None
+        if not first:
+            return 0
+        origin = await self.archive.get(f"{self.url}/instances/{first}/metadata/Origin")
+        if origin.text.strip() != "DicomProtocol":
+            return 0  # came over HTTP: the gateway assigned it already
+        called = await self.archive.get(f"{self.url}/instances/{first}/metadata/CalledAET")
+        aet = called.text.strip().upper() if called.status_code == 200 else ""
+        if not aet or aet == self.own_aet:
+            log.info("series received by DIMSE for %s: no project named", aet or "?")
+            return 0
+        try:
+            project = validate_project(aet.lower())
+        except ConfigError:
+            log.warning("series received by DIMSE for AE title %s: not a project name", aet)
+            return 0
+        self.store.assign([(study_uid, series_uid)], project, by=f"dimse:{aet}")
+        self.store.audit("dimse", "dimse-store", [project], [series_uid], 200)
+        log.info("series received by DIMSE for %s assigned to project %s", aet, project)
+        return 1
+

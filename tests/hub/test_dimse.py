@@ -1,0 +1,61 @@
+"""DIMSE C-STORE from a configured modality: the called AE title names the
+project, and the series shows up for that project's members only."""
+
+from __future__ import annotations
+
+import time
+
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from tests_support import ct_file
+
+from imaginghub.kernels.dicomweb import PACS
+
+
+def c_store(port: int, called: str, calling: str = "SCANNER1"):
+    import io
+
+    ds = dcmread(io.BytesIO(ct_file(generate_uid(), generate_uid())))
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assert assoc.is_established
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    return ds, status
+
+
+def wait_for(fn, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_called_ae_title_names_the_project(stack):
+    out = stack.cli("modalities", "add", "scanner1", "--aet", "SCANNER1", "--host",
+                    "127.0.0.1", "--port", "11112").stdout
+    assert "may now store" in out
+    assert "SCANNER1" in stack.cli("modalities", "list").stdout
+
+    ds, status = c_store(stack.run["dicom_port"], "NEURO")
+    assert status.Status == 0x0000
+    bob = PACS(stack.run["gateway_url"], token=stack.token("bob"))
+    alice = PACS(stack.run["gateway_url"], token=stack.token("alice"))
+    query = {"SeriesInstanceUID": ds.SeriesInstanceUID}
+    assert wait_for(lambda: bob.search_for_series(search_filters=query))
+    assert alice.search_for_series(search_filters=query) == []
+
+    # sent to the archive's own AE title: stored, but in no project until assigned
+    own, status = c_store(stack.run["dicom_port"], "IMAGINGHUB")
+    assert status.Status == 0x0000
+    time.sleep(3)
+    q = {"SeriesInstanceUID": own.SeriesInstanceUID}
+    assert bob.search_for_series(search_filters=q) == []
+    assert alice.search_for_series(search_filters=q) == []
+    stack.cli("projects", "add", "oncology", "--series", own.SeriesInstanceUID)
+    assert alice.search_for_series(search_filters=q)
+    stack.cli("modalities", "remove", "scanner1")
