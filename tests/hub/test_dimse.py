@@ -57,5 +57,9 @@ def test_called_ae_title_names_the_project(stack):
     assert bob.search_for_series(search_filters=q) == []
     assert alice.search_for_series(search_filters=q) == []
     stack.cli("projects", "add", "oncology", "--series", own.SeriesInstanceUID)
-    assert alice.search_for_series(search_filters=q)
-    stack.cli("modalities", "remove", "scanner1")
+    try:
+        assert alice.search_for_series(search_filters=q)
+    finally:  # leave the session's stack as the other tests expect it
+        stack.cli("projects", "remove", "oncology", "--series", own.SeriesInstanceUID)
+        stack.cli("projects", "remove", "neuro", "--series", ds.SeriesInstanceUID)
+        stack.cli("modalities", "remove", "scanner1")
