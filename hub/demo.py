@@ -419,6 +419,8 @@ def load(dicomweb_url: str, auth, *, out=None, batch: int = 32,
     import httpx
     from tqdm import tqdm
 
+    from ..kernels.multipart import dicom_body
+
     chosen = [s for s in SERIES if keys is None or s.key in keys]
     total = sum(GRIDS[s.key].slices if s.key in _CLASSIC else 1 for s in chosen)
     stored = 0
@@ -432,10 +434,7 @@ def load(dicomweb_url: str, auth, *, out=None, batch: int = 32,
                 pending = [to_bytes(ds) for _, ds in zip(range(batch), items)]
                 if not pending:
                     break
-                body = b"".join(
-                    b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
-                    + p + b"\r\n" for p in pending
-                ) + b"--" + boundary.encode() + b"--\r\n"
+                body = dicom_body(pending, boundary)
                 r = client.post(f"{dicomweb_url}/studies", content=body,
                                 headers={"Content-Type": ctype, "Accept": "application/dicom+json"})
                 if r.status_code not in (200, 202):

@@ -260,10 +260,10 @@ class PACS:
         (200 all stored, 202 some refused, 409 none stored)."""
         import httpx
 
+        from .multipart import dicom_body
+
         boundary = "imaginghub-stow-boundary"
-        content = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom"
-                           b"\r\n\r\n" + b + b"\r\n" for b in bodies)
-        content += b"--" + boundary.encode() + b"--\r\n"
+        content = dicom_body(bodies, boundary)
         headers = {"Content-Type": f'multipart/related; type="application/dicom"; '
                                    f"boundary={boundary}",
                    "Accept": "application/dicom+json"}

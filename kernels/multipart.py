@@ -97,3 +97,10 @@ def _parse_headers(raw: bytes) -> dict:
             k, _, v = line.partition(b":")
             out[k.strip().lower().decode()] = v.strip().decode()
     return out
+
+
+def dicom_body(files: list[bytes], boundary: str) -> bytes:
+    """A ``multipart/related; type="application/dicom"`` body of DICOM files."""
+    b = boundary.encode()
+    return b"".join(b"--" + b + b"\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n"
+                    for f in files) + b"--" + b + b"--\r\n"

@@ -81,9 +81,9 @@ def _missing_pixel_bytes(ds) -> int:
 
 
 def multipart_body(parts: list[Part], boundary: str) -> bytes:
-    b = boundary.encode()
-    return b"".join(b"--" + b + b"\r\nContent-Type: application/dicom\r\n\r\n" + p.body + b"\r\n"
-                    for p in parts) + b"--" + b + b"--\r\n"
+    from ....kernels.multipart import dicom_body
+
+    return dicom_body([p.body for p in parts], boundary)
 
 
 def failed_item(part: Part) -> dict:
