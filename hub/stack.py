@@ -15,7 +15,7 @@ import time
 import httpx
 
 from . import hubconfig, orthanc
-from .errors import ConfigError, StackError
+from .errors import StackError
 from .process import Managed, kill_tree
 from .state import Home, free_port, port_in_use, write_private
 from .users import Registry

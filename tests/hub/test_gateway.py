@@ -4,7 +4,6 @@ reads as if it did not exist."""
 
 from __future__ import annotations
 
-import json
 
 import httpx
 import pytest

@@ -7,7 +7,6 @@ import json
 import re
 
 import httpx
-import numpy as np
 import pytest
 from hubclient import UserSession
 

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Iterable
 
 from sqlalchemy import DateTime, Integer, String, Text, create_engine, delete, func, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
 class Base(DeclarativeBase):

@@ -13,7 +13,7 @@ sees it, and every stored series belongs to a project.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import dcmread
@@ -40,12 +40,6 @@ class Part:
     sop_class: str = ""
     problem: str = ""
     code: int = 0
-
-
-@dataclass
-class Plan:
-    accepted: list[Part] = field(default_factory=list)
-    refused: list[Part] = field(default_factory=list)
 
 
 def inspect(index: int, body: bytes) -> Part:
