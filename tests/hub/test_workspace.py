@@ -193,3 +193,23 @@ def test_demo_data_command_is_idempotent(stack):
     assert f"stored {demo.count_instances()}" in out
     with stack.archive().rest() as c:
         assert c.get("/statistics").json()["CountInstances"] == before
+
+
+def test_a_stopped_servers_token_stops_working(stack, alice):
+    """The kernel's token (the server's) reaches the gateway while the server
+    runs, and not once it is stopped (after the gateway's 10 s cache)."""
+    import time
+
+    kernel = alice.start_kernel()
+    out = alice.execute(kernel["id"], "import os; print(os.environ['JUPYTERHUB_API_TOKEN'])")
+    server_token = out["stdout"].strip()
+    gateway = stack.run["gateway_url"] + "/series"
+    headers = {"Authorization": f"token {server_token}"}
+    assert httpx.get(gateway, headers=headers, timeout=30).status_code == 200
+    assert alice.hub("DELETE", "/users/alice/server").status_code in (202, 204)
+    deadline = time.monotonic() + 60
+    while alice.hub("GET", "/users/alice").json().get("servers"):
+        assert time.monotonic() < deadline, "the server did not stop"
+        time.sleep(0.5)
+    time.sleep(11)
+    assert httpx.get(gateway, headers=headers, timeout=30).status_code == 401

@@ -36,8 +36,12 @@ async def serve() -> None:
     (home.path / "data").mkdir(exist_ok=True)
     settings = home.load_settings()
     archive = f"http://127.0.0.1:{settings['orthanc_http_port']}"
+    # A token's identity and a user's projects are trusted for this long: a
+    # series load does not ask the hub per request, and a revoked token or a
+    # stopped server's token stops working within it.
+    cache = int(settings.get("data_auth_cache_seconds", 10))
     ctx = Context(archive, (orthanc.ARCHIVE_USER, home.secret("archive_password")),
-                  Store(db_url(home)), HubAuth(cache_max_age=60))
+                  Store(db_url(home)), HubAuth(cache_max_age=cache), cache_seconds=cache)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/data/")
     bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
     app = make_app(ctx, prefix)

@@ -56,7 +56,7 @@ class Context:
     """What the handlers share: archive client, store, hub auth, group cache."""
 
     def __init__(self, archive_url: str, archive_auth, store: Store, hub_auth: HubAuth,
-                 cache_seconds: float = 60.0):
+                 cache_seconds: float = 10.0):
         self.archive_url = archive_url.rstrip("/")
         self.archive = httpx.AsyncClient(
             auth=archive_auth, timeout=httpx.Timeout(120, connect=5),
