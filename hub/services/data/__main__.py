@@ -60,6 +60,8 @@ async def serve() -> None:
     feed.cancel()
     server.stop()
     await ctx.archive.aclose()
+    await ctx.hub.aclose()
+    ctx.relay_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -67,6 +68,12 @@ class Context:
         self.archive_basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.cache_seconds = cache_seconds
         self._users: dict[str, tuple[float, dict]] = {}
+        self.hub = httpx.AsyncClient(
+            timeout=10, headers={"Authorization": f"token {hub_auth.api_token}"})
+        # Threads that relay series answers (one per transfer in flight): the
+        # default executor has only a handful on a small machine, which
+        # would queue the users' downloads behind each other.
+        self.relay_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay")
 
     async def user_model(self, name: str) -> dict:
         """The hub's model of a user (groups, admin), fetched with the service's
@@ -74,10 +81,10 @@ class Context:
         hit = self._users.get(name)
         if hit and time.monotonic() - hit[0] < self.cache_seconds:
             return hit[1]
-        async with httpx.AsyncClient(timeout=10) as c:
-            r = await c.get(f"{self.hub_auth.api_url}/users/{name}",
-                            headers={"Authorization": f"token {self.hub_auth.api_token}"})
-        model = r.json() if r.status_code == 200 else {}
+        r = await self.hub.get(f"{self.hub_auth.api_url}/users/{name}")
+        if r.status_code != 200:
+            return {}  # not cached: a passing hub error must not lock a user out
+        model = r.json()
         self._users[name] = (time.monotonic(), model)
         return model
 
@@ -234,8 +241,9 @@ class SeriesHandler(BaseHandler):
         target = f"/{path.lstrip('/')}" + (f"?{query}" if query else "")
         loop = asyncio.get_running_loop()
         try:
-            opened = await loop.run_in_executor(None, splice.open_get, self.ctx.archive_url,
-                                                target, headers, self.ctx.archive_basic)
+            opened = await loop.run_in_executor(
+                self.ctx.relay_pool, splice.open_get, self.ctx.archive_url, target, headers,
+                self.ctx.archive_basic)
         except OSError:
             opened = None
         if opened is not None:
@@ -248,7 +256,7 @@ class SeriesHandler(BaseHandler):
                 stream = self.detach()
                 stream.close()
                 self.on_finish()  # the audit entry: tornado will not call it now
-                await loop.run_in_executor(None, splice.relay, sock, client_fd,
+                await loop.run_in_executor(self.ctx.relay_pool, splice.relay, sock, client_fd,
                                            head.encode("latin-1") + leftover)
                 return
             sock.close()
