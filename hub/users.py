@@ -27,7 +27,7 @@ PROJECT_PREFIX = "project-"
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 _PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
-# scrypt parameters: about 50 ms per check on this hardware, 16 MiB of memory.
+# scrypt parameters: about 40 ms per check on this project's 2-core machine, 16 MiB of memory.
 _N, _R, _P = 2**14, 8, 1
 
 
