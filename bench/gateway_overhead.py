@@ -26,7 +26,7 @@ IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--queries", type=int, default=50)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
@@ -70,11 +70,15 @@ def measure(direct: PACS, gateway: PACS, args) -> None:
             t = time.perf_counter()
             p.search_for_series(search_filters={"Modality": "CT"})
             queries[name].append(time.perf_counter() - t)
-    a, gw = statistics.median(loads["archive"]), statistics.median(loads["gateway"])
+    # Loads alternate, so both paths see the same machine; the best of N is
+    # the path's own cost (on a 2-core machine, slower runs are other work
+    # and page-cache or memory effects), the median what a user sees.
     print(f"\ngateway overhead: load_series of {g.slices} x {g.rows} x {g.cols} CT "
-          f"({mb:.0f} MB of pixels), median of {args.repeat}")
-    print(f"  archive directly  {a:6.3f} s  {mb / a:6.0f} MB/s")
-    print(f"  through gateway   {gw:6.3f} s  {mb / gw:6.0f} MB/s   overhead {100 * (gw / a - 1):+.1f} %")
+          f"({mb:.0f} MB of pixels), {args.repeat} loads each, alternating")
+    for label, f in (("best", min), ("median", statistics.median)):
+        a, gw = f(loads["archive"]), f(loads["gateway"])
+        print(f"  {label:6} archive directly {a:6.3f} s {mb / a:5.0f} MB/s | through gateway "
+              f"{gw:6.3f} s {mb / gw:5.0f} MB/s | overhead {100 * (gw / a - 1):+5.1f} %")
     qa, qg = (statistics.median(queries[k]) * 1000 for k in ("archive", "gateway"))
     qa95, qg95 = (statistics.quantiles(queries[k], n=20)[18] * 1000 for k in ("archive", "gateway"))
     print(f"QIDO-RS series search (Modality=CT), {args.queries} queries:")

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import httpx
 
+from ..kernels.dicomweb import STOW_BATCH_BYTES
 from .errors import ImagingHubError
 from .services.data import stow
-
-BATCH_BYTES = 64 * 1024**2
 
 
 @dataclass
@@ -98,7 +97,7 @@ class Ingest:
                     self.known[part.series].add(part.sop)
                     batch.append((name, part))
                     size += len(data)
-                    if size >= BATCH_BYTES or len(batch) >= 256:
+                    if size >= STOW_BATCH_BYTES or len(batch) >= 256:
                         self._send(batch, report)
                         batch, size = [], 0
                 bar.update(1)

@@ -40,6 +40,9 @@ ENV_TOKEN = "IMAGINGHUB_DICOMWEB_TOKEN"
 
 # (connect, read) seconds: a dead archive fails fast, a big answer may stream.
 DEFAULT_TIMEOUT = (5.0, 120.0)
+# Instances go to the archive in STOW-RS requests of about this size (the
+# gateway takes at most 256 MiB per request by default).
+STOW_BATCH_BYTES = 64 * 1024**2
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 def _session(username, password, token, timeout):
     import requests
@@ -232,14 +235,17 @@ class PACS:
                         project: str | None = None):
         """STOW-RS pydicom datasets, into ``project`` when the gateway needs to
         be told which (you belong to several). Datasets built in memory get
-        the preamble and file meta that a DICOM file needs. Returns the
-        archive's answer as a pydicom Dataset."""
+        the preamble and file meta that a DICOM file needs. They are sent in
+        requests of about 64 MiB. Returns the archive's answer (stored and
+        failed instances of all requests) as a pydicom Dataset."""
         import io
 
         from pydicom.dataset import Dataset, FileMetaDataset
         from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
-        bodies = []
+        answer = Dataset()
+        batch: list[bytes] = []
+        size = 0
         for ds in datasets:
             if getattr(ds, "preamble", None) is None:
                 ds.preamble = b"\0" * 128
@@ -251,9 +257,14 @@ class PACS:
             ds.file_meta = meta
             buf = io.BytesIO()
             ds.save_as(buf, enforce_file_format=True)
-            bodies.append(buf.getvalue())
-        r = self._post_dicom(bodies, study_instance_uid, project)
-        return Dataset.from_json(r.json()) if r.content else Dataset()
+            batch.append(buf.getvalue())
+            size += len(batch[-1])
+            if size >= STOW_BATCH_BYTES:  # archives limit the size of one request
+                _merge_stow_answer(answer, self._post_dicom(batch, study_instance_uid, project))
+                batch, size = [], 0
+        if batch:
+            _merge_stow_answer(answer, self._post_dicom(batch, study_instance_uid, project))
+        return answer
 
     def _post_dicom(self, bodies: list[bytes], study_instance_uid=None, project=None):
         """POST raw DICOM files as one STOW-RS request; returns the httpx answer
@@ -334,6 +345,24 @@ class PACS:
         finally:
             bar.close()
         return builder.build(meta)
+
+
+def _merge_stow_answer(answer, r) -> None:
+    """Add one STOW-RS request's answer (stored and failed instances) to the
+    answer of several."""
+    from pydicom.dataset import Dataset
+
+    if not r.content:
+        return
+    part = Dataset.from_json(r.json())
+    for keyword in ("ReferencedSOPSequence", "FailedSOPSequence"):
+        items = list(part.get(keyword, []))
+        if items:
+            if keyword not in answer:
+                setattr(answer, keyword, [])
+            getattr(answer, keyword).extend(items)
+    if "RetrieveURL" in part and "RetrieveURL" not in answer:
+        answer.RetrieveURL = part.RetrieveURL
 
 
 def _value(record: dict, tag: str):

@@ -5,17 +5,18 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
 
-def in_memory_ct() -> Dataset:
+def in_memory_ct(series_uid=None, study_uid=None, value=0) -> Dataset:
     """An 8x8 CT image built the way a notebook would: no preamble, no file meta."""
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.PatientID, ds.Modality = "MEM-1", "CT"
     ds.Rows = ds.Columns = 8
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.PixelData = np.arange(64, dtype=np.int16).tobytes()
+    ds.PixelData = (np.arange(64, dtype=np.int16) + value).tobytes()
     return ds
 
 
@@ -23,11 +24,8 @@ def ct_file(series_uid=None, study_uid=None, sop_uid=None, value=0) -> bytes:
     """A complete CT file (bytes) of an 8x8 image."""
     import io
 
-    ds = in_memory_ct()
-    ds.StudyInstanceUID = study_uid or ds.StudyInstanceUID
-    ds.SeriesInstanceUID = series_uid or ds.SeriesInstanceUID
+    ds = in_memory_ct(series_uid, study_uid, value)
     ds.SOPInstanceUID = sop_uid or ds.SOPInstanceUID
-    ds.PixelData = (np.arange(64, dtype=np.int16) + value).tobytes()
     from pydicom.dataset import FileMetaDataset
 
     ds.file_meta = FileMetaDataset()

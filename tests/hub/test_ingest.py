@@ -100,6 +100,38 @@ def test_kernel_stow_into_a_foreign_project_is_forbidden(users, stack):
     assert not admin_sees(stack, ds.SOPInstanceUID)
 
 
+def test_kernel_stow_of_many_instances_goes_in_several_requests(users, stack, monkeypatch):
+    import imaginghub.kernels.dicomweb as dicomweb
+
+    monkeypatch.setattr(dicomweb, "STOW_BATCH_BYTES", 1)  # one instance per request
+    study, series = generate_uid(), generate_uid()
+    datasets = [in_memory_ct(series, study, value=i) for i in range(3)]
+    answer = users["alice"].store_instances(datasets)
+    assert sorted(i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence) == sorted(
+        ds.SOPInstanceUID for ds in datasets)
+    assert "FailedSOPSequence" not in answer
+    found = users["alice"].search_for_instances(search_filters={"SeriesInstanceUID": series})
+    assert len(found) == 3  # the later requests added to the series the first one made
+    assert users["bob"].search_for_series(search_filters={"SeriesInstanceUID": series}) == []
+
+
+def test_oversized_stow_is_refused_before_its_body_is_read(stack):
+    """A request over the gateway's limit gets a 413 that says what to do, as
+    soon as its headers arrive (the body is never uploaded)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(stack.run["gateway_url"])
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall((f"POST {u.path}/studies HTTP/1.1\r\nHost: {u.netloc}\r\n"
+                   f"Authorization: token {stack.token('alice')}\r\n"
+                   "Content-Type: multipart/related; type=\"application/dicom\"; boundary=b\r\n"
+                   f"Content-Length: {300 * 2**20}\r\n\r\n").encode())
+        answer = s.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    assert "several requests" in answer and "256 MiB" in answer
+
+
 def test_stow_cannot_add_to_another_projects_series(users, stack):
     ct = demo.series("ct-head")
     ds = in_memory_ct()

@@ -41,7 +41,8 @@ async def serve() -> None:
     # stopped server's token stops working within it.
     cache = int(settings.get("data_auth_cache_seconds", 10))
     ctx = Context(archive, (orthanc.ARCHIVE_USER, home.secret("archive_password")),
-                  Store(db_url(home)), HubAuth(cache_max_age=cache), cache_seconds=cache)
+                  Store(db_url(home)), HubAuth(cache_max_age=cache), cache_seconds=cache,
+                  max_stow_bytes=int(settings.get("data_max_stow_mb", 256)) * 1024**2)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/data/")
     bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
     app = make_app(ctx, prefix)

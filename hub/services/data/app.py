@@ -57,7 +57,8 @@ class Context:
     """What the handlers share: archive client, store, hub auth, group cache."""
 
     def __init__(self, archive_url: str, archive_auth, store: Store, hub_auth: HubAuth,
-                 cache_seconds: float = 10.0):
+                 cache_seconds: float = 10.0, max_stow_bytes: int = 256 * 1024**2):
+        self.max_stow_bytes = max_stow_bytes
         self.archive_url = archive_url.rstrip("/")
         self.archive = httpx.AsyncClient(
             auth=archive_auth, timeout=httpx.Timeout(120, connect=5),
@@ -352,22 +353,59 @@ class StudyHandler(SeriesHandler):
         self.write(f"--{boundary}--\r\n".encode())
 
 
+@web.stream_request_body
 class StowHandler(BaseHandler):
     """STOW-RS into one project: the header ``X-Imaginghub-Project`` names it,
-    or the caller's only project. See :mod:`.stow` for what is checked."""
+    or the caller's only project. See :mod:`.stow` for what is checked.
 
-    async def post(self, study: str | None = None):
-        from ....kernels.multipart import boundary_of, iter_parts
-        from . import stow
+    The body is received only after the caller and the project have been
+    checked, and only up to the service's limit (``data_max_stow_mb``): a
+    request is stored all or nothing per instance, so it is held until every
+    part has been inspected; clients send large uploads in several requests
+    (``imaginghub ingest`` and ``pacs.store_instances`` do)."""
 
+    _parser = None
+
+    async def prepare(self):
+        from ....kernels.multipart import PartParser, boundary_of
+
+        await super().prepare()
+        if self.request.method != "POST":
+            return
         self._action = "stow"
-        project = self.target_project()
+        self._project = self.target_project()
         try:
-            boundary = boundary_of(self.request.headers.get("Content-Type", ""))
-            parts = [stow.inspect(i, body) for i, (_, body)
-                     in enumerate(iter_parts([self.request.body], boundary))]
+            self._parser = PartParser(boundary_of(self.request.headers.get("Content-Type", "")))
         except ValueError as e:
             raise web.HTTPError(400, reason=f"not a multipart/related body: {e}") from None
+        self._parts: list = []
+        limit = self.ctx.max_stow_bytes
+        declared = _int(self.request.headers.get("Content-Length"))
+        if declared is not None and declared > limit:
+            raise web.HTTPError(413, reason=(
+                f"the request is {declared / 2**20:.0f} MiB; this archive takes at most "
+                f"{limit / 2**20:.0f} MiB per STOW-RS request: send the instances in "
+                "several requests"))
+        self.request.connection.set_max_body_size(limit)
+
+    def data_received(self, chunk: bytes) -> None:
+        # Parts are cut out and inspected as they arrive: the request's bytes
+        # are held once, as the parts' bodies.
+        from . import stow
+
+        if self._parser is not None:
+            for _, body in self._parser.feed(chunk):
+                self._parts.append(stow.inspect(len(self._parts), body))
+
+    async def post(self, study: str | None = None):
+        from . import stow
+
+        project = self._project
+        try:
+            self._parser.close()
+        except ValueError as e:
+            raise web.HTTPError(400, reason=f"not a multipart/related body: {e}") from None
+        parts = self._parts
         if not parts:
             raise web.HTTPError(400, reason="the request holds no DICOM instances")
         for p in parts:

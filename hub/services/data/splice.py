@@ -8,6 +8,7 @@ pipe in the kernel, in a worker thread, never through Python buffers.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
@@ -63,6 +64,10 @@ def relay(src: socket.socket, dst_fd: int, first: bytes) -> int:
     total = 0
     r, w = os.pipe()
     try:
+        try:  # a 64 KiB pipe would cut the stream into small bursts
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, CHUNK)
+        except OSError:
+            pass
         dst.sendall(first)
         total += len(first)
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_MORE
