@@ -19,7 +19,7 @@ from pathlib import Path
 
 from imaginghub.hub import demo
 from imaginghub.hub.state import Home, free_port
-from imaginghub.kernels.dicomweb import PACS
+from imaginghub.kernels.dicomweb import MULTIPART_DICOM, PACS
 
 IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
 
@@ -64,6 +64,18 @@ def measure(direct: PACS, gateway: PACS, args) -> None:
             t = time.perf_counter()
             p.load_series(uid, progress=False)
             loads[name].append(time.perf_counter() - t)
+    # The same answer read as raw bytes (no decoding): the gateway's own cost,
+    # without the client's CPU competing with it.
+    raw = {"archive": [], "gateway": []}
+    s = demo.series("ct-head")
+    for _ in range(args.repeat):
+        for name, p in (("archive", direct), ("gateway", gateway)):
+            url = f"{p.url}/studies/{s.study_uid}/series/{s.series_uid}"
+            t = time.perf_counter()
+            with p._httpx().stream("GET", url, headers={"Accept": MULTIPART_DICOM}) as r:
+                for _ in r.iter_raw(1 << 20):
+                    pass
+            raw[name].append(time.perf_counter() - t)
     queries = {"archive": [], "gateway": []}
     for _ in range(args.queries):
         for name, p in (("archive", direct), ("gateway", gateway)):
@@ -79,6 +91,9 @@ def measure(direct: PACS, gateway: PACS, args) -> None:
         a, gw = f(loads["archive"]), f(loads["gateway"])
         print(f"  {label:6} archive directly {a:6.3f} s {mb / a:5.0f} MB/s | through gateway "
               f"{gw:6.3f} s {mb / gw:5.0f} MB/s | overhead {100 * (gw / a - 1):+5.1f} %")
+    a, gw = statistics.median(raw["archive"]), statistics.median(raw["gateway"])
+    print(f"  raw multipart stream, median: archive {a:6.3f} s | through gateway {gw:6.3f} s | "
+          f"overhead {100 * (gw / a - 1):+5.1f} % ({1000 * (gw - a):+.0f} ms)")
     qa, qg = (statistics.median(queries[k]) * 1000 for k in ("archive", "gateway"))
     qa95, qg95 = (statistics.quantiles(queries[k], n=20)[18] * 1000 for k in ("archive", "gateway"))
     print(f"QIDO-RS series search (Modality=CT), {args.queries} queries:")

@@ -42,7 +42,11 @@ async def serve() -> None:
     cache = int(settings.get("data_auth_cache_seconds", 10))
     ctx = Context(archive, (orthanc.ARCHIVE_USER, home.secret("archive_password")),
                   Store(db_url(home)), HubAuth(cache_max_age=cache), cache_seconds=cache,
-                  max_stow_bytes=int(settings.get("data_max_stow_mb", 256)) * 1024**2)
+                  max_stow_bytes=int(settings.get("data_max_stow_mb", 256)) * 1024**2,
+                  # The embedded archive's files, read directly for whole series
+                  # (setting data_read_archive_files: false turns it off).
+                  archive_storage=(home.orthanc_dir / "db"
+                                   if settings.get("data_read_archive_files", True) else None))
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/data/")
     bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
     app = make_app(ctx, prefix)

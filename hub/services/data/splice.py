@@ -51,13 +51,38 @@ def open_get(base_url: str, target: str, headers: dict, authorization: str):
         raise
 
 
-def close_delimited(headers: dict) -> bool:
-    return "content-length" not in headers and "transfer-encoding" not in headers
+def body_length(headers: dict) -> int | None:
+    """The answer's length: a number, -1 when the archive closes the
+    connection to end it, None when it is chunked."""
+    if "transfer-encoding" in headers:
+        return None
+    length = headers.get("content-length")
+    return int(length) if length is not None else -1
 
 
-def relay(src: socket.socket, dst_fd: int, first: bytes) -> int:
-    """Write ``first`` then everything ``src`` sends to ``dst_fd`` until the
-    archive closes; returns the bytes relayed. Closes both."""
+def read_body(sock: socket.socket, first: bytes, length: int) -> bytes:
+    """The rest of an answer of ``length`` bytes (-1: until the archive
+    closes); closes the socket."""
+    try:
+        parts, have = [first], len(first)
+        while length < 0 or have < length:
+            chunk = sock.recv(CHUNK if length < 0 else min(CHUNK, length - have))
+            if not chunk:
+                if length < 0:
+                    break
+                raise ConnectionError("the archive closed the connection mid-answer")
+            parts.append(chunk)
+            have += len(chunk)
+        body = b"".join(parts)
+        return body if length < 0 else body[:length]
+    finally:
+        sock.close()
+
+
+def relay(src: socket.socket, dst_fd: int, first: bytes, length: int = -1) -> int:
+    """Write ``first`` then what ``src`` sends to ``dst_fd``, ``length`` bytes
+    in all (``first`` included) or, for -1, until the archive closes; returns
+    the bytes relayed. Closes both."""
     src.settimeout(None)  # a socket with a timeout is non-blocking underneath
     os.set_blocking(dst_fd, True)
     dst = socket.socket(fileno=dst_fd)
@@ -71,8 +96,9 @@ def relay(src: socket.socket, dst_fd: int, first: bytes) -> int:
         dst.sendall(first)
         total += len(first)
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_MORE
-        while True:
-            n = os.splice(src.fileno(), w, CHUNK, flags=flags)
+        while length < 0 or total < length:
+            want = CHUNK if length < 0 else min(CHUNK, length - total)
+            n = os.splice(src.fileno(), w, want, flags=flags)
             if n == 0:
                 break
             total += n
