@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= hub,kernel,dev
+EXTRAS ?= hub,kernel,ml,dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ORTHANC := /usr/sbin/Orthanc
 DICOMWEB_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
 	  || $(MAKE) --no-print-directory apt-install PKGS=python3-venv
 	$(PYTHON) -m venv $(VENV)
+	@# torch first and pinned, so that pip takes the CPU build (see docs/dependencies.md)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "$$(grep -o 'torch==[0-9.]*' pyproject.toml)"
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
@@ -41,10 +43,12 @@ system-deps:
 	  fi; \
 	fi
 
-# What only the tests need: PostgreSQL, to run the data service on it.
+# What only the tests need: PostgreSQL, to run the data service on it, and
+# Chromium, to look at the widgets in JupyterLab.
 test-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  $(MAKE) --no-print-directory apt-install PKGS=postgresql
+	@[ -x /usr/bin/chromium ] || $(MAKE) --no-print-directory apt-install PKGS=chromium
 
 apt-install:
 	@if ! command -v apt-get >/dev/null 2>&1; then \
