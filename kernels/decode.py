@@ -38,7 +38,17 @@ def _floats(value, n):
 
 
 def frames_of(ds: Dataset) -> list[Frame]:
-    """The geometry of every frame of ``ds`` (classic or enhanced multi-frame)."""
+    """The geometry of every frame of ``ds`` (classic or enhanced multi-frame),
+    each with its source: ``(SOPInstanceUID, frame number)``."""
+    frames = _geometry(ds)
+    sop_uid = ds.get("SOPInstanceUID")
+    if sop_uid:
+        for number, f in enumerate(frames, start=1):
+            f.source = (str(sop_uid), number)
+    return frames
+
+
+def _geometry(ds: Dataset) -> list[Frame]:
     nframes = int(getattr(ds, "NumberOfFrames", 1) or 1)
     per_frame_seq = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
     if per_frame_seq:

@@ -301,6 +301,22 @@ class PACS:
             raise NotFound(f"series {series_instance_uid}: not found in the archive at {self.url}")
         return found[0]
 
+    def load_segmentation(self, seg_uid: str, *, series=None):
+        """A DICOM SEG (series or instance UID) as ``(labels, names)``: a label
+        Volume on its source series' grid and ``{segment number: name}``.
+        See :func:`~imaginghub.kernels.segmentation.load_segmentation`."""
+        from .segmentation import load_segmentation
+
+        return load_segmentation(self, seg_uid, series=series)
+
+    def write_segmentation(self, volume, labels, names: dict, **kwargs) -> str:
+        """Store ``labels`` (the shape of ``volume``, from :meth:`load_series`)
+        as a DICOM SEG with segments ``names`` (``{1: "liver"}``); returns its
+        series UID. See :func:`~imaginghub.kernels.segmentation.write_segmentation`."""
+        from .segmentation import write_segmentation
+
+        return write_segmentation(self, volume, labels, names, **kwargs)
+
     def load_series(self, series_instance_uid: str, study_instance_uid: str | None = None, *,
                     dtype="float32", progress: bool | None = None):
         """Load a series as a :class:`~imaginghub.kernels.volume.Volume`.
@@ -371,7 +387,8 @@ def _value(record: dict, tag: str):
 
 
 _META_KEYWORDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
-                  "SeriesDescription", "BodyPartExamined", "Manufacturer")
+                  "SeriesDescription", "BodyPartExamined", "Manufacturer", "SOPClassUID",
+                  "FrameOfReferenceUID", "SeriesNumber")
 
 
 def _series_meta(ds) -> dict:

@@ -59,6 +59,48 @@ class Volume:
         return (f"Volume({desc!r}, shape={self.shape}, dtype={self.array.dtype}, "
                 f"spacing=({sp}) mm, origin=({org}) mm LPS)")
 
+    # Conversions (see kernels/convert.py for the conventions).
+
+    def to_sitk(self):
+        """A ``SimpleITK.Image`` with the same geometry (LPS, as ITK); pixels copied once."""
+        from .convert import to_sitk
+        return to_sitk(self)
+
+    @classmethod
+    def from_sitk(cls, image, metadata: dict | None = None) -> Volume:
+        """A Volume from a 3D ``SimpleITK.Image`` (LPS)."""
+        from .convert import from_sitk
+        return from_sitk(image, metadata)
+
+    def to_nifti(self):
+        """A ``nibabel.Nifti1Image`` whose affine maps ``(i, j, k)`` to RAS
+        (x and y of the LPS affine negated); data in ``(i, j, k)`` order."""
+        from .convert import to_nifti
+        return to_nifti(self)
+
+    @classmethod
+    def from_nifti(cls, img, metadata: dict | None = None) -> Volume:
+        """A Volume (LPS) from a 3D NIfTI image or path (RAS affine)."""
+        from .convert import from_nifti
+        return from_nifti(img, metadata)
+
+    def save_nifti(self, path) -> None:
+        """Write a NIfTI file (RAS affine); ``.nii.gz`` is compressed."""
+        from .convert import save_nifti
+        save_nifti(self, path)
+
+    def to_monai(self, space: str = "RAS"):
+        """A ``monai.data.MetaTensor`` ``(1, i, j, k)`` whose affine maps to
+        ``space``: "RAS" (MONAI's loaders' default) or "LPS"."""
+        from .convert import to_monai
+        return to_monai(self, space)
+
+    @classmethod
+    def from_monai(cls, tensor, metadata: dict | None = None) -> Volume:
+        """A Volume (LPS) from a ``MetaTensor`` (affine in its ``meta["space"]``)."""
+        from .convert import from_monai
+        return from_monai(tensor, metadata)
+
 
 @dataclass
 class Frame:
@@ -70,6 +112,8 @@ class Frame:
     thickness: float | None
     slope: float
     intercept: float
+    # (SOPInstanceUID, 1-based frame number) of the instance it came from
+    source: tuple[str, int] | None = None
 
 
 class VolumeBuilder:
@@ -163,6 +207,10 @@ class VolumeBuilder:
         direction = np.column_stack([row_dir, col_dir, normal])
         meta = dict(metadata or {})
         meta.setdefault("SliceThickness", first.thickness)
+        if all(f.source is not None for f in self.frames):
+            # which instance (and frame) each slice k came from, for references
+            # back to the source (DICOM SEG, SR)
+            meta["source_frames"] = [self.frames[o].source for o in order]
         return Volume(
             array=array,
             spacing=(float(spacing_cols), float(spacing_rows), float(dz)),

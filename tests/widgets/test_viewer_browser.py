@@ -1,0 +1,144 @@
+"""The viewer as a user sees it: a user logs in with headless Chromium (Debian's
+package, software WebGL not needed: the viewer draws 2D canvases), opens a
+notebook in JupyterLab, runs it, and the phantom appears with its labels.
+Screenshots and timings are kept in tests/.artifacts/."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+CELLS = [
+    """import numpy as np
+from imaginghub.hub import demo
+mr = pacs.load_series(demo.series("mr-head").series_uid, progress=False)
+k, j, i = np.indices(mr.shape)
+points = np.stack([i, j, k, np.ones_like(i)], -1) @ mr.affine.T
+labels = demo.phantom_labels(points[..., :3])
+names = {label: name for label, name, *_ in demo.PHANTOM}
+view(mr, labels, names=names)""",
+    """ct = pacs.load_series(demo.series("ct-head").series_uid, progress=False)
+import time; shown_at = time.time()
+view(ct, preset="bone")""",
+    "print(f'CT-SHOWN-AT {shown_at}')",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def run_cell(page, index: int) -> None:
+    page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-InputPrompt").click()
+    page.keyboard.press("Shift+Enter")
+
+
+def _canvas_stats(page, index: int) -> dict:
+    """How many pixels are not black, and how many carry the first label's
+    colour (red, blended half with grey), in the index-th viewer canvas."""
+    return page.evaluate("""(index) => {
+        const c = document.querySelectorAll('.ih-viewer canvas')[index];
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let lit = 0, red = 0;
+        for (let p = 0; p < d.length; p += 4) {
+            if (d[p] + d[p + 1] + d[p + 2] > 30) lit++;
+            if (d[p] - d[p + 1] > 80 && d[p] - d[p + 2] > 50) red++;
+        }
+        return {lit, red, width: c.width, height: c.height};
+    }""", index)
+
+
+def test_view_volume_and_labels_in_jupyterlab(stack, browser):
+    # in both demo projects: the MR phantom is neuro's, the large CT oncology's
+    out = stack.cli("users", "add", "vera", "--project", "oncology", "--project", "neuro").stdout
+    password = re.search(r"password: (\S+)", out).group(1)
+    home = stack.home.path / "users" / "vera"
+    home.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    nb.metadata["kernelspec"] = {"name": "imaging", "display_name": "Imaging (Python 3)",
+                                 "language": "python"}
+    nbformat.write(nb, home / "viewer-test.ipynb")
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        _check_viewer(stack, page, password)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "viewer-failure.png"))
+        (ARTIFACTS / "viewer-console.txt").write_text("\n".join(errors))
+        raise
+    finally:
+        page.close()
+
+
+def _check_viewer(stack, page, password):
+    page.goto(f"{stack.url}/hub/login")
+    page.fill("#username_input", "vera")
+    page.fill("#password_input", password)
+    page.click("#login_submit")
+    page.wait_for_url("**/user/vera/lab**", timeout=120_000)
+    page.goto(f"{stack.url}/user/vera/lab/tree/viewer-test.ipynb?reset")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+    page.wait_for_selector("text=/Imaging \\(Python 3\\) \\| Idle/", timeout=120_000)
+    run_cell(page, 0)  # the phantom with its labels
+    page.wait_for_selector(".ih-viewer .ih-readout:not(:empty)", timeout=120_000)
+    page.wait_for_function("document.querySelectorAll('.ih-viewer canvas')[0].width > 0")
+    time.sleep(0.5)
+
+    legend = page.locator(".ih-viewer .ih-legend-item").all_inner_texts()
+    assert [t.strip() for t in legend] == ["1 brain", "2 ventricles", "3 lesion"]
+    for n in range(4):  # three planes and the 3D view: drawn, and red labels shown
+        stats = _canvas_stats(page, n)
+        assert stats["lit"] > 0.2 * stats["width"] * stats["height"], (n, stats)
+        assert stats["red"] > 100, (n, stats)
+    page.locator(".ih-viewer").first.screenshot(path=str(ARTIFACTS / "viewer-mr.png"))
+
+    # the wheel moves the axial plane through the volume (a round trip to the kernel)
+    axial = page.locator(".ih-viewer canvas").first
+    name = page.locator(".ih-viewer .ih-name").first
+    before = name.inner_text()
+    axial.hover()
+    page.mouse.wheel(0, 100)
+    page.wait_for_function(f"document.querySelector('.ih-viewer .ih-name').textContent "
+                           f"!== {json.dumps(before)}", timeout=10_000)
+    # a click sets the crosshair: the readout names the new voxel
+    readout = page.locator(".ih-viewer .ih-readout").first
+    old = readout.inner_text()
+    box = axial.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
+    page.wait_for_function(f"document.querySelector('.ih-viewer .ih-readout').textContent "
+                           f"!== {json.dumps(old)}", timeout=10_000)
+    assert "LPS (" in readout.inner_text()
+
+    # the 512 x 512 x 300 CT: how long from the end of loading to the picture
+    run_cell(page, 1)
+    page.wait_for_function("document.querySelectorAll('.ih-viewer').length == 2 && "
+                           "document.querySelectorAll('.ih-viewer canvas')[4].width > 0",
+                           timeout=180_000)
+    drawn = time.time()
+    stats = _canvas_stats(page, 4)
+    assert stats["width"] == 512 and stats["lit"] > 0.1 * 512 * 512, stats
+    run_cell(page, 2)
+    out = page.wait_for_selector(".jp-OutputArea-output:has-text('CT-SHOWN-AT')", timeout=60_000).inner_text()
+    shown_at = float(out.split()[-1])
+    page.locator(".ih-viewer").nth(1).screenshot(path=str(ARTIFACTS / "viewer-ct.png"))
+    (ARTIFACTS / "viewer-timing.json").write_text(json.dumps(
+        {"ct_512x512x300_view_to_canvas_s": round(drawn - shown_at, 2)}))
