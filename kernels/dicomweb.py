@@ -84,8 +84,14 @@ class PACS:
 
     def __init__(self, url: str | None = None, *, username: str | None = None,
                  password: str | None = None, token: str | None = None,
-                 timeout: tuple[float, float] = DEFAULT_TIMEOUT):
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+                 cache_dir: str | os.PathLike | None = None, cache_gb: float = 5.0):
+        """``cache_dir``: where loaded volumes are kept for the next load (see
+        :mod:`imaginghub.kernels.cache`); None: no cache. The kernel's
+        ``pacs`` has one in ``~/.cache/imaginghub/volumes``."""
         self.url = (url or "").rstrip("/")
+        self._cache_args = (cache_dir, cache_gb)
+        self._cache = None
         self._username = username
         self._password = password
         self._token = token
@@ -101,7 +107,18 @@ class PACS:
             username=env.get(ENV_USER) or None,
             password=env.get(ENV_PASSWORD) or None,
             token=env.get(ENV_TOKEN) or env.get("JUPYTERHUB_API_TOKEN") or None,
+            cache_dir=_cache_dir(env),
+            cache_gb=float(env.get("IMAGINGHUB_CACHE_GB") or 5.0),
         )
+
+    @property
+    def cache(self):
+        """The local volume cache (``.info()``, ``.clear()``), or None."""
+        if self._cache is None and self._cache_args[0] is not None:
+            from .cache import VolumeCache
+
+            self._cache = VolumeCache(self._cache_args[0], int(self._cache_args[1] * 1e9))
+        return self._cache
 
     def __repr__(self) -> str:
         return f"<PACS {self.url or '(not configured)'}>"
@@ -318,13 +335,15 @@ class PACS:
         return write_segmentation(self, volume, labels, names, **kwargs)
 
     def load_series(self, series_instance_uid: str, study_instance_uid: str | None = None, *,
-                    dtype="float32", progress: bool | None = None):
+                    dtype="float32", progress: bool | None = None, cache: bool = True):
         """Load a series as a :class:`~imaginghub.kernels.volume.Volume`.
 
         The WADO-RS answer is streamed and every instance is decoded into one
         preallocated array as it arrives; slices are ordered along the slice
         normal (not by InstanceNumber) and stored values are rescaled to
-        physical units (for CT, Hounsfield units).
+        physical units (for CT, Hounsfield units). With a local cache
+        (:attr:`cache`; ``cache=False`` skips it), an unchanged series comes
+        from disk the second time.
         """
         import httpx
         import numpy as np
@@ -339,11 +358,26 @@ class PACS:
         study_instance_uid = study_instance_uid or _value(record, "0020000D")
         count = int(_value(record, "00201209") or 0)
         url = f"{self.url}/studies/{study_instance_uid}/series/{series_instance_uid}"
+        store = self.cache if cache else None
+        headers = {"Accept": MULTIPART_DICOM}
+        known = store.etag(self.url, series_instance_uid, dtype) if store else None
+        if known:
+            headers["If-None-Match"] = known
         builder = VolumeBuilder(expected=count, dtype=np.dtype(dtype))
         bar = _progress(count, f"series {series_instance_uid[-12:]}", progress)
         meta = {}
+        etag = None
         try:
-            with self._httpx().stream("GET", url, headers={"Accept": MULTIPART_DICOM}) as r:
+            with self._httpx().stream("GET", url, headers=headers) as r:
+                if r.status_code == 304:
+                    hit = store.get(self.url, series_instance_uid, dtype)
+                    if hit is not None:
+                        bar.update(count)
+                        return hit
+                    bar.close()  # the cached copy went away meanwhile
+                    return self.load_series(series_instance_uid, study_instance_uid,
+                                            dtype=dtype, progress=progress, cache=False)
+                etag = r.headers.get("etag")
                 if r.status_code != 200:
                     raise self._http_error(r.status_code, f"series {series_instance_uid}")
                 boundary = boundary_of(r.headers.get("content-type", ""))
@@ -360,7 +394,18 @@ class PACS:
             raise self._unreachable(e) from None
         finally:
             bar.close()
-        return builder.build(meta)
+        volume = builder.build(meta)
+        if store is not None and etag:
+            store.put(self.url, series_instance_uid, volume, etag)
+        return volume
+
+
+def _cache_dir(env) -> str | None:
+    """$IMAGINGHUB_CACHE_DIR, ``off`` for none, else ~/.cache/imaginghub/volumes."""
+    where = env.get("IMAGINGHUB_CACHE_DIR")
+    if where is not None:
+        return None if where.strip().lower() in ("", "off", "none") else where
+    return os.path.join(os.path.expanduser("~"), ".cache", "imaginghub", "volumes")
 
 
 def _merge_stow_answer(answer, r) -> None:

@@ -18,6 +18,7 @@ answer.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
@@ -67,6 +68,14 @@ class StorageReader:
         return [self.root / n[:2] / n[2:4] / n for n in names]
 
 
+def etag(paths: list[Path]) -> str:
+    """An entity tag for a series answer: the names of its stored files
+    (Orthanc gives every stored file a new name, so any added, removed or
+    re-stored instance, in any transfer syntax, changes it)."""
+    digest = hashlib.sha256("\n".join(sorted(p.name for p in paths)).encode()).hexdigest()
+    return f'"{digest[:40]}"'
+
+
 def open_all(paths: list[Path]) -> list[tuple[int, int]] | None:
     """Open every file (fd, size); None, with nothing left open, if one fails."""
     opened: list[tuple[int, int]] = []
@@ -85,7 +94,7 @@ def close_all(opened: list[tuple[int, int]]) -> None:
         os.close(fd)
 
 
-def send_series(dst_fd: int, opened: list[tuple[int, int]]) -> int:
+def send_series(dst_fd: int, opened: list[tuple[int, int]], etag: str | None = None) -> int:
     """Answer with the opened files as one ``multipart/related`` DICOM body
     (with its length), then close them and the client's socket."""
     boundary = uuid.uuid4().hex
@@ -95,7 +104,8 @@ def send_series(dst_fd: int, opened: list[tuple[int, int]]) -> int:
     length = sum(len(h) + size + 2 for h, (_, size) in zip(heads, opened)) + len(tail)
     head = ("HTTP/1.1 200 OK\r\nContent-Type: multipart/related; "
             f'type="application/dicom"; boundary={boundary}\r\n'
-            f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+            f"Content-Length: {length}\r\n" + (f"ETag: {etag}\r\n" if etag else "")
+            + "Connection: close\r\n\r\n").encode()
     os.set_blocking(dst_fd, True)
     dst = socket.socket(fileno=dst_fd)
     sent = 0
