@@ -8,20 +8,16 @@ filtering, audit) and straight from the archive, in one run on one stack.
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from imaginghub.hub import demo
-from imaginghub.hub.state import Home, free_port
-from imaginghub.kernels.dicomweb import MULTIPART_DICOM, PACS
+sys.path.insert(0, str(Path(__file__).parent))
+from _stack import running_stack  # noqa: E402
 
-IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
+from imaginghub.hub import demo  # noqa: E402
+from imaginghub.kernels.dicomweb import MULTIPART_DICOM, PACS  # noqa: E402
 
 
 def main():
@@ -29,27 +25,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--queries", type=int, default=50)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        home = Path(d) / "home"
-        log = open(Path(d) / "up.log", "w")
-        up = subprocess.Popen([IMAGINGHUB, "--home", str(home), "up", "--demo", "--port",
-                               str(free_port()), "--dicom-port", str(free_port())],
-                              stdout=log, stderr=subprocess.STDOUT)
-        try:
-            while "Press Ctrl-C" not in (Path(d) / "up.log").read_text():
-                if up.poll() is not None:
-                    sys.exit((Path(d) / "up.log").read_text())
-                time.sleep(0.5)
-            run = json.loads((home / "run.json").read_text())
-            token = subprocess.run([IMAGINGHUB, "--home", str(home), "token", "alice"],
-                                   capture_output=True, text=True, check=True).stdout.strip()
-            direct = PACS(run["dicomweb_url"], username="imaginghub",
-                          password=Home(home).secret("archive_password"))
-            gateway = PACS(run["gateway_url"], token=token)
-            measure(direct, gateway, args)
-        finally:
-            up.send_signal(signal.SIGINT)
-            up.wait(60)
+    with running_stack() as (direct, gateway, _):
+        measure(direct, gateway, args)
 
 
 def measure(direct: PACS, gateway: PACS, args) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .errors import NotAVolume
+from .errors import CorruptData, NotAVolume
 from .volume import Frame
 
 _RAW_LE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
@@ -133,7 +133,13 @@ def pixels_of(ds: Dataset) -> np.ndarray:
             shift = bits - stored
             arr = (arr << shift) >> shift if signed else arr & ((1 << stored) - 1)
         return arr
-    arr = ds.pixel_array
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # each decoder fails in its own way
+        raise CorruptData(
+            f"instance {getattr(ds, 'SOPInstanceUID', '?')}: its pixel data "
+            f"({getattr(tsuid, 'name', tsuid)}) cannot be decoded: {e}"
+        ) from None
     return arr.reshape(nframes, rows, cols)
 
 
@@ -146,3 +152,35 @@ def frames_and_pixels(ds: Dataset) -> Iterator[tuple[Frame, np.ndarray]]:
             f"but holds {pixels.shape[0]}"
         )
     yield from zip(frames, pixels)
+
+
+def decode_pixels(body: bytes) -> np.ndarray:
+    """Stored pixel values of one DICOM file, ``(frames, rows, cols)``: what
+    a worker process does for a compressed instance."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+
+    return np.array(pixels_of(dcmread(DicomBytesIO(body), force=True)))
+
+
+def is_compressed(ds: Dataset) -> bool:
+    tsuid = ds.file_meta.TransferSyntaxUID if hasattr(ds, "file_meta") else None
+    return tsuid is not None and tsuid not in _RAW_LE
+
+
+_POOL = None
+
+
+def worker_pool():
+    """Processes that decode compressed frames (the decoders hold the GIL, so
+    threads would not help). Started once per kernel, on first need."""
+    global _POOL
+    if _POOL is None:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        # forkserver: a kernel has threads (ZeroMQ), which fork would copy half-alive
+        _POOL = ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                                    mp_context=multiprocessing.get_context("forkserver"))
+    return _POOL

@@ -24,6 +24,7 @@ stays fast, and the first call pays for dicomweb-client and numpy.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from urllib.parse import urlsplit, urlunsplit
@@ -43,6 +44,8 @@ DEFAULT_TIMEOUT = (5.0, 120.0)
 # Instances go to the archive in STOW-RS requests of about this size (the
 # gateway takes at most 256 MiB per request by default).
 STOW_BATCH_BYTES = 64 * 1024**2
+# Series of at least this many instances decode compressed frames in worker processes.
+PARALLEL_DECODE_FROM = 16
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 def _session(username, password, token, timeout):
     import requests
@@ -350,7 +353,8 @@ class PACS:
         from pydicom import dcmread
         from pydicom.filebase import DicomBytesIO
 
-        from .decode import frames_and_pixels
+        from .decode import (decode_pixels, frames_and_pixels, frames_of, is_compressed,
+                             worker_pool)
         from .multipart import boundary_of, iter_parts
         from .volume import VolumeBuilder
 
@@ -367,6 +371,7 @@ class PACS:
         bar = _progress(count, f"series {series_instance_uid[-12:]}", progress)
         meta = {}
         etag = None
+        pending: collections.deque = collections.deque()
         try:
             with self._httpx().stream("GET", url, headers=headers) as r:
                 if r.status_code == 304:
@@ -387,17 +392,40 @@ class PACS:
                         meta = _series_meta(ds)
                     if "PixelData" not in ds:
                         continue
+                    if count >= PARALLEL_DECODE_FROM and is_compressed(ds):
+                        # decoded by worker processes while the stream goes on
+                        pending.append((frames_of(ds), worker_pool().submit(decode_pixels, body)))
+                        while len(pending) > 4 * (os.cpu_count() or 1):
+                            _add_decoded(builder, *pending.popleft(), bar)
+                        continue
                     for frame, pixels in frames_and_pixels(ds):
                         builder.add(frame, pixels)
                     bar.update(1)
+                while pending:
+                    _add_decoded(builder, *pending.popleft(), bar)
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
         finally:
+            for _, future in pending:
+                future.cancel()
             bar.close()
         volume = builder.build(meta)
         if store is not None and etag:
             store.put(self.url, series_instance_uid, volume, etag)
         return volume
+
+
+def _add_decoded(builder, frames, future, bar) -> None:
+    from .errors import NotAVolume
+
+    pixels = future.result()
+    if len(frames) != pixels.shape[0]:
+        sop = frames[0].source[0] if frames and frames[0].source else "?"
+        raise NotAVolume(f"instance {sop} describes {len(frames)} frames but holds "
+                         f"{pixels.shape[0]}")
+    for frame, p in zip(frames, pixels):
+        builder.add(frame, p)
+    bar.update(1)
 
 
 def _cache_dir(env) -> str | None:

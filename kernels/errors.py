@@ -24,3 +24,7 @@ class NotFound(PACSError):
 
 class NotAVolume(PACSError):
     """The series cannot be stacked into one regular 3D volume."""
+
+
+class CorruptData(PACSError):
+    """An instance's pixel data cannot be decoded (names the instance)."""

@@ -134,3 +134,44 @@ def test_duplicate_positions_are_refused(archive):
     uid, dss = make_series(n=10, positions=positions)
     with pytest.raises(NotAVolume, match="same position"):
         store(archive, dss).load_series(uid, progress=False)
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"])
+def test_many_compressed_instances_decode_in_workers_like_their_twin(archive, syntax):
+    """A series long enough to be decoded by worker processes (JPEG 2000
+    lossless, RLE) gives exactly the pixels of its uncompressed twin."""
+    from imaginghub.kernels.dicomweb import PARALLEL_DECODE_FROM
+
+    n = PARALLEL_DECODE_FROM + 4
+    raw_uid, raw = make_series(n=n, rows=32, cols=32)
+    twin_uid, twin = make_series(n=n, rows=32, cols=32)
+    rng = np.random.default_rng(3)
+    for a, b in zip(raw, twin):
+        px = rng.integers(-1000, 3000, (32, 32), dtype=np.int16)
+        a.PixelData = px.tobytes()
+        b.PixelData = px.tobytes()
+        b.compress(syntax, encoding_plugin="pylibjpeg" if syntax.endswith("90") else "")
+    pacs = store(archive, raw)
+    pacs.store_instances(twin)
+    expected = pacs.load_series(raw_uid, progress=False)
+    got = pacs.load_series(twin_uid, progress=False)
+    np.testing.assert_array_equal(got.array, expected.array)
+    assert got.origin == expected.origin and got.spacing == expected.spacing
+
+
+def test_a_corrupt_frame_names_its_instance(archive):
+    from imaginghub.kernels.dicomweb import PARALLEL_DECODE_FROM
+    from imaginghub.kernels.errors import CorruptData
+
+    for n in (3, PARALLEL_DECODE_FROM + 2):  # decoded in the kernel, and in workers
+        uid, datasets = make_series(n=n, rows=32, cols=32)
+        for ds in datasets:
+            ds.compress("1.2.840.10008.1.2.4.90", encoding_plugin="pylibjpeg")
+        bad = datasets[n // 2]
+        frame = bytearray(bad.PixelData)
+        frame[-40:-8] = b"\xff" * 32  # a broken codestream, correctly encapsulated
+        frame[len(frame) // 2:len(frame) // 2 + 16] = b"\x00" * 16
+        bad.PixelData = bytes(frame)
+        pacs = store(archive, datasets)
+        with pytest.raises(CorruptData, match=bad.SOPInstanceUID):
+            pacs.load_series(uid, progress=False)

@@ -1,0 +1,46 @@
+"""The embedded stack for benchmarks: `imaginghub up --demo` in a temporary
+home, and two clients of the oncology user alice's data: one that goes to the
+archive directly (its credentials) and one through the gateway (her token)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from imaginghub.hub.state import Home, free_port
+from imaginghub.kernels.dicomweb import PACS
+
+IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
+
+
+@contextlib.contextmanager
+def running_stack(**gateway_options):
+    """Yields (direct PACS, gateway PACS, run.json)."""
+    with tempfile.TemporaryDirectory() as d:
+        home = Path(d) / "home"
+        log_path = Path(d) / "up.log"
+        with open(log_path, "w") as log:
+            up = subprocess.Popen([IMAGINGHUB, "--home", str(home), "up", "--demo", "--port",
+                                   str(free_port()), "--dicom-port", str(free_port())],
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while "Press Ctrl-C" not in log_path.read_text():
+                if up.poll() is not None:
+                    sys.exit(log_path.read_text())
+                time.sleep(0.5)
+            run = json.loads((home / "run.json").read_text())
+            token = subprocess.run([IMAGINGHUB, "--home", str(home), "token", "alice"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+            direct = PACS(run["dicomweb_url"], username="imaginghub",
+                          password=Home(home).secret("archive_password"))
+            gateway = PACS(run["gateway_url"], token=token, **gateway_options)
+            yield direct, gateway, run
+        finally:
+            up.send_signal(signal.SIGINT)
+            up.wait(60)
