@@ -127,9 +127,7 @@ def cmd_projects(args) -> int:
     import httpx
 
     home = _home(args)
-    url, token = _gateway(home)
-    api = url.rsplit("/dicom-web", 1)[0] + "/api"
-    headers = {"Authorization": f"token {token}", "X-Imaginghub-Scope": "all"}
+    api, headers = _data_api(home)
     if args.projects_command == "list":
         r = httpx.get(f"{api}/projects", headers=headers, timeout=60)
         r.raise_for_status()
@@ -155,6 +153,37 @@ def cmd_projects(args) -> int:
         for uid in result["unknown"]:
             print(f"  not in the archive: {uid}")
     return 1 if result.get("unknown") else 0
+
+
+def _data_api(home: Home) -> tuple[str, dict]:
+    """The running data service's API URL and the CLI's headers (admin, all projects)."""
+    url, token = _gateway(home)
+    return (url.rsplit("/dicom-web", 1)[0] + "/api",
+            {"Authorization": f"token {token}", "X-Imaginghub-Scope": "all"})
+
+
+def cmd_catalog(args) -> int:
+    import httpx
+
+    home = _home(args)
+    api, headers = _data_api(home)
+    if args.catalog_command == "import-idc":
+        print("importing IDC's series index (about a million series, metadata only)...")
+        r = httpx.post(f"{api}/catalog/import-idc", json={"project": args.project},
+                       headers=headers, timeout=600)
+        if r.status_code != 200:
+            raise ImagingHubError(f"the data service refused: HTTP {r.status_code} "
+                                  f"{r.reason_phrase}")
+        print(f"imported {r.json()['imported']} series into project {r.json()['project']}")
+        return 0
+    r = httpx.post(f"{api}/catalog/query", headers=headers, timeout=60,
+                   json={"facets": ["collection", "modality"], "limit": 0})
+    r.raise_for_status()
+    answer = r.json()
+    print(f"{answer['total']} series in the catalog")
+    for name, counts in answer["facets"].items():
+        print(f"  {name}: " + ", ".join(f"{v} {n}" for v, n in counts[:8]))
+    return 0
 
 
 def cmd_modalities(args) -> int:
@@ -262,6 +291,15 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--series", action="append", metavar="UID")
         sp.add_argument("--study", action="append", metavar="UID")
         sp.set_defaults(fn=cmd_projects)
+
+    cat = sub.add_parser("catalog", help="the series catalog (needs the running hub)")
+    cs = cat.add_subparsers(dest="catalog_command", required=True)
+    cs.add_parser("status", help="how many series, by collection and modality").set_defaults(
+        fn=cmd_catalog)
+    ci = cs.add_parser("import-idc", help="load IDC's index of about a million series "
+                                          "(metadata only, from the idc-index-data package)")
+    ci.add_argument("--project", default="idc", help="the project that sees it (default: idc)")
+    ci.set_defaults(fn=cmd_catalog)
 
     mod = sub.add_parser("modalities", help="DICOM peers allowed to C-STORE into the archive")
     ms = mod.add_subparsers(dest="modalities_command", required=True)

@@ -6,9 +6,11 @@ viewer only when called.
 """
 
 from ..widgets import view
+from .catalog import Catalog
 from .dicomweb import PACS
 from .errors import NotAVolume, PACSError
 
 pacs = PACS.from_env()
+catalog = Catalog.from_env()
 
-__all__ = ["pacs", "PACS", "PACSError", "NotAVolume", "view"]
+__all__ = ["pacs", "catalog", "PACS", "PACSError", "NotAVolume", "view"]

@@ -20,6 +20,7 @@ from jupyterhub.services.auth import HubAuth
 from ... import orthanc
 from ...state import Home
 from .app import Context, make_app
+from .catalog import Catalog
 from .db import Store
 
 
@@ -46,7 +47,8 @@ async def serve() -> None:
                   # The embedded archive's files, read directly for whole series
                   # (setting data_read_archive_files: false turns it off).
                   archive_storage=(home.orthanc_dir / "db"
-                                   if settings.get("data_read_archive_files", True) else None))
+                                   if settings.get("data_read_archive_files", True) else None),
+                  catalog=Catalog(home.path / "data" / "catalog.duckdb"))
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/data/")
     bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
     app = make_app(ctx, prefix)
@@ -67,6 +69,8 @@ async def serve() -> None:
     await ctx.archive.aclose()
     await ctx.hub.aclose()
     ctx.relay_pool.shutdown(wait=False, cancel_futures=True)
+    ctx.query_pool.shutdown(wait=True, cancel_futures=True)
+    ctx.catalog.db.close()
 
 
 def main() -> None:

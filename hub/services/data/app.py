@@ -59,7 +59,7 @@ class Context:
 
     def __init__(self, archive_url: str, archive_auth, store: Store, hub_auth: HubAuth,
                  cache_seconds: float = 10.0, max_stow_bytes: int = 256 * 1024**2,
-                 archive_storage=None):
+                 archive_storage=None, catalog=None):
         """``archive_storage``: the archive's storage directory when the
         gateway may read series from it (see :mod:`.storage`)."""
         self.max_stow_bytes = max_stow_bytes
@@ -79,6 +79,9 @@ class Context:
         # default executor has only a handful on a small machine, which
         # would queue the users' downloads behind each other.
         self.relay_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay")
+        self.catalog = catalog
+        # Catalog queries run here (DuckDB works in its own threads, off the loop).
+        self.query_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="catalog")
         self.storage = None
         if archive_storage is not None:
             from .storage import StorageReader
@@ -601,6 +604,79 @@ class ProjectSeriesHandler(BaseHandler):
         self.finish(json.dumps(data))
 
 
+class CatalogHandler(BaseHandler):
+    """The catalog (see :mod:`.catalog`), within the caller's projects.
+
+    - ``POST .../catalog/query``: a query (JSON), answered with the total,
+      a page of rows and facet counts.
+    - ``POST .../catalog/tags``: ``{"series": [...], "project": P, "tag": T,
+      "remove": false}``: tag series of a project you are in.
+    - ``POST .../catalog/import-idc``: ``{"project": "idc"}``: admins load
+      IDC's index of about a million series as a metadata-only collection.
+    """
+
+    async def post(self, action: str):
+        from .catalog import QueryError
+
+        self._action = f"catalog-{action}"
+        if self.ctx.catalog is None:
+            raise web.HTTPError(503, reason="this data service runs without a catalog")
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, reason="the body must be JSON") from None
+        loop = asyncio.get_running_loop()
+        try:
+            if action == "query":
+                answer = await loop.run_in_executor(self.ctx.query_pool, self._query, body)
+            elif action == "tags":
+                answer = await loop.run_in_executor(self.ctx.query_pool, self._tag, body)
+            elif action == "import-idc":
+                answer = await self._import_idc(body)
+            else:
+                self.not_found()
+        except QueryError as e:
+            raise web.HTTPError(400, reason=str(e)) from None
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(answer, default=str))
+
+    def _query(self, body) -> dict:
+        from .catalog import Query
+
+        return self.ctx.catalog.search(Query.parse(body), self.caller.scope)
+
+    def _tag(self, body) -> dict:
+        from .catalog import Query, QueryError
+
+        project = str(body.get("project") or "")
+        if project not in self.caller.projects:
+            raise web.HTTPError(403, reason=f"you are not a member of project {project!r}")
+        series = [str(u) for u in body.get("series") or []]
+        if not series:
+            raise QueryError("say which series to tag: 'series': [UIDs]")
+        self._uids = series[:100]
+        found = self.ctx.catalog.search(Query.parse(
+            {"filters": {"series_uid": series}, "limit": 0}), {project})["total"]
+        if found != len(set(series)):
+            raise web.HTTPError(404)  # one is not (visibly) in that project
+        n = self.ctx.catalog.tag(series, project, str(body.get("tag") or ""), self.caller.name,
+                                 remove=bool(body.get("remove")))
+        return {"tagged" if not body.get("remove") else "untagged": n}
+
+    async def _import_idc(self, body) -> dict:
+        from ...users import validate_project
+
+        if not self.caller.admin:
+            raise web.HTTPError(403, reason="only admins import collections")
+        import idc_index_data
+
+        project = validate_project(str(body.get("project") or "idc"))
+        n = await asyncio.get_running_loop().run_in_executor(
+            self.ctx.query_pool, self.ctx.catalog.import_parquet_idc,
+            idc_index_data.IDC_INDEX_PARQUET_FILEPATH, project)
+        return {"imported": n, "project": project}
+
+
 class DicomWebRootHandler(QidoHandler, StowHandler):
     """``/studies``: QIDO-RS search (GET) and STOW-RS (POST)."""
 
@@ -662,6 +738,7 @@ def make_app(ctx: Context, prefix: str) -> web.Application:
          SeriesHandler, k),
         (rf"{p}/studies/(?P<study>{UID})(?P<rest>/metadata|/rendered)?", StudyRouteHandler, k),
         (rf"{api}/projects", ProjectsHandler, k),
+        (rf"{api}/catalog/(?P<action>query|tags|import-idc)", CatalogHandler, k),
         (rf"{api}/projects/(?P<project>[a-z0-9][a-z0-9_-]{{0,62}})/series(?P<remove>/remove)?",
          ProjectSeriesHandler, k),
         (r".*", NotFoundHandler, k),

@@ -1,0 +1,145 @@
+"""``catalog``: search the site's series catalog from a notebook.
+
+>>> catalog.search(modality="CT", body_part=["CHEST", "LUNG"], text="contrast")
+>>> catalog.search(study_date=("2020-01-01", None), patient_age=(40, 70), limit=200)
+>>> catalog.facets(["modality", "body_part"], modality="CT")
+
+Keyword arguments name catalog fields (``modality``) or their DICOM keywords
+(``Modality``): text fields take a value or a list of values (any of them;
+``"(missing)"`` for empty), dates and numbers a ``(low, high)`` pair (either
+may be None) or one value. Results are pandas DataFrames, within your
+projects; the total number of matches is in ``df.attrs["total"]``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import PACSError
+
+TEXT, RANGE = "text", "range"
+# field -> kind; the service checks the names again and says what is wrong
+_KINDS = {
+    "series_uid": TEXT, "study_uid": TEXT, "patient_id": TEXT, "collection": TEXT,
+    "modality": TEXT, "body_part": TEXT, "study_date": RANGE, "series_date": RANGE,
+    "patient_sex": TEXT, "patient_age": RANGE, "manufacturer": TEXT, "model": TEXT,
+    "series_description": TEXT, "study_description": TEXT, "slice_thickness": RANGE,
+    "instances": RANGE, "size_mb": RANGE,
+}
+_KEYWORDS = {
+    "SeriesInstanceUID": "series_uid", "StudyInstanceUID": "study_uid", "PatientID": "patient_id",
+    "Modality": "modality", "BodyPartExamined": "body_part", "StudyDate": "study_date",
+    "SeriesDate": "series_date", "PatientSex": "patient_sex", "PatientAge": "patient_age",
+    "Manufacturer": "manufacturer", "ManufacturerModelName": "model",
+    "SeriesDescription": "series_description", "StudyDescription": "study_description",
+    "SliceThickness": "slice_thickness",
+}
+
+
+class Catalog:
+    def __init__(self, api_url: str, token: str | None = None, timeout: float = 60.0):
+        self.api = api_url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+
+    @classmethod
+    def from_env(cls, environ=None) -> Catalog:
+        from .dicomweb import ENV_TOKEN, ENV_URL
+
+        env = os.environ if environ is None else environ
+        url = env.get(ENV_URL, "")
+        return cls(url.rsplit("/dicom-web", 1)[0] + "/api" if url else "",
+                   env.get(ENV_TOKEN) or env.get("JUPYTERHUB_API_TOKEN"))
+
+    def __repr__(self) -> str:
+        return f"<catalog {self.api or '(not configured)'}>"
+
+    # -- queries ------------------------------------------------------------
+    def query(self, **body) -> dict:
+        """The service's answer to a query body (see the data service's
+        catalog API): ``{"total", "rows", "facets", "took_ms"}``."""
+        return self._post("catalog/query", body)
+
+    def search(self, *, text: str | None = None, tags=None, attributes: dict | None = None,
+               sort: str = "-study_date", limit: int = 50, offset: int = 0, **fields):
+        """Matching series as a DataFrame (one page; ``attrs["total"]`` has
+        the count of all matches)."""
+        import pandas as pd
+
+        answer = self.query(**self._body(fields, text, tags, attributes), sort=sort,
+                            limit=limit, offset=offset)
+        df = pd.DataFrame(answer["rows"])
+        df.attrs["total"] = answer["total"]
+        return df
+
+    def facets(self, fields=("modality", "body_part", "manufacturer", "patient_sex",
+                             "collection"), *, text=None, tags=None, attributes=None,
+               **filters) -> dict:
+        """Counts per value of each field, over the series that match the
+        filters (each field's own filter left out): {field: pandas.Series}."""
+        import pandas as pd
+
+        answer = self.query(**self._body(filters, text, tags, attributes),
+                            facets=list(fields), limit=0)
+        return {f: pd.Series({v: n for v, n in counts}, name=f, dtype="int64")
+                for f, counts in answer["facets"].items()}
+
+    def count(self, *, text: str | None = None, tags=None, **filters) -> int:
+        """How many series match."""
+        return self.query(**self._body(filters, text, tags, None), limit=0)["total"]
+
+    def tag(self, series, tag: str, project: str, remove: bool = False) -> int:
+        """Tag series (UIDs) for everyone in ``project``; ``remove=True`` untags."""
+        series = [series] if isinstance(series, str) else list(series)
+        answer = self._post("catalog/tags", {"series": series, "tag": tag, "project": project,
+                                             "remove": remove})
+        return next(iter(answer.values()))
+
+    # -- plumbing -----------------------------------------------------------
+    @staticmethod
+    def _body(fields: dict, text, tags, attributes) -> dict:
+        filters, ranges = {}, {}
+        for name, value in fields.items():
+            key = _KEYWORDS.get(name, name)
+            if _KINDS.get(key) == RANGE:
+                if isinstance(value, (tuple, list)):
+                    ranges[key] = list(value)
+                else:
+                    ranges[key] = [value, value]
+            else:
+                filters[key] = list(value) if isinstance(value, (tuple, list, set)) else [value]
+        body = {"filters": filters, "ranges": ranges}
+        if text:
+            body["text"] = text
+        if tags:
+            body["tags"] = [tags] if isinstance(tags, str) else list(tags)
+        if attributes:
+            body["attributes"] = attributes
+        return body
+
+    def _post(self, path: str, body: dict) -> dict:
+        import httpx
+
+        if not self.api:
+            raise PACSError("no catalog configured: the hub sets IMAGINGHUB_DICOMWEB_URL in "
+                            "every user server")
+        headers = {"Authorization": f"token {self._token}"} if self._token else {}
+        try:
+            r = httpx.post(f"{self.api}/{path}", json=body, headers=headers,
+                           timeout=self.timeout)
+        except httpx.TransportError as e:
+            from .errors import ArchiveUnavailable
+
+            raise ArchiveUnavailable(f"the catalog at {self.api} did not answer ({e})") from None
+        if r.status_code == 200:
+            return r.json()
+        reason = r.reason_phrase
+        try:
+            reason = r.json().get("message") or reason
+        except ValueError:
+            pass
+        if r.status_code == 400:
+            raise ValueError(f"the catalog refused the query: {reason}")
+        from .dicomweb import PACS
+
+        raise PACS(self.api)._http_error(r.status_code, f"catalog {path}: {reason}")

@@ -1,0 +1,99 @@
+"""The catalog through the real data service: IDC's million series as a
+metadata-only collection, facet counts against a brute-force count of the
+same data, project scoping, tags, and clear errors for bad queries."""
+
+from __future__ import annotations
+
+import duckdb
+import idc_index_data
+import pytest
+
+from imaginghub.kernels.catalog import Catalog
+
+PARQUET = idc_index_data.IDC_INDEX_PARQUET_FILEPATH
+
+
+@pytest.fixture(scope="module")
+def idc(stack):
+    """The IDC index imported into project ``idcdemo``; ``ivy`` is in it."""
+    out = stack.cli("catalog", "import-idc", "--project", "idcdemo").stdout
+    assert "imported 1044191 series" in out, out
+    stack.cli("users", "add", "ivy", "--project", "idcdemo")
+    return {u: Catalog(stack.run["gateway_url"].rsplit("/dicom-web", 1)[0] + "/api",
+                       stack.token(u)) for u in ("ivy", "alice")}
+
+
+def brute(sql: str) -> list:
+    """``sql`` on IDC's parquet file itself (``FROM T``), independently of the catalog."""
+    return duckdb.connect().execute(
+        sql.replace("FROM T", f"FROM read_parquet('{PARQUET}')")).fetchall()
+
+
+def test_facets_equal_a_brute_force_count(idc):
+    answer = idc["ivy"].query(filters={"modality": ["CT", "MR"], "body_part": ["CHEST"]},
+                              facets=["modality", "body_part", "manufacturer"], limit=5)
+    expect_total = brute("SELECT count(*) FROM T WHERE Modality IN ('CT', 'MR') "
+                         "AND BodyPartExamined = 'CHEST'")[0][0]
+    assert answer["total"] == expect_total > 0
+    # a facet leaves its own filter out: modality counts over CHEST alone
+    modality = dict(map(tuple, answer["facets"]["modality"]))
+    for value, n in brute("SELECT Modality, count(*) FROM T WHERE BodyPartExamined = 'CHEST' "
+                          "GROUP BY Modality"):
+        assert modality[value or "(missing)"] == n
+    body = dict(map(tuple, answer["facets"]["body_part"]))
+    missing = brute("SELECT count(*) FROM T WHERE Modality IN ('CT', 'MR') AND "
+                    "(BodyPartExamined IS NULL OR BodyPartExamined = '')")[0][0]
+    assert body["(missing)"] == missing
+    assert len(answer["rows"]) == 5
+    assert all(r["modality"] in ("CT", "MR") and r["body_part"] == "CHEST"
+               for r in answer["rows"])
+
+
+def test_ranges_text_and_paging(idc):
+    c = idc["ivy"]
+    df = c.search(modality="MR", study_date=("2000-01-01", "2005-12-31"), text="T1", limit=20,
+                  sort="study_date")
+    expect = brute("SELECT count(*) FROM T WHERE Modality = 'MR' AND "
+                   "try_cast(StudyDate AS DATE) BETWEEN DATE '2000-01-01' AND DATE '2005-12-31' "
+                   "AND (contains(lower(SeriesDescription), 't1') OR "
+                   "contains(lower(StudyDescription), 't1'))")[0][0]
+    assert df.attrs["total"] == expect > 20
+    assert list(df["study_date"]) == sorted(df["study_date"])
+    nxt = c.search(modality="MR", study_date=("2000-01-01", "2005-12-31"), text="T1", limit=20,
+                   offset=20, sort="study_date")
+    assert not set(df["series_uid"]) & set(nxt["series_uid"])
+    beyond = c.search(modality="MR", text="T1", offset=10**7)
+    assert beyond.empty and beyond.attrs["total"] > 0
+
+
+def test_other_projects_see_nothing_of_it(idc):
+    assert idc["alice"].count(collection="nlst") == 0
+    facets = idc["alice"].facets(["collection"])
+    assert "nlst" not in facets["collection"].index
+    assert idc["ivy"].count(collection="nlst") > 100_000
+
+
+def test_tags_are_shared_in_the_project(idc, stack):
+    rows = idc["ivy"].search(collection="nlst", limit=3)
+    uids = list(rows["series_uid"])
+    assert idc["ivy"].tag(uids, "reviewed", project="idcdemo") == 3
+    stack.cli("users", "add", "ike", "--project", "idcdemo")
+    ike = Catalog(idc["ivy"].api, stack.token("ike"))
+    assert sorted(ike.search(tags="reviewed")["series_uid"]) == sorted(uids)
+    from imaginghub.kernels.errors import Forbidden
+
+    with pytest.raises(Forbidden):
+        idc["alice"].tag(uids, "mine", project="idcdemo")
+
+
+@pytest.mark.parametrize("body, says", [
+    ({"filters": {"colour": ["red"]}}, "unknown field"),
+    ({"ranges": {"study_date": ["2020-13-45", None]}}, "malformed date"),
+    ({"limit": 100000}, "pages hold"),
+    ({"ranges": {"modality": [1, 2]}}, "is text"),
+    ({"attributes": {"NotAKeyword": "x"}}, "not a DICOM keyword"),
+    ({"select": "*"}, "unknown query keys"),
+])
+def test_bad_queries_say_what_is_wrong(idc, body, says):
+    with pytest.raises(ValueError, match=says):
+        idc["ivy"].query(**body)
