@@ -21,7 +21,7 @@ IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
 
 @contextlib.contextmanager
 def running_stack(**gateway_options):
-    """Yields (direct PACS, gateway PACS, run.json)."""
+    """Yields (direct PACS, gateway PACS, run.json plus "home")."""
     with tempfile.TemporaryDirectory() as d:
         home = Path(d) / "home"
         log_path = Path(d) / "up.log"
@@ -35,6 +35,7 @@ def running_stack(**gateway_options):
                     sys.exit(log_path.read_text())
                 time.sleep(0.5)
             run = json.loads((home / "run.json").read_text())
+            run["home"] = str(home)
             token = subprocess.run([IMAGINGHUB, "--home", str(home), "token", "alice"],
                                    capture_output=True, text=True, check=True).stdout.strip()
             direct = PACS(run["dicomweb_url"], username="imaginghub",

@@ -41,6 +41,7 @@ class Catalog:
         self.api = api_url.rstrip("/")
         self._token = token
         self.timeout = timeout
+        self._client = None
 
     @classmethod
     def from_env(cls, environ=None) -> Catalog:
@@ -123,10 +124,11 @@ class Catalog:
         if not self.api:
             raise PACSError("no catalog configured: the hub sets IMAGINGHUB_DICOMWEB_URL in "
                             "every user server")
-        headers = {"Authorization": f"token {self._token}"} if self._token else {}
+        if self._client is None:  # one connection for all queries
+            headers = {"Authorization": f"token {self._token}"} if self._token else {}
+            self._client = httpx.Client(headers=headers, timeout=self.timeout)
         try:
-            r = httpx.post(f"{self.api}/{path}", json=body, headers=headers,
-                           timeout=self.timeout)
+            r = self._client.post(f"{self.api}/{path}", json=body)
         except httpx.TransportError as e:
             from .errors import ArchiveUnavailable
 

@@ -6,7 +6,10 @@ archive's own AE title, or to a title that names no valid project, stays
 unassigned (invisible) until an admin assigns it.
 
 The position in the feed is kept in the service's database, so a restart
-resumes where it stopped.
+resumes where it stopped. With a :class:`~.catalog_sync.CatalogSync`, the feed
+also re-reads into the catalog each series it reports new (``NewSeries``)
+or settled (``StableSeries``, again after late instances): once per series
+per page of the feed, whatever the number of its instances.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ class FeedPosition(Base):
 
 class ChangeFeed:
     def __init__(self, archive: httpx.AsyncClient, archive_url: str, store: Store,
-                 own_aet: str, interval: float = 1.0):
+                 own_aet: str, interval: float = 1.0, catalog_sync=None):
         self.archive = archive
         self.url = archive_url.rstrip("/")
         self.store = store
         self.own_aet = own_aet.upper()
         self.interval = interval
+        self.catalog_sync = catalog_sync
         Base.metadata.create_all(store.engine)
 
     def _position(self) -> int:
@@ -73,16 +77,37 @@ class ChangeFeed:
                                        params={"since": since, "limit": 500})
             r.raise_for_status()
             feed = r.json()
+            touched: dict[str, None] = {}  # series to re-read, each once
             for change in feed.get("Changes", []):
                 if change.get("ChangeType") == "NewSeries":
                     assigned += await self._new_series(change["ID"])
+                if change.get("ChangeType") in ("NewSeries", "StableSeries"):
+                    touched[change["ID"]] = None
+            if self.catalog_sync is not None:
+                for orthanc_id in touched:
+                    await self._catalog(orthanc_id)
             since = feed.get("Last", since)
             self._save(since)
             if feed.get("Done", True):
                 return assigned
 
+    async def _catalog(self, orthanc_id: str) -> None:
+        """Re-read a series into the catalog; a failure is logged, not raised
+        (the feed goes on assigning projects; the next full sync repairs)."""
+        try:
+            r = await self.archive.get(f"{self.url}/series/{orthanc_id}")
+            if r.status_code == 404:
+                return  # deleted since: the next full sync removes its row
+            r.raise_for_status()
+            await self.catalog_sync.changed(r.json()["MainDicomTags"]["SeriesInstanceUID"])
+        except Exception:
+            log.exception("catalog: series %s not updated", orthanc_id)
+
     async def _new_series(self, orthanc_id: str) -> int:
-        series = (await self.archive.get(f"{self.url}/series/{orthanc_id}")).json()
+        r = await self.archive.get(f"{self.url}/series/{orthanc_id}")
+        if r.status_code == 404:
+            return 0  # deleted since it arrived
+        series = r.json()
         series_uid = series["MainDicomTags"].get("SeriesInstanceUID")
         if not series_uid or self.store.projects_of(series_uid):
             return 0
