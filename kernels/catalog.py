@@ -96,6 +96,37 @@ class Catalog:
                                              "remove": remove})
         return next(iter(answer.values()))
 
+    # -- cohorts ------------------------------------------------------------
+    def cohorts(self):
+        """Every version of every cohort of your projects, as a DataFrame."""
+        import pandas as pd
+
+        rows = self._get("cohorts")["cohorts"]
+        return pd.DataFrame(rows, columns=["project", "name", "version", "ref", "size",
+                                           "saved_by", "saved_at", "note", "series_hash"])
+
+    def cohort(self, ref: str, project: str | None = None) -> Cohort:
+        """A saved cohort: ``"lung-ct"`` (its latest version) or ``"lung-ct@2"``.
+        ``project`` may be left out when only one of your projects has it."""
+        if project is None:
+            name = ref.partition("@")[0]
+            owners = sorted({c["project"] for c in self._get("cohorts")["cohorts"]
+                             if c["name"] == name})
+            if len(owners) != 1:
+                raise ValueError(f"cohort {name!r} is in {len(owners)} of your projects "
+                                 f"({', '.join(owners) or 'none'}): say project=...")
+            project = owners[0]
+        data = self._get(f"cohorts/{project}/{ref}")
+        return Cohort(self, project, data["name"], data["series"], data["query"], data)
+
+    def new_cohort(self, name: str, project: str, series=None, *, text: str | None = None,
+                   tags=None, attributes: dict | None = None, **fields) -> Cohort:
+        """An unsaved cohort from a list of series UIDs or from catalog filters
+        (as :meth:`search` takes them); ``.save()`` stores it as a version."""
+        query = {} if series is not None else self._body(fields, text, tags, attributes)
+        return Cohort(self, project, name, list(series) if series is not None else None,
+                      query, None)
+
     # -- plumbing -----------------------------------------------------------
     @staticmethod
     def _body(fields: dict, text, tags, attributes) -> dict:
@@ -118,7 +149,13 @@ class Catalog:
             body["attributes"] = attributes
         return body
 
+    def _get(self, path: str) -> dict:
+        return self._request("GET", path, None)
+
     def _post(self, path: str, body: dict) -> dict:
+        return self._request("POST", path, body)
+
+    def _request(self, method: str, path: str, body: dict | None) -> dict:
         import httpx
 
         if not self.api:
@@ -128,7 +165,7 @@ class Catalog:
             headers = {"Authorization": f"token {self._token}"} if self._token else {}
             self._client = httpx.Client(headers=headers, timeout=self.timeout)
         try:
-            r = self._client.post(f"{self.api}/{path}", json=body)
+            r = self._client.request(method, f"{self.api}/{path}", json=body)
         except httpx.TransportError as e:
             from .errors import ArchiveUnavailable
 
@@ -145,3 +182,69 @@ class Catalog:
         from .dicomweb import PACS
 
         raise PACS(self.api)._http_error(r.status_code, f"catalog {path}: {reason}")
+
+
+class Cohort:
+    """A named set of series of one project. Saved versions never change:
+    ``save()`` makes the next one (``lung-ct@3``)."""
+
+    def __init__(self, catalog: Catalog, project: str, name: str, series, query, info):
+        self.catalog = catalog
+        self.project = project
+        self.name = name
+        self.query = query or {}
+        self.info = info or {}
+        self._series = series
+
+    @property
+    def version(self) -> int | None:
+        return self.info.get("version")
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}" if self.version else self.name
+
+    @property
+    def series(self) -> list[str]:
+        """The series UIDs (for an unsaved cohort from filters: what they match now)."""
+        if self._series is None:
+            self._series = list(self.catalog.search(
+                **_as_kwargs(self.query), limit=1000)["series_uid"])
+        return self._series
+
+    def __len__(self) -> int:
+        return self.info.get("size") or len(self.series)
+
+    def __repr__(self) -> str:
+        saved = (f"saved by {self.info['saved_by']} {self.info['saved_at'][:16]}"
+                 if self.info else "not saved")
+        return f"<Cohort {self.project}/{self.ref}: {len(self)} series, {saved}>"
+
+    def save(self, note: str = "") -> Cohort:
+        """Store as the next version; returns this cohort, now that version."""
+        body = {"note": note, "query": self.query}
+        if self._series is not None:
+            body["series"] = self._series
+        info = self.catalog._post(f"cohorts/{self.project}/{self.name}", body)
+        data = self.catalog._get(f"cohorts/{self.project}/{info['ref']}")
+        self.info, self._series, self.query = data, data["series"], data["query"]
+        return self
+
+    def to_dataframe(self):
+        """The cohort's series with their catalog attributes."""
+        import pandas as pd
+
+        uids = self.series
+        pages = [self.catalog.search(series_uid=uids[i:i + 1000], limit=1000,
+                                     sort="series_uid") for i in range(0, len(uids), 1000)]
+        return pd.concat(pages, ignore_index=True) if pages else pd.DataFrame()
+
+
+def _as_kwargs(body: dict) -> dict:
+    """A query body back into search()'s keyword arguments."""
+    out = dict(body.get("filters") or {})
+    out.update({k: tuple(v) for k, v in (body.get("ranges") or {}).items()})
+    for key in ("text", "tags", "attributes"):
+        if body.get(key):
+            out[key] = body[key]
+    return out

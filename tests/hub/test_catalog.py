@@ -97,3 +97,50 @@ def test_tags_are_shared_in_the_project(idc, stack):
 def test_bad_queries_say_what_is_wrong(idc, body, says):
     with pytest.raises(ValueError, match=says):
         idc["ivy"].query(**body)
+
+
+def test_cohorts_are_versioned_shared_and_scoped(idc, stack):
+    import hashlib
+
+    from imaginghub.kernels.errors import Forbidden, NotFound
+
+    ivy = idc["ivy"]
+    first = ivy.new_cohort("tcga-ct", "idcdemo", collection=["tcga_read", "tcga_sarc"],
+                           modality="CT").save(note="first look")
+    expect = sorted(u for (u,) in brute(
+        "SELECT SeriesInstanceUID FROM T WHERE collection_id IN ('tcga_read', 'tcga_sarc') "
+        "AND Modality = 'CT'"))
+    assert first.version == 1 and first.series == expect and len(first) == 20
+    assert first.info["series_hash"] == hashlib.sha256("\n".join(expect).encode()).hexdigest()
+    assert first.info["saved_by"] == "ivy"
+    # a narrower second version; the first stays as it was
+    second = ivy.new_cohort("tcga-ct", "idcdemo", series=expect[:5]).save()
+    assert second.version == 2 and second.series == expect[:5]
+    assert ivy.cohort("tcga-ct@1").series == expect
+    assert ivy.cohort("tcga-ct").version == 2
+    frame = ivy.cohort("tcga-ct@1").to_dataframe()
+    assert sorted(frame["series_uid"]) == expect and set(frame["modality"]) == {"CT"}
+    # members of the project see it; others do not, and cannot save into it
+    stack.cli("users", "add", "ina", "--project", "idcdemo")
+    ina = Catalog(ivy.api, stack.token("ina"))
+    listed = ina.cohorts()
+    assert list(listed[listed["name"] == "tcga-ct"]["version"]) == [2, 1]
+    alice = idc["alice"]
+    assert "tcga-ct" not in set(alice.cohorts()["name"])
+    with pytest.raises(NotFound):
+        alice.cohort("tcga-ct", project="idcdemo")
+    with pytest.raises(Forbidden):
+        alice.new_cohort("mine", "idcdemo", series=expect[:1]).save()
+
+
+def test_a_cohort_takes_only_series_of_its_project(idc):
+    from imaginghub.hub import demo
+
+    foreign = demo.series("ct-head").series_uid  # oncology's, not in the catalog's idcdemo
+    some = list(idc["ivy"].search(collection="tcga_read", limit=2)["series_uid"])
+    with pytest.raises(ValueError, match="not in project idcdemo"):
+        idc["ivy"].new_cohort("mixed", "idcdemo", series=some + [foreign]).save()
+    with pytest.raises(ValueError, match="cohort name"):
+        idc["ivy"].new_cohort("Bad Name", "idcdemo", series=some).save()
+    with pytest.raises(ValueError, match="empty"):
+        idc["ivy"].new_cohort("nothing", "idcdemo", collection="no-such-collection").save()

@@ -80,6 +80,9 @@ class Context:
         # would queue the users' downloads behind each other.
         self.relay_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay")
         self.catalog = catalog
+        from .cohorts import Cohorts
+
+        self.cohorts = Cohorts(store)
         # Catalog queries run here (DuckDB works in its own threads, off the loop).
         self.query_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="catalog")
         self.storage = None
@@ -677,6 +680,90 @@ class CatalogHandler(BaseHandler):
         return {"imported": n, "project": project}
 
 
+class CohortHandler(BaseHandler):
+    """Cohorts of the caller's projects (see :mod:`.cohorts`).
+
+    - ``GET .../cohorts``: every version of every cohort you may see.
+    - ``GET .../cohorts/{project}/{name}[@version]``: one version with its series.
+    - ``POST .../cohorts/{project}/{name}``: ``{"series": [...]}`` or
+      ``{"query": {...}}`` (a catalog query, frozen into its series), and
+      ``"note"``: save a new version. Members of the project only; every
+      series must be in the project.
+    """
+
+    async def get(self, project: str | None = None, ref: str | None = None):
+        loop = asyncio.get_running_loop()
+        scope = self.caller.scope
+        if project is None:
+            self._action = "cohorts-list"
+            cohorts = await loop.run_in_executor(self.ctx.query_pool, self.ctx.cohorts.list,
+                                                 scope)
+            return self._json({"cohorts": cohorts})
+        self._action = "cohort-get"
+        found = await loop.run_in_executor(self.ctx.query_pool, self._get, scope, project, ref)
+        if found is None:
+            self.not_found()
+        self._json(found)
+
+    def _get(self, scope, project, ref):
+        from .cohorts import CohortError
+
+        try:
+            return self.ctx.cohorts.get(scope, project, ref)
+        except CohortError as e:
+            raise web.HTTPError(400, reason=str(e)) from None
+
+    async def post(self, project: str, ref: str):
+        from .cohorts import CohortError, parse_ref
+
+        self._action = "cohort-save"
+        try:
+            parse_ref(ref)
+        except CohortError as e:
+            raise web.HTTPError(400, reason=str(e)) from None
+        if project not in self.caller.projects:
+            raise web.HTTPError(403, reason=f"you are not a member of project {project!r}")
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, reason="the body must be JSON") from None
+        answer = await asyncio.get_running_loop().run_in_executor(
+            self.ctx.query_pool, self._save, project, ref, body)
+        self._uids = [answer["ref"]]
+        self._json(answer)
+
+    def _save(self, project: str, ref: str, body: dict) -> dict:
+        from .catalog import Query, QueryError
+        from .cohorts import MAX_SERIES, CohortError
+
+        try:
+            query = body.get("query") or {}
+            if "series" in body:
+                series = sorted({str(u) for u in body["series"]})
+                seen = self.ctx.catalog.visible_uids(series, {project})
+                if len(seen) != len(series):
+                    raise CohortError(f"{len(series) - len(seen)} of the series are not in "
+                                      f"project {project}")
+            elif query:
+                series = self.ctx.catalog.matching_uids(Query.parse(
+                    {k: v for k, v in query.items() if k not in ("sort", "limit", "offset",
+                                                                 "facets")}),
+                    {project}, MAX_SERIES)
+            else:
+                raise CohortError("give the cohort's 'series' (UIDs) or the 'query' that "
+                                  "selects them")
+            if not series:
+                raise CohortError("the cohort would be empty")
+            return self.ctx.cohorts.save(project, ref, series, query, self.caller.name,
+                                         str(body.get("note") or ""))
+        except (CohortError, QueryError) as e:
+            raise web.HTTPError(400, reason=str(e)) from None
+
+    def _json(self, data):
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data, default=str))
+
+
 class DicomWebRootHandler(QidoHandler, StowHandler):
     """``/studies``: QIDO-RS search (GET) and STOW-RS (POST)."""
 
@@ -739,6 +826,9 @@ def make_app(ctx: Context, prefix: str) -> web.Application:
         (rf"{p}/studies/(?P<study>{UID})(?P<rest>/metadata|/rendered)?", StudyRouteHandler, k),
         (rf"{api}/projects", ProjectsHandler, k),
         (rf"{api}/catalog/(?P<action>query|tags|import-idc)", CatalogHandler, k),
+        (rf"{api}/cohorts", CohortHandler, k),
+        (rf"{api}/cohorts/(?P<project>[a-z0-9][a-z0-9_-]{{0,62}})"
+         r"/(?P<ref>[^/]{1,80})", CohortHandler, k),  # names checked by the handler
         (rf"{api}/projects/(?P<project>[a-z0-9][a-z0-9_-]{{0,62}})/series(?P<remove>/remove)?",
          ProjectSeriesHandler, k),
         (r".*", NotFoundHandler, k),

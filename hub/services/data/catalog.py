@@ -403,6 +403,24 @@ class Catalog:
             c.execute("COMMIT")
         return n
 
+    def matching_uids(self, q: Query, scope: set[str] | None, limit: int) -> list[str]:
+        """Every series UID that ``q`` matches in ``scope`` (at most ``limit``+1,
+        so that the caller can tell when there are more)."""
+        base, params = self._where(q, scope)
+        flags = self._flags(q)
+        conds = [base, *(f"({sql})" for sql, _ in flags.values())]
+        params = params + [p for _, ps in flags.values() for p in ps]
+        return [r[0] for r in self.cursor().execute(
+            f"SELECT series_uid FROM series WHERE {' AND '.join(conds)} ORDER BY series_uid "
+            f"LIMIT {int(limit) + 1}", params).fetchall()]
+
+    def visible_uids(self, series_uids: list[str], scope: set[str] | None) -> set[str]:
+        """Which of ``series_uids`` are in the catalog within ``scope``."""
+        base, params = self._where(Query(), scope)
+        return {r[0] for r in self.cursor().execute(
+            f"SELECT series_uid FROM series WHERE {base} AND series_uid IN "
+            "(SELECT unnest(?))", params + [list(series_uids)]).fetchall()}
+
     def _project_sets(self) -> list[str]:
         """The distinct project sets (cached; every write forgets them)."""
         sets = self._sets

@@ -77,12 +77,12 @@ class ChangeFeed:
                                        params={"since": since, "limit": 500})
             r.raise_for_status()
             feed = r.json()
-            touched: dict[str, None] = {}  # series to re-read, each once
+            touched: list = []
             for change in feed.get("Changes", []):
                 if change.get("ChangeType") == "NewSeries":
                     assigned += await self._new_series(change["ID"])
                 if change.get("ChangeType") in ("NewSeries", "StableSeries"):
-                    touched[change["ID"]] = None
+                    touched.append(change["ID"])
             if self.catalog_sync is not None:
                 for orthanc_id in touched:
                     await self._catalog(orthanc_id)
