@@ -144,3 +144,33 @@ def test_a_cohort_takes_only_series_of_its_project(idc):
         idc["ivy"].new_cohort("Bad Name", "idcdemo", series=some).save()
     with pytest.raises(ValueError, match="empty"):
         idc["ivy"].new_cohort("nothing", "idcdemo", collection="no-such-collection").save()
+
+
+@pytest.mark.parametrize("key", ["ct-head", "mr-enhanced-j2k", "nm-jpeg-lossless",
+                                 "sc-jpeg-baseline"])
+def test_thumbnails_are_made_once_and_scoped(stack, key):
+    import io
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    from imaginghub.hub import demo
+
+    s = demo.series(key)
+    owner, other = ("alice", "bob") if s.project == "oncology" else ("bob", "alice")
+    api = stack.run["gateway_url"].rsplit("/dicom-web", 1)[0] + "/api"
+
+    def get(user):
+        return httpx.get(f"{api}/thumbnails/{s.series_uid}", timeout=60,
+                         headers={"Authorization": f"token {stack.token(user)}"})
+
+    r = get(owner)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    image = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert max(image.shape[:2]) <= 128 and image.std() > 5  # a picture, not a blank
+    assert (stack.home.path / "data" / "thumbnails" / f"{s.series_uid}.png").read_bytes() \
+        == r.content
+    assert get(owner).content == r.content
+    denied = get(other)
+    assert denied.status_code == 404 and s.series_uid not in denied.text

@@ -21,6 +21,7 @@ from ... import orthanc
 from ...state import Home
 from .app import Context, make_app
 from .catalog import Catalog
+from .thumbnails import ThumbnailStore
 from .db import Store
 
 
@@ -48,7 +49,8 @@ async def serve() -> None:
                   # (setting data_read_archive_files: false turns it off).
                   archive_storage=(home.orthanc_dir / "db"
                                    if settings.get("data_read_archive_files", True) else None),
-                  catalog=Catalog(home.path / "data" / "catalog.duckdb"))
+                  catalog=Catalog(home.path / "data" / "catalog.duckdb"),
+                  thumbnails=ThumbnailStore(home.path / "data" / "thumbnails"))
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/data/")
     bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
     app = make_app(ctx, prefix)

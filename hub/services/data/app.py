@@ -59,7 +59,7 @@ class Context:
 
     def __init__(self, archive_url: str, archive_auth, store: Store, hub_auth: HubAuth,
                  cache_seconds: float = 10.0, max_stow_bytes: int = 256 * 1024**2,
-                 archive_storage=None, catalog=None):
+                 archive_storage=None, catalog=None, thumbnails=None):
         """``archive_storage``: the archive's storage directory when the
         gateway may read series from it (see :mod:`.storage`)."""
         self.max_stow_bytes = max_stow_bytes
@@ -80,6 +80,7 @@ class Context:
         # would queue the users' downloads behind each other.
         self.relay_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay")
         self.catalog = catalog
+        self.thumbnails = thumbnails
         from .cohorts import Cohorts
 
         self.cohorts = Cohorts(store)
@@ -764,6 +765,51 @@ class CohortHandler(BaseHandler):
         self.finish(json.dumps(data, default=str))
 
 
+class ThumbnailHandler(BaseHandler):
+    """``GET .../thumbnails/{series}``: the series' small PNG (see
+    :mod:`.thumbnails`), made on first request and kept."""
+
+    async def get(self, series: str):
+        from . import thumbnails
+
+        self._action = "thumbnail"
+        self._uids = [series]
+        scope = self.caller.scope
+        study = self.ctx.store.study_of(series)
+        if study is None or not self.ctx.store.is_visible(scope, study, series):
+            self.not_found()
+        png = self.ctx.thumbnails.get(series)
+        if png is None:
+            dicom = await self._middle_instance(study, series)
+            loop = asyncio.get_running_loop()
+            try:
+                png = await loop.run_in_executor(self.ctx.query_pool, thumbnails.render, dicom)
+            except Exception as e:  # a broken or unusual image: say so, keep serving
+                raise web.HTTPError(422, reason=f"no picture for this series: {e}") from None
+            self.ctx.thumbnails.put(series, png)
+        self.set_header("Content-Type", "image/png")
+        self.set_header("Cache-Control", "private, max-age=86400")
+        self.finish(png)
+
+    async def _middle_instance(self, study: str, series: str) -> bytes:
+        from ....kernels.multipart import boundary_of, iter_parts
+
+        base = f"/dicom-web/studies/{study}/series/{series}"
+        r = await self.archive_get(f"{base}/instances",
+                                   headers={"Accept": "application/dicom+json"})
+        found = r.json() if r.status_code == 200 and r.content else []
+        if not found:
+            self.not_found()
+        found.sort(key=lambda rec: _int(_v(rec, "00200013")) or 0)
+        sop = _v(found[len(found) // 2], "00080018")
+        r = await self.archive_get(f"{base}/instances/{sop}", headers={
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        if r.status_code != 200:
+            self.not_found()
+        parts = iter_parts([r.content], boundary_of(r.headers.get("content-type", "")))
+        return next(body for _, body in parts)
+
+
 class DicomWebRootHandler(QidoHandler, StowHandler):
     """``/studies``: QIDO-RS search (GET) and STOW-RS (POST)."""
 
@@ -827,6 +873,7 @@ def make_app(ctx: Context, prefix: str) -> web.Application:
         (rf"{api}/projects", ProjectsHandler, k),
         (rf"{api}/catalog/(?P<action>query|tags|import-idc)", CatalogHandler, k),
         (rf"{api}/cohorts", CohortHandler, k),
+        (rf"{api}/thumbnails/(?P<series>{UID})", ThumbnailHandler, k),
         (rf"{api}/cohorts/(?P<project>[a-z0-9][a-z0-9_-]{{0,62}})"
          r"/(?P<ref>[^/]{1,80})", CohortHandler, k),  # names checked by the handler
         (rf"{api}/projects/(?P<project>[a-z0-9][a-z0-9_-]{{0,62}})/series(?P<remove>/remove)?",

@@ -45,7 +45,7 @@ CONCURRENCY = 8  # series read at once
 _INCLUDE = [("includefield", kw) for _, kw, _ in FIELDS.values() if kw]
 # Kept out of ``attributes``: about the person (names have VR PN and are
 # left out by VR), and what differs from one instance of a series to the next.
-_PERSONAL = {"PatientBirthTime", "PatientAddress", "PatientBirthName",
+_PERSONAL = {"PatientBirthDate", "PatientBirthTime", "PatientAddress", "PatientBirthName",
              "PatientMotherBirthName", "PatientTelephoneNumbers", "OtherPatientIDs"}
 _PER_INSTANCE = {"InstanceNumber", "ImagePositionPatient", "SliceLocation", "ContentDate",
                  "ContentTime", "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime",

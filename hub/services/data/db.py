@@ -121,6 +121,11 @@ class Store:
                 q = q.where(SeriesProject.project.in_(projects))
             return s.scalars(q.limit(1)).first() is not None
 
+    def study_of(self, series_uid: str) -> str | None:
+        with self.session() as s:
+            return s.scalars(select(SeriesProject.study_uid).where(
+                SeriesProject.series_uid == series_uid).limit(1)).first()
+
     def projects_of(self, series_uid: str) -> set[str]:
         with self.session() as s:
             return set(s.scalars(select(SeriesProject.project)

@@ -77,12 +77,12 @@ class ChangeFeed:
                                        params={"since": since, "limit": 500})
             r.raise_for_status()
             feed = r.json()
-            touched: list = []
+            touched: dict[str, None] = {}  # series to re-read, each once
             for change in feed.get("Changes", []):
                 if change.get("ChangeType") == "NewSeries":
                     assigned += await self._new_series(change["ID"])
                 if change.get("ChangeType") in ("NewSeries", "StableSeries"):
-                    touched.append(change["ID"])
+                    touched[change["ID"]] = None
             if self.catalog_sync is not None:
                 for orthanc_id in touched:
                     await self._catalog(orthanc_id)
