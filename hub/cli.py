@@ -176,6 +176,16 @@ def cmd_catalog(args) -> int:
                                   f"{r.reason_phrase}")
         print(f"imported {r.json()['imported']} series into project {r.json()['project']}")
         return 0
+    if args.catalog_command == "sync":
+        print("re-reading every series of the archive (QIDO-RS)...")
+        r = httpx.post(f"{api}/catalog/sync", json={}, headers=headers, timeout=3600)
+        if r.status_code != 200:
+            raise ImagingHubError(f"the data service refused: HTTP {r.status_code} "
+                                  f"{r.reason_phrase}")
+        c = r.json()
+        print(f"{c['seen']} series seen, {c['updated']} updated, {c['deleted']} removed, "
+              f"{c.get('failed', 0)} could not be read")
+        return 1 if c.get("failed") else 0
     r = httpx.post(f"{api}/catalog/query", headers=headers, timeout=60,
                    json={"facets": ["collection", "modality"], "limit": 0})
     r.raise_for_status()
@@ -295,6 +305,9 @@ def parser() -> argparse.ArgumentParser:
     cat = sub.add_parser("catalog", help="the series catalog (needs the running hub)")
     cs = cat.add_subparsers(dest="catalog_command", required=True)
     cs.add_parser("status", help="how many series, by collection and modality").set_defaults(
+        fn=cmd_catalog)
+    cs.add_parser("sync", help="re-read every series of the archive now (the catalog also "
+                               "follows the archive's changes while up runs)").set_defaults(
         fn=cmd_catalog)
     ci = cs.add_parser("import-idc", help="load IDC's index of about a million series "
                                           "(metadata only, from the idc-index-data package)")

@@ -5,7 +5,7 @@ dicomweb-client, numpy and pydicom, only on first use; ``view`` imports the
 viewer only when called.
 """
 
-from ..widgets import view
+from ..widgets import cohort_builder, view
 from .catalog import Catalog
 from .dicomweb import PACS
 from .errors import NotAVolume, PACSError
@@ -13,4 +13,4 @@ from .errors import NotAVolume, PACSError
 pacs = PACS.from_env()
 catalog = Catalog.from_env()
 
-__all__ = ["pacs", "catalog", "PACS", "PACSError", "NotAVolume", "view"]
+__all__ = ["pacs", "catalog", "PACS", "PACSError", "NotAVolume", "view", "cohort_builder"]

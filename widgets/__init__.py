@@ -1,4 +1,4 @@
-"""Notebook widgets: the volume viewer (``view``)."""
+"""Notebook widgets: the volume viewer (``view``) and the cohort builder."""
 
 
 def view(*args, **kwargs):
@@ -6,3 +6,10 @@ def view(*args, **kwargs):
     from .viewer import view as _view
 
     return _view(*args, **kwargs)
+
+
+def cohort_builder(**kwargs):
+    """See :func:`imaginghub.widgets.cohort_builder.cohort_builder`."""
+    from .cohort_builder import cohort_builder as _builder
+
+    return _builder(**kwargs)

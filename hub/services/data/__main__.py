@@ -56,8 +56,15 @@ async def serve() -> None:
     app = make_app(ctx, prefix)
     from .sync import ChangeFeed
 
+    from .catalog_sync import CatalogSync
+
+    ctx.catalog_sync = CatalogSync(ctx.archive, archive, ctx.catalog, ctx.store)
     feed = asyncio.create_task(ChangeFeed(ctx.archive, archive, ctx.store,
-                                          settings.get("aet", "IMAGINGHUB")).run())
+                                          settings.get("aet", "IMAGINGHUB"),
+                                          catalog_sync=ctx.catalog_sync).run())
+    # A full re-crawl at start (the feed has passed older series) and then daily.
+    crawl = asyncio.create_task(ctx.catalog_sync.periodic(
+        float(settings.get("catalog_full_sync_hours", 24)) * 3600))
     server = app.listen(bind.port, address=bind.hostname or "127.0.0.1",
                         max_buffer_size=2 * 1024**3)
     logging.getLogger("imaginghub.data").info("data service on %s%s", bind.netloc, prefix)
@@ -67,6 +74,7 @@ async def serve() -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     feed.cancel()
+    crawl.cancel()
     server.stop()
     await ctx.archive.aclose()
     await ctx.hub.aclose()

@@ -80,6 +80,7 @@ class Context:
         # would queue the users' downloads behind each other.
         self.relay_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay")
         self.catalog = catalog
+        self.catalog_sync = None  # set by the service once the feed runs
         self.thumbnails = thumbnails
         from .cohorts import Cohorts
 
@@ -583,6 +584,7 @@ class ProjectSeriesHandler(BaseHandler):
         self._uids = (series + studies)[:100]
         if remove:
             n = self.ctx.store.unassign(project, series_uids=series, study_uids=studies)
+            await self._catalog_projects(series, studies)
             return self._json({"removed": n})
         pairs, unknown = [], []
         for uid in series:
@@ -601,7 +603,14 @@ class ProjectSeriesHandler(BaseHandler):
             if not found:
                 unknown.append(uid)
         added = self.ctx.store.assign(pairs, project, by=self.caller.name)
+        await self._catalog_projects([se for _, se in pairs], [])
         self._json({"added": added, "already": len(pairs) - added, "unknown": unknown})
+
+    async def _catalog_projects(self, series: list[str], studies: list[str]) -> None:
+        """The catalog shows the series' new projects at once."""
+        if self.ctx.catalog_sync is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self.ctx.query_pool, self.ctx.catalog_sync.update_projects, series, studies)
 
     def _json(self, data):
         self.set_header("Content-Type", "application/json")
@@ -617,6 +626,7 @@ class CatalogHandler(BaseHandler):
       "remove": false}``: tag series of a project you are in.
     - ``POST .../catalog/import-idc``: ``{"project": "idc"}``: admins load
       IDC's index of about a million series as a metadata-only collection.
+    - ``POST .../catalog/sync``: admins re-crawl the archive (QIDO-RS).
     """
 
     async def post(self, action: str):
@@ -637,6 +647,12 @@ class CatalogHandler(BaseHandler):
                 answer = await loop.run_in_executor(self.ctx.query_pool, self._tag, body)
             elif action == "import-idc":
                 answer = await self._import_idc(body)
+            elif action == "sync":
+                if not self.caller.admin:
+                    raise web.HTTPError(403, reason="only admins re-crawl the archive")
+                if self.ctx.catalog_sync is None:
+                    raise web.HTTPError(503, reason="the catalog does not follow an archive")
+                answer = await self.ctx.catalog_sync.full()
             else:
                 self.not_found()
         except QueryError as e:
@@ -871,7 +887,7 @@ def make_app(ctx: Context, prefix: str) -> web.Application:
          SeriesHandler, k),
         (rf"{p}/studies/(?P<study>{UID})(?P<rest>/metadata|/rendered)?", StudyRouteHandler, k),
         (rf"{api}/projects", ProjectsHandler, k),
-        (rf"{api}/catalog/(?P<action>query|tags|import-idc)", CatalogHandler, k),
+        (rf"{api}/catalog/(?P<action>query|tags|import-idc|sync)", CatalogHandler, k),
         (rf"{api}/cohorts", CohortHandler, k),
         (rf"{api}/thumbnails/(?P<series>{UID})", ThumbnailHandler, k),
         (rf"{api}/cohorts/(?P<project>[a-z0-9][a-z0-9_-]{{0,62}})"

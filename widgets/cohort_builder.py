@@ -1,0 +1,163 @@
+"""``cohort_builder()``: explore the catalog and make cohorts, in a notebook.
+
+Facet panels show the counts as bars over the current filter (click a bar
+to filter on that value, click again to drop it; values of one field are
+ORed, fields ANDed), filter chips, a search box, date and number ranges, the
+total, a page of results with thumbnails, selection, and actions: save the
+selection (or the whole query) as a cohort or a new version of one, and open
+a selected series in the viewer. A "cohorts" tab lists the project's shared
+cohorts with versions, authors and sizes.
+
+Every change is one catalog query (the kernel asks the data service; on the
+IDC index that is tens of milliseconds); only a page of rows and its
+thumbnails travel to the browser.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anywidget
+import traitlets as t
+
+FACETS = ["collection", "modality", "body_part", "manufacturer", "patient_sex"]
+RANGES = {"study_date": "date", "patient_age": "number", "instances": "number"}
+PAGE = 24
+
+
+class CohortBuilder(anywidget.AnyWidget):
+    _esm = Path(__file__).with_name("cohort_builder.js")
+    _css = Path(__file__).with_name("cohort_builder.css")
+
+    facet_fields = t.List(FACETS).tag(sync=True)
+    range_fields = t.Dict(RANGES).tag(sync=True)
+    query = t.Dict().tag(sync=True)  # {"filters", "ranges", "text"}, set by the browser
+    offset = t.Int(0).tag(sync=True)
+    page_size = t.Int(PAGE).tag(sync=True)
+    total = t.Int(0).tag(sync=True)
+    facets = t.Dict().tag(sync=True)
+    rows = t.List().tag(sync=True)
+    thumbs = t.List().tag(sync=True)  # PNG bytes per row ("" when there is none)
+    selected = t.List().tag(sync=True)
+    projects = t.List().tag(sync=True)
+    cohorts = t.List().tag(sync=True)
+    message = t.Unicode().tag(sync=True)
+    busy = t.Bool(False).tag(sync=True)
+    took_ms = t.Float(0).tag(sync=True)
+
+    def __init__(self, catalog=None, pacs=None, projects=None, **kwargs):
+        from ..kernels.preload import catalog as default_catalog, pacs as default_pacs
+
+        self.catalog = catalog or default_catalog
+        self.pacs = pacs or default_pacs
+        super().__init__(**kwargs)
+        import ipywidgets
+
+        self.output = ipywidgets.Output()  # where "open in viewer" shows the series
+        self.projects = sorted(projects) if projects else self._my_projects()
+        self.observe(self._refresh, names=["query", "offset"])
+        self.on_msg(self._on_browser)
+        self._refresh()
+        self._load_cohorts()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        from ipywidgets import VBox
+
+        display(VBox([self, self.output]))
+
+    # -- queries ------------------------------------------------------------
+    def _body(self) -> dict:
+        q = self.query or {}
+        return {"filters": q.get("filters") or {}, "ranges": q.get("ranges") or {},
+                "text": q.get("text") or ""}
+
+    def _refresh(self, change=None) -> None:
+        self.busy = True
+        try:
+            answer = self.catalog.query(**self._body(), facets=self.facet_fields,
+                                        limit=self.page_size, offset=self.offset)
+        except Exception as e:  # shown in the widget, where the user acts
+            self.message = f"the query failed: {e}"
+            self.busy = False
+            return
+        with self.hold_sync():
+            self.total = answer["total"]
+            self.facets = answer["facets"]
+            self.rows = answer["rows"]
+            self.took_ms = float(answer.get("took_ms") or 0)
+            self.thumbs = [self._thumbnail(r["series_uid"]) for r in answer["rows"]]
+            self.busy = False
+            if change is not None and change["name"] == "query":
+                self.message = ""
+
+    def _thumbnail(self, series_uid: str) -> bytes:
+        import httpx
+
+        try:
+            r = self.catalog._client.get(f"{self.catalog.api}/thumbnails/{series_uid}",
+                                         timeout=10)
+        except (httpx.HTTPError, AttributeError):
+            return b""
+        return r.content if r.status_code == 200 else b""
+
+    def _my_projects(self) -> list[str]:
+        try:
+            import httpx
+
+            r = httpx.get(f"{self.catalog.api}/projects", timeout=10,
+                          headers={"Authorization": f"token {self.catalog._token}"})
+            return sorted(p["name"] for p in r.json()["projects"] if p.get("member"))
+        except Exception:
+            return []
+
+    def _load_cohorts(self) -> None:
+        try:
+            frame = self.catalog.cohorts()
+            self.cohorts = frame.astype(str).to_dict("records")
+        except Exception as e:
+            self.message = f"could not list the cohorts: {e}"
+
+    # -- actions --------------------------------------------------------------
+    def _on_browser(self, _, content, buffers) -> None:
+        action = content.get("action")
+        try:
+            if action == "save":
+                self._save(content["name"], content["project"], content.get("what", "selection"))
+            elif action == "view":
+                self._view(content["series_uid"])
+            elif action == "cohorts":
+                self._load_cohorts()
+        except Exception as e:
+            self.message = f"{action} failed: {e}"
+
+    def _save(self, name: str, project: str, what: str) -> None:
+        if what == "selection":
+            if not self.selected:
+                self.message = "select series first (click their rows), or save the query"
+                return
+            cohort = self.catalog.new_cohort(name, project, series=list(self.selected))
+        else:
+            from ..kernels.catalog import _as_kwargs
+
+            cohort = self.catalog.new_cohort(name, project, **_as_kwargs(self._body()))
+        cohort.save(note=f"from the cohort builder ({what})")
+        self.message = f"saved {cohort.project}/{cohort.ref}: {len(cohort)} series"
+        self._load_cohorts()
+
+    def _view(self, series_uid: str) -> None:
+        from .viewer import view
+
+        self.message = f"loading {series_uid[-16:]} ..."
+        volume = self.pacs.load_series(series_uid, progress=False)
+        self.output.clear_output()
+        with self.output:
+            from IPython.display import display
+
+            display(view(volume))
+        self.message = f"opened {volume.metadata.get('SeriesDescription') or series_uid}"
+
+
+def cohort_builder(**kwargs) -> CohortBuilder:
+    """The cohort builder on the site's catalog (see :class:`CohortBuilder`)."""
+    return CohortBuilder(**kwargs)
