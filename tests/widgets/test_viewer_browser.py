@@ -6,15 +6,9 @@ Screenshots and timings are kept in tests/.artifacts/."""
 from __future__ import annotations
 
 import json
-import re
 import time
-from pathlib import Path
 
-import nbformat
-import pytest
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
-CHROMIUM = "/usr/bin/chromium"
+from browser_support import ARTIFACTS, notebook_page, run_cell
 
 CELLS = [
     """import numpy as np
@@ -30,23 +24,6 @@ import time; shown_at = time.time()
 view(ct, preset="bone")""",
     "print(f'CT-SHOWN-AT {shown_at}')",
 ]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
-
-
-def run_cell(page, index: int) -> None:
-    page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-InputPrompt").click()
-    page.keyboard.press("Shift+Enter")
 
 
 def _canvas_stats(page, index: int) -> dict:
@@ -66,38 +43,12 @@ def _canvas_stats(page, index: int) -> dict:
 
 def test_view_volume_and_labels_in_jupyterlab(stack, browser):
     # in both demo projects: the MR phantom is neuro's, the large CT oncology's
-    out = stack.cli("users", "add", "vera", "--project", "oncology", "--project", "neuro").stdout
-    password = re.search(r"password: (\S+)", out).group(1)
-    home = stack.home.path / "users" / "vera"
-    home.mkdir(parents=True, exist_ok=True)
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
-    nb.metadata["kernelspec"] = {"name": "imaging", "display_name": "Imaging (Python 3)",
-                                 "language": "python"}
-    nbformat.write(nb, home / "viewer-test.ipynb")
-    ARTIFACTS.mkdir(exist_ok=True)
-
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    try:
-        _check_viewer(stack, page, password)
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "viewer-failure.png"))
-        (ARTIFACTS / "viewer-console.txt").write_text("\n".join(errors))
-        raise
-    finally:
-        page.close()
+    with notebook_page(stack, browser, "vera", ["oncology", "neuro"], "viewer-test",
+                       CELLS) as page:
+        _check_viewer(page)
 
 
-def _check_viewer(stack, page, password):
-    page.goto(f"{stack.url}/hub/login")
-    page.fill("#username_input", "vera")
-    page.fill("#password_input", password)
-    page.click("#login_submit")
-    page.wait_for_url("**/user/vera/lab**", timeout=120_000)
-    page.goto(f"{stack.url}/user/vera/lab/tree/viewer-test.ipynb?reset")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-    page.wait_for_selector("text=/Imaging \\(Python 3\\) \\| Idle/", timeout=120_000)
+def _check_viewer(page):
     run_cell(page, 0)  # the phantom with its labels
     page.wait_for_selector(".ih-viewer .ih-readout:not(:empty)", timeout=120_000)
     page.wait_for_function("document.querySelectorAll('.ih-viewer canvas')[0].width > 0")

@@ -1,0 +1,61 @@
+"""Headless Chromium (Debian's package) driven by Playwright, logged in to
+the real hub as a user with a notebook in their home; screenshots and
+timings go to tests/.artifacts/ (and one on any failure)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+import nbformat
+
+ARTIFACTS = Path(__file__).resolve().parent / ".artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def launch(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"])
+
+
+@contextlib.contextmanager
+def notebook_page(stack, browser, user: str, projects: list[str], name: str, cells: list[str]):
+    """A new user in ``projects`` with a notebook of ``cells``, opened in
+    JupyterLab with its kernel idle; yields the page."""
+    args = [a for p in projects for a in ("--project", p)]
+    out = stack.cli("users", "add", user, *args).stdout
+    password = re.search(r"password: (\S+)", out).group(1)
+    home = stack.home.path / "users" / user
+    home.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "imaging", "display_name": "Imaging (Python 3)",
+                                 "language": "python"}
+    nbformat.write(nb, home / f"{name}.ipynb")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(f"{stack.url}/hub/login")
+        page.fill("#username_input", user)
+        page.fill("#password_input", password)
+        page.click("#login_submit")
+        page.wait_for_url(f"**/user/{user}/lab**", timeout=120_000)
+        page.goto(f"{stack.url}/user/{user}/lab/tree/{name}.ipynb?reset")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+        page.wait_for_selector("text=/Imaging \\(Python 3\\) \\| Idle/", timeout=120_000)
+        yield page
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / f"{name}-failure.png"))
+        (ARTIFACTS / f"{name}-console.txt").write_text("\n".join(errors))
+        raise
+    finally:
+        page.close()
+
+
+def run_cell(page, index: int) -> None:
+    """Run a cell as a user does: click its prompt, Shift+Enter."""
+    page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-InputPrompt").click()
+    page.keyboard.press("Shift+Enter")

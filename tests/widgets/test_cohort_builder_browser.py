@@ -1,0 +1,56 @@
+"""The cohort builder as a user sees it, on the demo archive's catalog:
+facet bars that filter, chips, thumbnails, selection, saving a cohort, the
+shared cohorts tab, and opening a series in the viewer."""
+
+from __future__ import annotations
+
+from browser_support import ARTIFACTS, notebook_page, run_cell
+
+from imaginghub.hub import demo
+
+ONCOLOGY = [s for s in demo.SERIES if s.project == "oncology"]
+
+
+def test_build_and_save_a_cohort(stack, browser):
+    with notebook_page(stack, browser, "cora", ["oncology"], "cohorts-test",
+                       ["cohort_builder()"]) as page:
+        run_cell(page, 0)
+        page.wait_for_selector(".ih-cohort .ih-bar", timeout=120_000)
+        status = page.locator(".ih-cohort .ih-status")
+        page.wait_for_function("document.querySelector('.ih-cohort .ih-status')"
+                               f".textContent.startsWith('{len(ONCOLOGY)} series')",
+                               timeout=60_000)
+        # only oncology's modalities have bars; click CT
+        bars = page.locator(".ih-cohort .ih-bar[data-field='modality']")
+        values = {bars.nth(i).get_attribute("data-value") for i in range(bars.count())}
+        assert values == {s.modality for s in ONCOLOGY}
+        cts = [s for s in ONCOLOGY if s.modality == "CT"]
+        page.locator(".ih-cohort .ih-bar[data-field='modality'][data-value='CT']").click()
+        page.wait_for_function("document.querySelector('.ih-cohort .ih-status')"
+                               f".textContent.startsWith('{len(cts)} series')", timeout=30_000)
+        assert "modality: CT" in page.locator(".ih-cohort .ih-chips").inner_text()
+        cards = page.locator(".ih-cohort .ih-card")
+        assert cards.count() == len(cts)
+        page.wait_for_selector(".ih-cohort .ih-card img.ih-thumb", timeout=30_000)
+        loaded = page.evaluate("Array.from(document.querySelectorAll('.ih-cohort img.ih-thumb'))"
+                               ".filter(i => i.complete && i.naturalWidth > 0).length")
+        assert loaded >= 1
+        page.screenshot(path=str(ARTIFACTS / "cohort-builder.png"))
+        # select two, save them as a cohort of oncology
+        cards.nth(0).click()
+        cards.nth(1).click()
+        page.wait_for_function("document.querySelector('.ih-cohort .ih-selinfo').textContent"
+                               " === '2 selected'", timeout=10_000)
+        page.fill(".ih-cohort .ih-name", "two-cts")
+        page.click(".ih-cohort .ih-save")
+        page.wait_for_selector(".ih-cohort .ih-message:has-text('saved oncology/two-cts@1')",
+                               timeout=30_000)
+        page.click(".ih-cohort .ih-tab:has-text('cohorts')")
+        page.wait_for_selector(".ih-cohort .ih-table td:has-text('two-cts')", timeout=30_000)
+        row = page.locator(".ih-cohort .ih-table tr:has-text('two-cts')").inner_text()
+        assert "cora" in row and "\t2\t" in f"\t{row}\t".replace("\n", "\t")
+        page.click(".ih-cohort .ih-tab:has-text('search')")
+        # open a small series in the viewer, below the builder
+        small = next(s for s in cts if s.key == "ct-slice")
+        page.locator(f".ih-cohort .ih-card[data-uid='{small.series_uid}'] .ih-open").click()
+        page.wait_for_selector(".ih-viewer .ih-readout:not(:empty)", timeout=60_000)
