@@ -16,7 +16,6 @@ def test_build_and_save_a_cohort(stack, browser):
                        ["cohort_builder()"]) as page:
         run_cell(page, 0)
         page.wait_for_selector(".ih-cohort .ih-bar", timeout=120_000)
-        status = page.locator(".ih-cohort .ih-status")
         page.wait_for_function("document.querySelector('.ih-cohort .ih-status')"
                                f".textContent.startsWith('{len(ONCOLOGY)} series')",
                                timeout=60_000)
