@@ -236,3 +236,15 @@ def data_stack(request, tmp_path_factory):
     finally:
         assert stop_stack(proc) == 0, output.read_text()
         assert not processes_using(home)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium from Debian's package (see tests/browser_support.py)."""
+    from browser_support import launch
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
