@@ -181,9 +181,11 @@ function render({ model, el: root }) {
   const project = el("select", "ih-project");
   const saveSel = el("button", "ih-save", "save selection");
   const saveQuery = el("button", "ih-save-query", "save all matches");
+  const addSel = el("button", "ih-add", "add selection to cohort");
+  addSel.onclick = () => model.send({ action: "add", name: name.value.trim(), project: project.value });
   saveSel.onclick = () => model.send({ action: "save", what: "selection", name: name.value.trim(), project: project.value });
   saveQuery.onclick = () => model.send({ action: "save", what: "query", name: name.value.trim(), project: project.value });
-  actions.append(selInfo, selectPage, clear, name, project, saveSel, saveQuery);
+  actions.append(selInfo, selectPage, clear, name, project, saveSel, saveQuery, addSel);
 
   function drawActions() {
     const n = (model.get("selected") || []).length;

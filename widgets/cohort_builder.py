@@ -124,6 +124,8 @@ class CohortBuilder(anywidget.AnyWidget):
         try:
             if action == "save":
                 self._save(content["name"], content["project"], content.get("what", "selection"))
+            elif action == "add":
+                self._add(content["name"], content["project"])
             elif action == "view":
                 self._view(content["series_uid"])
             elif action == "cohorts":
@@ -142,6 +144,23 @@ class CohortBuilder(anywidget.AnyWidget):
 
             cohort = self.catalog.new_cohort(name, project, **_as_kwargs(self._body()))
         cohort.save(note=f"from the cohort builder ({what})")
+        self.message = f"saved {cohort.project}/{cohort.ref}: {len(cohort)} series"
+        self._load_cohorts()
+
+    def _add(self, name: str, project: str) -> None:
+        """The selection added to the latest version of a cohort: a new version."""
+        if not self.selected:
+            self.message = "select series first (click their rows)"
+            return
+        try:
+            current = self.catalog.cohort(name, project=project)
+        except Exception:
+            self.message = f"no cohort {name!r} in {project}: save it first"
+            return
+        union = sorted(set(current.series) | set(self.selected))
+        cohort = self.catalog.new_cohort(name, project, series=union)
+        cohort.save(note=f"added {len(union) - len(current.series)} series to "
+                         f"{current.ref} in the cohort builder")
         self.message = f"saved {cohort.project}/{cohort.ref}: {len(cohort)} series"
         self._load_cohorts()
 
