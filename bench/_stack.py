@@ -45,3 +45,23 @@ def running_stack(**gateway_options):
         finally:
             up.send_signal(signal.SIGINT)
             up.wait(60)
+
+
+def ct_copy(pacs: PACS, description: str | None = None, syntax: str | None = None):
+    """The demo's 300-slice CT as datasets of a new series (new UIDs), to be
+    stored; re-encoded in ``syntax`` if given. Returns (series UID, datasets)."""
+    from pydicom.uid import generate_uid
+
+    from imaginghub.hub import demo
+
+    ct = demo.series("ct-head")
+    datasets = pacs.retrieve_series(ct.study_uid, ct.series_uid)
+    series = generate_uid()
+    for ds in datasets:
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = series, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if description:
+            ds.SeriesDescription = description
+        if syntax:
+            ds.compress(syntax, encoding_plugin="pylibjpeg")
+    return series, datasets

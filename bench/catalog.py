@@ -19,7 +19,7 @@ import duckdb
 import idc_index_data
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stack import IMAGINGHUB, running_stack  # noqa: E402
+from _stack import IMAGINGHUB, ct_copy, running_stack  # noqa: E402
 
 from imaginghub.kernels.catalog import Catalog  # noqa: E402
 
@@ -117,16 +117,7 @@ def keeps_up(gateway, api: Catalog, _token: str) -> str:
     """Store a new 300-instance CT through the gateway and time how long the
     catalog takes to show it with all its instances (the change feed reads a
     series when it appears and when it settles: Orthanc's StableAge, 5 s)."""
-    from pydicom.uid import generate_uid
-
-    from imaginghub.hub import demo
-
-    ct = demo.series("ct-head")
-    datasets = gateway.retrieve_series(ct.study_uid, ct.series_uid)
-    series = generate_uid()
-    for ds in datasets:
-        ds.SeriesInstanceUID, ds.SOPInstanceUID = series, generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    series, datasets = ct_copy(gateway)
     t = time.perf_counter()
     gateway.store_instances(datasets)
     stored = time.perf_counter() - t

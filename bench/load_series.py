@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stack import running_stack  # noqa: E402
+from _stack import ct_copy, running_stack  # noqa: E402
 
 from imaginghub.hub import demo  # noqa: E402
 from imaginghub.kernels.dicomweb import MULTIPART_DICOM, PACS  # noqa: E402
@@ -46,18 +46,11 @@ def dicomweb_client_stack(pacs: PACS, study: str, series: str) -> np.ndarray:
 def j2k_copy(direct: PACS, gateway: PACS) -> tuple[str, str]:
     """The demo CT re-encoded as JPEG 2000 lossless, stored as a new series of
     alice's project through the gateway."""
-    from pydicom.uid import JPEG2000Lossless, generate_uid
+    from pydicom.uid import JPEG2000Lossless
 
-    ct = demo.series("ct-head")
-    datasets = direct.retrieve_series(ct.study_uid, ct.series_uid)
-    series = generate_uid()
-    for ds in datasets:
-        ds.SeriesInstanceUID, ds.SOPInstanceUID = series, generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SeriesDescription = "CT head, JPEG 2000 lossless"
-        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    series, datasets = ct_copy(direct, "CT head, JPEG 2000 lossless", JPEG2000Lossless)
     gateway.store_instances(datasets)
-    return ct.study_uid, series
+    return demo.series("ct-head").study_uid, series
 
 
 def median_of(fn, repeat: int) -> float:

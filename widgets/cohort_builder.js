@@ -1,12 +1,6 @@
 // imaginghub's cohort builder (anywidget module): facets as bars, chips,
 // search, ranges, results with thumbnails, selection, save, open.
 
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
 
 function render({ model, el: root }) {
   root.classList.add("ih-cohort");

@@ -20,13 +20,15 @@ from pathlib import Path
 import anywidget
 import traitlets as t
 
+from ._assets import esm
+
 FACETS = ["collection", "modality", "body_part", "manufacturer", "patient_sex"]
 RANGES = {"study_date": "date", "patient_age": "number", "instances": "number"}
 PAGE = 24
 
 
 class CohortBuilder(anywidget.AnyWidget):
-    _esm = Path(__file__).with_name("cohort_builder.js")
+    _esm = esm("cohort_builder.js")
     _css = Path(__file__).with_name("cohort_builder.css")
 
     facet_fields = t.List(FACETS).tag(sync=True)

@@ -25,6 +25,7 @@ import numpy as np
 import traitlets as t
 
 from ..kernels.volume import Volume
+from ._assets import esm
 
 # CT presets: (width, level) in HU
 PRESETS = {
@@ -112,7 +113,7 @@ class Plane:
 
 
 class Viewer(anywidget.AnyWidget):
-    _esm = Path(__file__).with_name("viewer.js")
+    _esm = esm("viewer.js")
     _css = Path(__file__).with_name("viewer.css")
 
     # what the browser draws
