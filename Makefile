@@ -63,6 +63,7 @@ bench: setup
 	$(PY) bench/load_series.py
 	$(PY) bench/kernel_start.py
 	$(PY) bench/gateway_overhead.py
+	$(PY) bench/catalog.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
