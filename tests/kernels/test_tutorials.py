@@ -1,4 +1,5 @@
-"""Every tutorial runs top to bottom in the imaging kernel against the demo archive."""
+"""Every tutorial runs top to bottom in the imaging kernel against the demo
+archive, as alice would run it: through the gateway with her token."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ TUTORIALS = sorted((Path(__file__).parents[2] / "notebooks" / "tutorials").glob(
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
 def test_tutorial_runs(stack, path, monkeypatch, tmp_path):
-    archive = stack.archive()
     monkeypatch.setenv("JUPYTER_PATH", str(stack.home.jupyter_data_dir))
-    monkeypatch.setenv("IMAGINGHUB_DICOMWEB_URL", archive.dicomweb_url)
-    monkeypatch.setenv("IMAGINGHUB_DICOMWEB_USER", archive.auth[0])
-    monkeypatch.setenv("IMAGINGHUB_DICOMWEB_PASSWORD", archive.auth[1])
+    monkeypatch.setenv("IMAGINGHUB_DICOMWEB_URL", stack.run["gateway_url"])
+    monkeypatch.setenv("IMAGINGHUB_DICOMWEB_TOKEN", stack.token("alice"))
+    monkeypatch.setenv("IMAGINGHUB_CACHE_DIR", str(tmp_path / "cache"))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="imaging", resources={
         "metadata": {"path": str(tmp_path)}}).execute()
