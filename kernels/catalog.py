@@ -17,23 +17,30 @@ import os
 
 from .errors import PACSError
 
-TEXT, RANGE = "text", "range"
-# field -> kind; the service checks the names again and says what is wrong
-_KINDS = {
-    "series_uid": TEXT, "study_uid": TEXT, "patient_id": TEXT, "collection": TEXT,
-    "modality": TEXT, "body_part": TEXT, "study_date": RANGE, "series_date": RANGE,
-    "patient_sex": TEXT, "patient_age": RANGE, "manufacturer": TEXT, "model": TEXT,
-    "series_description": TEXT, "study_description": TEXT, "slice_thickness": RANGE,
-    "instances": RANGE, "size_mb": RANGE,
+# The catalog's fields: name -> (DuckDB type, DICOM keyword it comes from,
+# kind). One table for the service (hub/services/data/catalog.py) and this
+# client, which needs only the kinds and keywords.
+FIELDS: dict[str, tuple[str, str, str]] = {
+    "series_uid": ("VARCHAR", "SeriesInstanceUID", "text"),
+    "study_uid": ("VARCHAR", "StudyInstanceUID", "text"),
+    "patient_id": ("VARCHAR", "PatientID", "text"),
+    "collection": ("VARCHAR", "", "text"),
+    "modality": ("VARCHAR", "Modality", "text"),
+    "body_part": ("VARCHAR", "BodyPartExamined", "text"),
+    "study_date": ("DATE", "StudyDate", "date"),
+    "series_date": ("DATE", "SeriesDate", "date"),
+    "patient_sex": ("VARCHAR", "PatientSex", "text"),
+    "patient_age": ("DOUBLE", "PatientAge", "number"),
+    "manufacturer": ("VARCHAR", "Manufacturer", "text"),
+    "model": ("VARCHAR", "ManufacturerModelName", "text"),
+    "series_description": ("VARCHAR", "SeriesDescription", "text"),
+    "study_description": ("VARCHAR", "StudyDescription", "text"),
+    "slice_thickness": ("DOUBLE", "SliceThickness", "number"),
+    "instances": ("INTEGER", "NumberOfSeriesRelatedInstances", "number"),
+    "size_mb": ("DOUBLE", "", "number"),
 }
-_KEYWORDS = {
-    "SeriesInstanceUID": "series_uid", "StudyInstanceUID": "study_uid", "PatientID": "patient_id",
-    "Modality": "modality", "BodyPartExamined": "body_part", "StudyDate": "study_date",
-    "SeriesDate": "series_date", "PatientSex": "patient_sex", "PatientAge": "patient_age",
-    "Manufacturer": "manufacturer", "ManufacturerModelName": "model",
-    "SeriesDescription": "series_description", "StudyDescription": "study_description",
-    "SliceThickness": "slice_thickness",
-}
+# our name for a DICOM keyword given in its place
+KEYWORDS = {kw: name for name, (_, kw, _) in FIELDS.items() if kw}
 
 
 class Catalog:
@@ -127,13 +134,23 @@ class Catalog:
         return Cohort(self, project, name, list(series) if series is not None else None,
                       query, None)
 
+    def thumbnail(self, series_uid: str) -> bytes | None:
+        """The series' small PNG, or None when it has none (metadata-only
+        collections, images that cannot be drawn)."""
+        r = self._send("GET", f"thumbnails/{series_uid}", None)
+        return r.content if r.status_code == 200 else None
+
+    def projects(self) -> list[str]:
+        """The projects you are a member of."""
+        return sorted(p["name"] for p in self._get("projects")["projects"] if p.get("member"))
+
     # -- plumbing -----------------------------------------------------------
     @staticmethod
     def _body(fields: dict, text, tags, attributes) -> dict:
         filters, ranges = {}, {}
         for name, value in fields.items():
-            key = _KEYWORDS.get(name, name)
-            if _KINDS.get(key) == RANGE:
+            key = KEYWORDS.get(name, name)
+            if key in FIELDS and FIELDS[key][2] != "text":
                 if isinstance(value, (tuple, list)):
                     ranges[key] = list(value)
                 else:
@@ -155,7 +172,7 @@ class Catalog:
     def _post(self, path: str, body: dict) -> dict:
         return self._request("POST", path, body)
 
-    def _request(self, method: str, path: str, body: dict | None) -> dict:
+    def _send(self, method: str, path: str, body: dict | None):
         import httpx
 
         if not self.api:
@@ -170,6 +187,10 @@ class Catalog:
             from .errors import ArchiveUnavailable
 
             raise ArchiveUnavailable(f"the catalog at {self.api} did not answer ({e})") from None
+        return r
+
+    def _request(self, method: str, path: str, body: dict | None) -> dict:
+        r = self._send(method, path, body)
         if r.status_code == 200:
             return r.json()
         reason = r.reason_phrase

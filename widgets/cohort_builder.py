@@ -94,22 +94,14 @@ class CohortBuilder(anywidget.AnyWidget):
                 self.message = ""
 
     def _thumbnail(self, series_uid: str) -> bytes:
-        import httpx
-
         try:
-            r = self.catalog._client.get(f"{self.catalog.api}/thumbnails/{series_uid}",
-                                         timeout=10)
-        except (httpx.HTTPError, AttributeError):
+            return self.catalog.thumbnail(series_uid) or b""
+        except Exception:  # a missing picture must not break the page
             return b""
-        return r.content if r.status_code == 200 else b""
 
     def _my_projects(self) -> list[str]:
         try:
-            import httpx
-
-            r = httpx.get(f"{self.catalog.api}/projects", timeout=10,
-                          headers={"Authorization": f"token {self.catalog._token}"})
-            return sorted(p["name"] for p in r.json()["projects"] if p.get("member"))
+            return self.catalog.projects()
         except Exception:
             return []
 

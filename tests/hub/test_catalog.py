@@ -80,10 +80,14 @@ def test_tags_are_shared_in_the_project(idc, stack):
     stack.cli("users", "add", "ike", "--project", "idcdemo")
     ike = Catalog(idc["ivy"].api, stack.token("ike"))
     assert sorted(ike.search(tags="reviewed")["series_uid"]) == sorted(uids)
-    from imaginghub.kernels.errors import Forbidden
+    from imaginghub.hub import demo
+    from imaginghub.kernels.errors import Forbidden, NotFound
 
     with pytest.raises(Forbidden):
         idc["alice"].tag(uids, "mine", project="idcdemo")
+    with pytest.raises(NotFound):  # a series outside the project, even among good ones
+        idc["ivy"].tag(uids + [demo.series("ct-head").series_uid], "x", project="idcdemo")
+    assert ike.search(tags="x").empty
 
 
 @pytest.mark.parametrize("body, says", [
@@ -169,8 +173,8 @@ def test_thumbnails_are_made_once_and_scoped(stack, key):
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     image = np.asarray(Image.open(io.BytesIO(r.content)))
     assert max(image.shape[:2]) <= 128 and image.std() > 5  # a picture, not a blank
-    assert (stack.home.path / "data" / "thumbnails" / f"{s.series_uid}.png").read_bytes() \
-        == r.content
+    kept = stack.home.path / "data" / "thumbnails" / f"{s.series_uid}.png"
+    assert kept.read_bytes() == r.content and kept.stat().st_mode & 0o077 == 0
     assert get(owner).content == r.content
     denied = get(other)
     assert denied.status_code == 404 and s.series_uid not in denied.text

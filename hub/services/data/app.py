@@ -666,7 +666,7 @@ class CatalogHandler(BaseHandler):
         return self.ctx.catalog.search(Query.parse(body), self.caller.scope)
 
     def _tag(self, body) -> dict:
-        from .catalog import Query, QueryError
+        from .catalog import QueryError
 
         project = str(body.get("project") or "")
         if project not in self.caller.projects:
@@ -675,9 +675,7 @@ class CatalogHandler(BaseHandler):
         if not series:
             raise QueryError("say which series to tag: 'series': [UIDs]")
         self._uids = series[:100]
-        found = self.ctx.catalog.search(Query.parse(
-            {"filters": {"series_uid": series}, "limit": 0}), {project})["total"]
-        if found != len(set(series)):
+        if len(self.ctx.catalog.visible_uids(series, {project})) != len(set(series)):
             raise web.HTTPError(404)  # one is not (visibly) in that project
         n = self.ctx.catalog.tag(series, project, str(body.get("tag") or ""), self.caller.name,
                                  remove=bool(body.get("remove")))

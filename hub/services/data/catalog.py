@@ -28,32 +28,13 @@ from pathlib import Path
 
 import duckdb
 
+from ....kernels.catalog import FIELDS, KEYWORDS
+
 MISSING = "(missing)"
 MAX_PAGE = 1000
 MAX_FACET_VALUES = 200
 
-# name -> (DuckDB type, DICOM keyword it comes from, kind)
-FIELDS: dict[str, tuple[str, str, str]] = {
-    "series_uid": ("VARCHAR", "SeriesInstanceUID", "text"),
-    "study_uid": ("VARCHAR", "StudyInstanceUID", "text"),
-    "patient_id": ("VARCHAR", "PatientID", "text"),
-    "collection": ("VARCHAR", "", "text"),
-    "modality": ("VARCHAR", "Modality", "text"),
-    "body_part": ("VARCHAR", "BodyPartExamined", "text"),
-    "study_date": ("DATE", "StudyDate", "date"),
-    "series_date": ("DATE", "SeriesDate", "date"),
-    "patient_sex": ("VARCHAR", "PatientSex", "text"),
-    "patient_age": ("DOUBLE", "PatientAge", "number"),
-    "manufacturer": ("VARCHAR", "Manufacturer", "text"),
-    "model": ("VARCHAR", "ManufacturerModelName", "text"),
-    "series_description": ("VARCHAR", "SeriesDescription", "text"),
-    "study_description": ("VARCHAR", "StudyDescription", "text"),
-    "slice_thickness": ("DOUBLE", "SliceThickness", "number"),
-    "instances": ("INTEGER", "NumberOfSeriesRelatedInstances", "number"),
-    "size_mb": ("DOUBLE", "", "number"),
-}
-ALIASES = {kw.lower(): name for name, (_, kw, _) in FIELDS.items() if kw}
-ALIASES.update({kw: name for name, (_, kw, _) in FIELDS.items() if kw})
+ALIASES = {**KEYWORDS, **{kw.lower(): name for kw, name in KEYWORDS.items()}}
 
 
 class QueryError(ValueError):
@@ -243,15 +224,18 @@ class Catalog:
         """Rows, total and facets for ``q`` within the projects ``scope``
         (None: everything).
 
-        One pass: the rows that meet the scope, ranges, text, tags and
+        Without a text search, tags or attributes: see _search_direct. With
+        them, one pass: the rows that meet the scope, ranges, text, tags and
         attributes are gathered once with a flag per field filter; the total,
         each facet (all flags but its own) and the page's UIDs are counted
         from them in one statement; then the page's rows are read by UID."""
         t0 = time.perf_counter()
-        c = self.cursor()
         base, params = self._where(q, scope)
         flags = self._flags(q)
         sort_col = q.sort.lstrip("-")
+        order = f"{sort_col} {'DESC' if q.sort.startswith('-') else 'ASC'} NULLS LAST, series_uid"
+        if not (q.text or q.tags or q.attributes):
+            return self._search_direct(q, base, params, flags, order, t0)
         keep = list(dict.fromkeys([*q.facets, sort_col, "series_uid"]))
         select = ", ".join(keep + [f"({sql}) AS f_{col}" for col, (sql, _) in flags.items()])
         flag_params = [p for _, (_, ps) in flags.items() for p in ps]
@@ -259,15 +243,12 @@ class Catalog:
         def meet(skip=None):
             return " AND ".join([f"f_{col}" for col in flags if col != skip] or ["TRUE"])
 
-        order = f"{sort_col} {'DESC' if q.sort.startswith('-') else 'ASC'} NULLS LAST, series_uid"
-        if not (q.text or q.tags or q.attributes):
-            return self._search_direct(q, base, params, flags, order, t0)
         parts = [f"SELECT '' AS facet, NULL AS v, count(*) AS n FROM base WHERE {meet()}",
                  f"SELECT '-page', series_uid, row_number() OVER () FROM (SELECT series_uid "
                  f"FROM base WHERE {meet()} ORDER BY {order} LIMIT {q.limit} OFFSET {q.offset})"]
         parts += [f"SELECT '{f}', CAST({f} AS VARCHAR), count(*) FROM base WHERE {meet(f)} "
                   "GROUP BY 2" for f in q.facets]
-        answer = c.execute(f"WITH base AS MATERIALIZED (SELECT {select} FROM series WHERE "
+        answer = self.cursor().execute(f"WITH base AS MATERIALIZED (SELECT {select} FROM series WHERE "
                            f"{base}) " + " UNION ALL ".join(parts),
                            flag_params + params).fetchall()
         return self._answer(q, answer, order, t0)
@@ -430,8 +411,6 @@ class Catalog:
             ).fetchall()]
         return sets
 
-    def count(self) -> int:
-        return self.cursor().execute("SELECT count(*) FROM series").fetchone()[0]
 
 
 def _project_set(projects) -> str | None:

@@ -77,5 +77,6 @@ class ThumbnailStore:
 
     def put(self, series_uid: str, png: bytes) -> None:
         tmp = self.root / f".{series_uid}.{os.getpid()}.tmp"
-        tmp.write_bytes(png)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(png)  # patient images: readable by the service alone
         os.replace(tmp, self.path(series_uid))
