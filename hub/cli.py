@@ -196,6 +196,106 @@ def cmd_catalog(args) -> int:
     return 0
 
 
+def _jobs(home: Home):
+    """The job service's client, as the CLI's admin service (sees every job)."""
+    from ..kernels.jobs import Jobs
+
+    run = home.read_run()
+    if run is None or "jobs_url" not in run:
+        raise ImagingHubError(f"the workspace in {home.path} is not running: start it with "
+                              f"'imaginghub up --home {home.path}'")
+    return Jobs(run["jobs_url"], home.secret("admin_service_token"))
+
+
+def _parameter_values(jobs, workflow: str, pairs: list[str]) -> dict:
+    """``-p name=value`` pairs: a value is taken as text for a str parameter
+    and as JSON (numbers, true/false, lists) for the others."""
+    import json
+
+    kinds = {n: p["type"] for n, p in jobs.workflow(workflow)["parameters"].items()}
+    out = {}
+    for pair in pairs or []:
+        name, eq, value = pair.partition("=")
+        if not eq:
+            raise ImagingHubError(f"-p {pair!r}: write -p NAME=VALUE")
+        if kinds.get(name, "").lower() == "str":
+            out[name] = value
+        else:
+            try:
+                out[name] = json.loads(value)
+            except ValueError:
+                out[name] = value
+    return out
+
+
+def cmd_jobs(args) -> int:
+    import time
+
+    from ..kernels.errors import PACSError
+
+    jobs = _jobs(_home(args))
+    try:
+        c = args.jobs_command
+        if c == "workflows":
+            for w in jobs._json("GET", "workflows")["workflows"]:
+                params = ", ".join(f"{n}: {p['type']}" for n, p in w["parameters"].items())
+                each = " (once per series)" if w["per_series"] else ""
+                print(f"{w['name']:<22} {w['title']}{each}\n{'':<22} {params}")
+            return 0
+        if c == "list":
+            rows = jobs._json("GET", "jobs?limit=%d" % args.limit +
+                              (f"&status={args.status}" if args.status else ""))["jobs"]
+            for j in rows:
+                if args.user and j["user"] != args.user:
+                    continue
+                print(f"{j['id']}  {j['status']:<11} {100 * j['progress']:3.0f}%  "
+                      f"{j['user']:<12} {j['workflow']:<20} {j['submitted'][:19]}  "
+                      f"{j['reason'][:60]}")
+            return 0
+        if c == "submit":
+            params = _parameter_values(jobs, args.workflow, args.parameter)
+            if args.cohort:
+                params["cohort"] = args.cohort
+            body = {"workflow": args.workflow, "parameters": params, "user": args.user,
+                    "shared": args.shared}
+            if args.time_limit:
+                body["time_limit"] = args.time_limit
+            job = jobs.get(jobs._json("POST", "jobs", body)["id"])
+            print(f"job {job.id} queued: {job.workflow} for {job.user}")
+        else:
+            job = jobs.get(args.id)
+        if c == "logs":
+            offset = 0
+            while True:
+                r = jobs._send("GET", f"jobs/{job.id}/log?offset={offset}")
+                sys.stdout.write(r.text)
+                sys.stdout.flush()
+                offset = int(r.headers.get("X-Log-Offset", offset))
+                if not args.follow or job.refresh().done:
+                    break
+                time.sleep(1)
+            return 0
+        if c == "cancel":
+            job.cancel()
+            print(f"job {job.id}: {job.status}")
+            return 0
+        if c == "rerun":
+            job = job.rerun()
+            print(f"job {job.id} queued: a rerun of {args.id}")
+        if c == "show":
+            import json
+
+            print(json.dumps({k: v for k, v in job.model.items()}, indent=2))
+            return 0
+        if getattr(args, "wait", False):
+            job.wait(progress=False)
+            print(f"job {job.id} {job.status}" + (f": {job.reason}" if job.reason else ""))
+            return 0 if job.status == "succeeded" else 1
+        return 0
+    except (PACSError, ValueError) as e:
+        raise ImagingHubError(str(e)) from None
+
+
 def cmd_modalities(args) -> int:
     """DICOM peers allowed to C-STORE into the archive (kept in settings.json,
     applied to the running archive at once)."""
@@ -313,6 +413,39 @@ def parser() -> argparse.ArgumentParser:
                                           "(metadata only, from the idc-index-data package)")
     ci.add_argument("--project", default="idc", help="the project that sees it (default: idc)")
     ci.set_defaults(fn=cmd_catalog)
+
+    jb = sub.add_parser("jobs", help="workflow runs: submit, list, logs, cancel, rerun "
+                                     "(needs the running hub)")
+    js = jb.add_subparsers(dest="jobs_command", required=True)
+    js.add_parser("workflows", help="the workflows and their parameters").set_defaults(
+        fn=cmd_jobs)
+    jl = js.add_parser("list", help="jobs, newest first")
+    jl.add_argument("--status", choices=["queued", "running", "succeeded", "failed",
+                                         "cancelled", "timed_out", "interrupted"])
+    jl.add_argument("--user")
+    jl.add_argument("--limit", type=int, default=50)
+    jl.set_defaults(fn=cmd_jobs)
+    jsub = js.add_parser("submit", help="run a workflow as a user")
+    jsub.add_argument("workflow")
+    jsub.add_argument("--user", required=True, help="the job runs as this user, with their "
+                                                    "access")
+    jsub.add_argument("--cohort", help='a cohort reference, such as "lung-ct@2"')
+    jsub.add_argument("-p", "--parameter", action="append", metavar="NAME=VALUE",
+                      help="a parameter (text for str parameters, JSON for the others)")
+    jsub.add_argument("--shared", action="store_true", help="visible to the project's members")
+    jsub.add_argument("--time-limit", type=int, metavar="SECONDS")
+    jsub.add_argument("--wait", action="store_true", help="wait until it ends")
+    jsub.set_defaults(fn=cmd_jobs)
+    for name, text in (("logs", "a job's log"), ("cancel", "stop a job"),
+                       ("rerun", "run a job again with exactly its inputs"),
+                       ("show", "a job's record: provenance, status, times")):
+        jp = js.add_parser(name, help=text)
+        jp.add_argument("id")
+        if name == "logs":
+            jp.add_argument("-f", "--follow", action="store_true", help="until the job ends")
+        if name == "rerun":
+            jp.add_argument("--wait", action="store_true", help="wait until it ends")
+        jp.set_defaults(fn=cmd_jobs)
 
     mod = sub.add_parser("modalities", help="DICOM peers allowed to C-STORE into the archive")
     ms = mod.add_subparsers(dest="modalities_command", required=True)

@@ -9,8 +9,10 @@ from ..widgets import cohort_builder, view
 from .catalog import Catalog
 from .dicomweb import PACS
 from .errors import NotAVolume, PACSError
+from .jobs import Jobs
 
 pacs = PACS.from_env()
 catalog = Catalog.from_env()
+jobs = Jobs.from_env()
 
-__all__ = ["pacs", "catalog", "PACS", "PACSError", "NotAVolume", "view", "cohort_builder"]
+__all__ = ["pacs", "catalog", "jobs", "PACS", "PACSError", "NotAVolume", "view", "cohort_builder"]

@@ -77,7 +77,7 @@ async def serve() -> None:
     crawl.cancel()
     server.stop()
     await ctx.archive.aclose()
-    await ctx.hub.aclose()
+    await ctx.users.aclose()
     ctx.relay_pool.shutdown(wait=False, cancel_futures=True)
     ctx.query_pool.shutdown(wait=True, cancel_futures=True)
     ctx.catalog.db.close()

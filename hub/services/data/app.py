@@ -15,9 +15,7 @@ import base64
 import json
 import logging
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import httpx
@@ -25,7 +23,7 @@ from jupyterhub.services.auth import HubAuth
 from tornado import web
 
 from ....kernels.query import archive_filters, keep
-from ...users import PROJECT_PREFIX
+from ..identity import Caller, Users, identify
 from . import splice
 from .db import Store
 
@@ -33,25 +31,10 @@ log = logging.getLogger("imaginghub.data")
 
 UID = r"[0-9][0-9.]{0,63}"  # a DICOM UID: digits and dots, at most 64
 NOT_FOUND = {"message": "Not Found"}
-ADMIN_SERVICE = "imaginghub-admin"
-SCOPE_HEADER = "X-Imaginghub-Scope"
 # QIDO attributes that would count what the caller may not see
 _STUDY_COUNTS = ("00201206", "00201208", "00080061")  # series, instances, modalities
 SMALL_ANSWER = 8 * 1024**2  # answers up to this size are read, larger ones spliced
 _PASS_HEADERS = ("content-type", "content-length", "content-location", "etag", "last-modified")
-
-
-@dataclass
-class Caller:
-    name: str
-    projects: frozenset[str]
-    admin: bool
-    all_projects: bool  # sees every series (the admin service, or an admin who asked)
-
-    @property
-    def scope(self) -> set[str] | None:
-        """Projects to filter by; None means no filter."""
-        return None if self.all_projects else set(self.projects)
 
 
 class Context:
@@ -69,12 +52,9 @@ class Context:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
         self.store = store
         self.hub_auth = hub_auth
+        self.users = Users(hub_auth, cache_seconds)
         user, password = archive_auth
         self.archive_basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        self.cache_seconds = cache_seconds
-        self._users: dict[str, tuple[float, dict]] = {}
-        self.hub = httpx.AsyncClient(
-            timeout=10, headers={"Authorization": f"token {hub_auth.api_token}"})
         # Threads that relay series answers (one per transfer in flight): the
         # default executor has only a handful on a small machine, which
         # would queue the users' downloads behind each other.
@@ -93,19 +73,6 @@ class Context:
 
             self.storage = StorageReader(archive_storage, self.archive, self.archive_url)
 
-    async def user_model(self, name: str) -> dict:
-        """The hub's model of a user (groups, admin), fetched with the service's
-        own token and cached briefly."""
-        hit = self._users.get(name)
-        if hit and time.monotonic() - hit[0] < self.cache_seconds:
-            return hit[1]
-        r = await self.hub.get(f"{self.hub_auth.api_url}/users/{name}")
-        if r.status_code != 200:
-            return {}  # not cached: a passing hub error must not lock a user out
-        model = r.json()
-        self._users[name] = (time.monotonic(), model)
-        return model
-
 
 class BaseHandler(web.RequestHandler):
     ctx: Context
@@ -120,34 +87,7 @@ class BaseHandler(web.RequestHandler):
         self.clear_header("Server")
 
     async def prepare(self):
-        header = self.request.headers.get("Authorization", "")
-        token = header.split(None, 1)[1].strip() if " " in header else ""
-        model = None
-        if token:
-            try:
-                model = await self.ctx.hub_auth.user_for_token(token, sync=False)
-            except Exception:  # an unreachable hub or a bad token: not authenticated
-                log.warning("token check failed for %s %s", self.request.method,
-                            self.request.path)
-        if not model:
-            self._audit_user = "-"
-            raise web.HTTPError(401)
-        scopes = self.ctx.hub_auth.check_scopes({"access:services!service=data"}, model)
-        if not scopes:
-            self._audit_user = model.get("name", "-")
-            raise web.HTTPError(403)
-        kind = model.get("kind", "user")
-        name = model["name"]
-        if kind == "service":
-            self.caller = Caller(name, frozenset(), admin=name == ADMIN_SERVICE,
-                                 all_projects=name == ADMIN_SERVICE)
-        else:
-            full = await self.ctx.user_model(name)
-            projects = frozenset(g[len(PROJECT_PREFIX):] for g in full.get("groups", [])
-                                 if g.startswith(PROJECT_PREFIX))
-            admin = bool(full.get("admin"))
-            asked = self.request.headers.get(SCOPE_HEADER, "").lower() == "all"
-            self.caller = Caller(name, projects, admin, all_projects=admin and asked)
+        self.caller = await identify(self, self.ctx.users, "data")
 
     def write_error(self, status_code, **kwargs):
         # One body per status: a forbidden UID reads exactly as an unknown one.

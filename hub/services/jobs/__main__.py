@@ -1,0 +1,88 @@
+"""Run the job service: ``python -m imaginghub.hub.services.jobs``.
+
+JupyterHub starts it as a managed service (and restarts it if it stops).
+``IMAGINGHUB_HOME`` names the state directory; the jobs live in its
+``jobs/`` folder (0700): ``jobs.sqlite`` (or ``jobs_db_url``), the kept
+notebooks and one folder per run. ``IMAGINGHUB_USER_ENV`` (JSON) is what a
+user's server gets in its environment, and so what a job gets;
+``IMAGINGHUB_JOB_SCOPES`` (JSON) the scopes of a job's token.
+
+Settings (settings.json): ``jobs_max_running`` (all jobs at once; default
+the number of CPUs), ``jobs_max_running_per_user`` (default 2),
+``jobs_time_limit_minutes`` (the longest a job may run; default 360),
+``jobs_workflow_dirs`` (more folders of workflow notebooks), ``jobs_runner``
+(``local``), ``jobs_db_url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from urllib.parse import urlsplit
+
+from jupyterhub.services.auth import HubAuth
+
+from ...state import Home
+from ..identity import Users
+from .app import Context, make_app
+from .db import JobStore
+from .runner import runner
+from .scheduler import Scheduler
+from .workflows import Registry
+
+
+def db_url(home: Home) -> str:
+    return (os.environ.get("IMAGINGHUB_JOBS_DB_URL") or home.load_settings().get("jobs_db_url")
+            or f"sqlite:///{home.path / 'jobs' / 'jobs.sqlite'}")
+
+
+async def serve() -> None:
+    home = Home(os.environ["IMAGINGHUB_HOME"])
+    root = home.path / "jobs"
+    root.mkdir(mode=0o700, exist_ok=True)
+    settings = home.load_settings()
+    hub_auth = HubAuth(cache_max_age=int(settings.get("data_auth_cache_seconds", 10)))
+    user_env = json.loads(os.environ.get("IMAGINGHUB_USER_ENV") or "{}")
+    scopes = json.loads(os.environ.get("IMAGINGHUB_JOB_SCOPES") or
+                        '["access:services!service=data"]')
+    data_api = user_env.get("IMAGINGHUB_DICOMWEB_URL", "").rsplit("/dicom-web", 1)[0] + "/api"
+    scheduler = Scheduler(
+        JobStore(db_url(home)), Registry(settings.get("jobs_workflow_dirs") or []),
+        runner(settings.get("jobs_runner", "local")), root,
+        hub_api=hub_auth.api_url, service_token=hub_auth.api_token, data_api=data_api,
+        users_dir=home.users_dir, user_env=user_env, token_scopes=scopes,
+        max_running=int(settings.get("jobs_max_running") or os.cpu_count() or 2),
+        max_per_user=int(settings.get("jobs_max_running_per_user") or 2),
+        time_limit=int(float(settings.get("jobs_time_limit_minutes") or 360) * 60))
+    users = Users(hub_auth, int(settings.get("data_auth_cache_seconds", 10)))
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/jobs/")
+    bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8891"))
+    app = make_app(Context(scheduler, users), prefix)
+    server = app.listen(bind.port, address=bind.hostname or "127.0.0.1")
+    loop_task = asyncio.create_task(scheduler.run())
+    logging.getLogger("imaginghub.jobs").info("job service on %s%s", bind.netloc, prefix)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # Running jobs keep running (they are in sessions of their own): a
+    # restarted service adopts them; a stopped workspace ends them.
+    loop_task.cancel()
+    server.stop()
+    await scheduler.aclose()
+    await users.aclose()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""The job service's REST API (under ``/services/jobs/api``).
+
+Every request is authenticated by JupyterHub. A user sees their own jobs and
+the jobs that others shared with one of their projects; only the job's
+user (or an admin) cancels it or changes its sharing. Anything else answers
+404, exactly as an unknown job does. The CLI's admin service sees every job
+and submits as a named user.
+
+- ``GET workflows``, ``GET workflows/NAME``: the workflows and their parameters.
+- ``POST jobs``: ``{"workflow", "parameters", "shared", "time_limit"}`` (the
+  admin service adds ``"user"``); 201 with the job, 400 for parameters the
+  workflow does not take, nothing queued.
+- ``GET jobs[?status=&limit=&offset=&mine=1]``: newest first.
+- ``GET jobs/ID``, ``GET jobs/ID/children``, ``GET jobs/ID/log[?offset=N]``,
+  ``GET jobs/ID/notebook``, ``GET jobs/ID/artifacts``,
+  ``GET jobs/ID/artifacts/PATH``.
+- ``POST jobs/ID/cancel``, ``POST jobs/ID/rerun``, ``PATCH jobs/ID``
+  (``{"shared": true}``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+
+from tornado import web
+
+from ..identity import Caller, Users, identify, request_token
+from .db import Job
+from .scheduler import Scheduler, SubmitError
+
+log = logging.getLogger("imaginghub.jobs")
+
+JOB_ID = r"[0-9a-f]{16}"
+MAX_LIMIT = 500
+
+
+class Context:
+    def __init__(self, scheduler: Scheduler, users: Users):
+        self.scheduler = scheduler
+        self.users = users
+
+
+class BaseHandler(web.RequestHandler):
+    def initialize(self, ctx: Context):
+        self.ctx = ctx
+        self.caller: Caller | None = None
+
+    def set_default_headers(self):
+        self.clear_header("Server")
+
+    async def prepare(self):
+        self.caller = await identify(self, self.ctx.users, "jobs")
+
+    def write_error(self, status_code, **kwargs):
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": "Not Found" if status_code == 404 else self._reason}))
+
+    def body(self) -> dict:
+        try:
+            value = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, reason="the body must be JSON") from None
+        if not isinstance(value, dict):
+            raise web.HTTPError(400, reason="the body must be a JSON object")
+        return value
+
+    def send(self, value, status: int = 200):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value))
+
+    # -- who may do what ------------------------------------------------------------
+    @property
+    def sees_all(self) -> bool:
+        return self.caller.all_projects
+
+    def may_see(self, job: Job) -> bool:
+        c = self.caller
+        return (self.sees_all or job.user == c.name
+                or (job.shared and bool(job.project) and job.project in c.projects))
+
+    def may_change(self, job: Job) -> bool:
+        return self.sees_all or self.caller.admin or job.user == self.caller.name
+
+    def job(self, job_id: str, *, change: bool = False) -> Job:
+        job = self.ctx.scheduler.store.get(job_id)
+        if job is None or not self.may_see(job):
+            raise web.HTTPError(404)
+        if change and not self.may_change(job):
+            raise web.HTTPError(403, reason=f"job {job_id} is {job.user}'s: only they (or an "
+                                            "admin) may change it")
+        return job
+
+    def model(self, job: Job) -> dict:
+        store = self.ctx.scheduler.store
+        kids = store.children(job.id) if job.per_series and job.parent_id is None else None
+        return job.model(kids)
+
+
+class WorkflowsHandler(BaseHandler):
+    def get(self, name: str | None = None):
+        flows = self.ctx.scheduler.registry.all()
+        if name is None:
+            return self.send({"workflows": [w.model() for w in flows.values()]})
+        if name not in flows:
+            raise web.HTTPError(404)
+        self.send(flows[name].model())
+
+
+class JobsHandler(BaseHandler):
+    def get(self):
+        limit = _int(self.get_argument("limit", "50"), "limit")
+        offset = _int(self.get_argument("offset", "0"), "offset")
+        if not 1 <= limit <= MAX_LIMIT:
+            raise web.HTTPError(400, reason=f"limit must be 1 to {MAX_LIMIT}")
+        mine = self.get_argument("mine", "") in ("1", "true")
+        user = None if self.sees_all and not mine else self.caller.name
+        jobs = self.ctx.scheduler.store.visible(
+            user, self.caller.projects, limit=limit, offset=offset,
+            status=self.get_argument("status", None), mine_only=mine)
+        self.send({"jobs": [self.model(j) for j in jobs]})
+
+    async def post(self):
+        body = self.body()
+        unknown = set(body) - {"workflow", "parameters", "shared", "time_limit", "user"}
+        if unknown:
+            raise web.HTTPError(400, reason=f"unknown field(s) {', '.join(sorted(unknown))}: "
+                                "a job takes workflow, parameters, shared and time_limit")
+        workflow = body.get("workflow")
+        params = body.get("parameters") or {}
+        if not isinstance(workflow, str) or not workflow:
+            raise web.HTTPError(400, reason="say which workflow to run: {\"workflow\": NAME}")
+        if not isinstance(params, dict):
+            raise web.HTTPError(400, reason="parameters must be a JSON object")
+        user, token = self.caller.name, request_token(self)
+        if self.caller.kind == "service":
+            if not self.sees_all or not body.get("user"):
+                raise web.HTTPError(400, reason="a service submits for a user: add \"user\"")
+            user, token = str(body["user"]), None
+            if not await self.ctx.users.model(user):
+                raise web.HTTPError(400, reason=f"no user called {user!r}")
+        elif body.get("user") not in (None, user):
+            raise web.HTTPError(403, reason="you can submit jobs only as yourself")
+        try:
+            job = await self.ctx.scheduler.submit(
+                user, workflow, params, token=token, shared=bool(body.get("shared", False)),
+                time_limit=body.get("time_limit"))
+        except SubmitError as e:
+            raise web.HTTPError(e.status, reason=str(e)) from None
+        self.send(self.model(self.ctx.scheduler.store.get(job.id)), 201)
+
+
+class JobHandler(BaseHandler):
+    def get(self, job_id: str):
+        self.send(self.model(self.job(job_id)))
+
+    def patch(self, job_id: str):
+        job = self.job(job_id, change=True)
+        body = self.body()
+        if set(body) - {"shared"} or not isinstance(body.get("shared"), bool):
+            raise web.HTTPError(400, reason='only sharing can change: {"shared": true|false}')
+        if body["shared"] and not job.project:
+            raise web.HTTPError(400, reason=f"job {job_id} has no project to share it with")
+        self.ctx.scheduler.store.update(job_id, shared=body["shared"])
+        for kid in self.ctx.scheduler.store.children(job_id):
+            self.ctx.scheduler.store.update(kid.id, shared=body["shared"])
+        self.send(self.model(self.ctx.scheduler.store.get(job_id)))
+
+
+class ChildrenHandler(BaseHandler):
+    def get(self, job_id: str):
+        self.job(job_id)
+        self.send({"jobs": [k.model() for k in self.ctx.scheduler.store.children(job_id)]})
+
+
+class ActionHandler(BaseHandler):
+    async def post(self, job_id: str, action: str):
+        sched = self.ctx.scheduler
+        if action == "cancel":
+            job = self.job(job_id, change=True)
+            await sched.cancel(job)
+            return self.send(self.model(sched.store.get(job_id)))
+        job = self.job(job_id)  # rerun: whoever may see it, as themselves
+        user, token = self.caller.name, request_token(self)
+        if self.caller.kind == "service":
+            user, token = job.user, None
+        try:
+            new = await sched.submit(user, job.workflow, {}, token=token, shared=job.shared,
+                                     time_limit=job.time_limit, rerun_of=job)
+        except SubmitError as e:
+            raise web.HTTPError(e.status, reason=str(e)) from None
+        self.send(self.model(sched.store.get(new.id)), 201)
+
+
+class LogHandler(BaseHandler):
+    def get(self, job_id: str):
+        job = self.job(job_id)
+        offset = _int(self.get_argument("offset", "0"), "offset")
+        path = self.ctx.scheduler.job_dir(job.id) / "log.txt"
+        data = b""
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(8 * 1024**2)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("X-Log-Offset", str(offset + len(data)))
+        self.finish(data)
+
+
+class NotebookHandler(BaseHandler):
+    def get(self, job_id: str):
+        job = self.job(job_id)
+        path = self.ctx.scheduler.job_dir(job.id) / "output.ipynb"
+        if not path.exists():
+            raise web.HTTPError(404)
+        self.set_header("Content-Type", "application/x-ipynb+json")
+        self.finish(path.read_bytes())
+
+
+class ArtifactsHandler(BaseHandler):
+    def get(self, job_id: str, path: str | None = None):
+        job = self.job(job_id)
+        sched = self.ctx.scheduler
+        if not path:
+            return self.send({"artifacts": sched.artifacts(job)})
+        target = sched.artifact_path(job, path)
+        if target is None:
+            raise web.HTTPError(404)
+        kind, _ = mimetypes.guess_type(target.name)
+        self.set_header("Content-Type", kind or "application/octet-stream")
+        with open(target, "rb") as f:
+            while chunk := f.read(1 << 20):
+                self.write(chunk)
+        self.finish()
+
+
+class NotFoundHandler(BaseHandler):
+    def get(self, *_):
+        raise web.HTTPError(404)
+
+    post = patch = delete = get
+
+
+def _int(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise web.HTTPError(400, reason=f"{name} must be a whole number, not {text!r}") from None
+
+
+def make_app(ctx: Context, prefix: str) -> web.Application:
+    api = prefix.rstrip("/") + "/api"
+    k = {"ctx": ctx}
+    return web.Application([
+        (rf"{api}/workflows", WorkflowsHandler, k),
+        (rf"{api}/workflows/(?P<name>[A-Za-z0-9_.-]+)", WorkflowsHandler, k),
+        (rf"{api}/jobs", JobsHandler, k),
+        (rf"{api}/jobs/(?P<job_id>{JOB_ID})", JobHandler, k),
+        (rf"{api}/jobs/(?P<job_id>{JOB_ID})/children", ChildrenHandler, k),
+        (rf"{api}/jobs/(?P<job_id>{JOB_ID})/(?P<action>cancel|rerun)", ActionHandler, k),
+        (rf"{api}/jobs/(?P<job_id>{JOB_ID})/log", LogHandler, k),
+        (rf"{api}/jobs/(?P<job_id>{JOB_ID})/notebook", NotebookHandler, k),
+        (rf"{api}/jobs/(?P<job_id>{JOB_ID})/artifacts", ArtifactsHandler, k),
+        (rf"{api}/jobs/(?P<job_id>{JOB_ID})/artifacts/(?P<path>.+)", ArtifactsHandler, k),
+        (r".*", NotFoundHandler, k),
+    ])

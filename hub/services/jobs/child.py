@@ -1,0 +1,84 @@
+"""One job's process: ``python -m imaginghub.hub.services.jobs.child JOB_DIR``.
+
+It runs the workflow with papermill as the job's ``spec.json`` says, in the
+job's ``work/`` folder, and leaves beside it:
+
+- ``output.ipynb``: the executed notebook, saved after every cell (papermill),
+  so a failing or killed run keeps what it did up to there;
+- ``progress.json``: cells done of all cells, rewritten as cells finish;
+- ``result.json``: how it ended, written last (atomically). A job's process
+  that dies without writing it was killed.
+
+The log (``log.txt``) is this process's output: papermill's cell markers and
+each cell's printed output, as the cells run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+class Progress(logging.Handler):
+    """Turns papermill's "Ending Cell N" log lines into ``progress.json``."""
+
+    def __init__(self, path: Path, cells: int):
+        super().__init__(logging.INFO)
+        self.path, self.cells = path, max(cells, 1)
+        write_json(path, {"done": 0, "cells": self.cells})
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Ending Cell "):
+            try:
+                done = int(message[len("Ending Cell "):].strip("-"))
+            except ValueError:
+                return
+            write_json(self.path, {"done": min(done, self.cells), "cells": self.cells})
+
+
+def run(job_dir: Path) -> int:
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    spec = json.loads((job_dir / "spec.json").read_text())
+    work = job_dir / "work"
+    work.mkdir(exist_ok=True)
+    nb = nbformat.read(spec["notebook"], as_version=4)
+    # papermill adds the injected-parameters cell: one more than the notebook has
+    cells = sum(1 for c in nb.cells) + (1 if spec["parameters"] else 0)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("papermill").addHandler(Progress(job_dir / "progress.json", cells))
+    result: dict = {"status": "succeeded", "reason": "", "failed_cell": None}
+    try:
+        papermill.execute_notebook(
+            spec["notebook"], str(job_dir / "output.ipynb"), parameters=spec["parameters"],
+            kernel_name=spec.get("kernel", "imaging"), cwd=str(work), progress_bar=False,
+            log_output=True, request_save_on_cell_execute=True,
+            start_timeout=int(spec.get("start_timeout", 120)))
+    except PapermillExecutionError as e:
+        result.update(status="failed", reason=f"{e.ename}: {e.evalue}",
+                      failed_cell=e.cell_index)
+    except Exception as e:  # the kernel died, the notebook could not be read ...
+        result.update(status="failed", reason=f"{type(e).__name__}: {e}")
+    result["ended"] = time.time()
+    write_json(job_dir / "result.json", result)
+    print(f"job {result['status']}" + (f": {result['reason']}" if result["reason"] else ""),
+          flush=True)
+    return 0 if result["status"] == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))

@@ -1,0 +1,176 @@
+"""Runners start a job's process and watch it.
+
+A runner gets a job's folder (``spec.json`` inside says what to run; see
+:mod:`.child`) and the environment of the run, and answers with a *handle*,
+a short string kept in the job's record so that a restarted service finds
+the process again. Override, in a subclass registered under the entry point
+group ``imaginghub.job_runners``:
+
+- :meth:`Runner.start` (start the process, return its handle),
+- :meth:`Runner.poll` (None while it runs, else its exit code),
+- :meth:`Runner.stop` (stop it and everything it started).
+
+:class:`LocalProcessRunner` runs jobs as local processes of the service's
+machine; a Kubernetes runner would create a Job per run and keep its name
+as the handle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+# what poll answers for a process that is gone when its exit code cannot be known
+# (it was started by an earlier run of the service)
+GONE = -(2**16)
+
+
+class Runner:
+    name = "base"
+
+    def start(self, job_dir: Path, env: dict[str, str]) -> str:
+        raise NotImplementedError
+
+    def poll(self, handle: str) -> int | None:
+        """None while the job's process runs; its exit code once it ended
+        (negative: the signal that ended it; :data:`GONE` when it is gone
+        and its exit code cannot be known)."""
+        raise NotImplementedError
+
+    def stop(self, handle: str, grace: float = 5.0) -> None:
+        raise NotImplementedError
+
+    def clean_up(self, job_id: str) -> None:
+        """Remove what a finished job left behind (called once it ended)."""
+
+
+class LocalProcessRunner(Runner):
+    """A job is ``python -m imaginghub.hub.services.jobs.child JOB_DIR`` in a
+    session of its own: stopping the service does not stop it, and a
+    restarted service adopts it by pid and start time. Its output goes to
+    ``JOB_DIR/log.txt``."""
+
+    name = "local"
+
+    def __init__(self):
+        self._procs: dict[int, subprocess.Popen] = {}
+
+    def start(self, job_dir: Path, env: dict[str, str]) -> str:
+        import psutil
+
+        log = open(job_dir / "log.txt", "ab")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "imaginghub.hub.services.jobs.child", str(job_dir)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                cwd=job_dir / "work", start_new_session=True)
+        finally:
+            log.close()
+        self._procs[proc.pid] = proc
+        try:
+            started = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            started = 0.0
+        return json.dumps({"pid": proc.pid, "started": started})
+
+    def _process(self, handle: str):
+        """The live process of a handle, or None (gone, or the pid reused)."""
+        import psutil
+
+        h = json.loads(handle)
+        try:
+            p = psutil.Process(h["pid"])
+            if abs(p.create_time() - h["started"]) > 1 or p.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return p
+        except psutil.Error:
+            return None
+
+    def poll(self, handle: str) -> int | None:
+        pid = json.loads(handle)["pid"]
+        proc = self._procs.get(pid)
+        if proc is not None:  # started by this service: its exit code is known
+            code = proc.poll()
+            if code is not None:
+                del self._procs[pid]
+            return code
+        # adopted after a restart: alive or not is all that can be known
+        return None if self._process(handle) is not None else GONE
+
+    def stop(self, handle: str, grace: float = 5.0) -> None:
+        """SIGTERM to the job's process and all it started (papermill's kernel
+        runs in a session of its own), SIGKILL to what is left after ``grace``."""
+        import psutil
+
+        root = self._process(handle)
+        if root is None:
+            return
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = [root]
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        pid = json.loads(handle)["pid"]
+        if pid in self._procs:
+            try:
+                self._procs[pid].wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+    def clean_up(self, job_id: str) -> None:
+        """Kill processes of the job that outlived it: a kernel whose papermill
+        was killed keeps running in its own session. They are found by the
+        job's id in their environment."""
+        import psutil
+
+        left = []
+        for p in psutil.process_iter(["environ"]):
+            try:
+                if (p.info["environ"] or {}).get("IMAGINGHUB_JOB_ID") == job_id:
+                    left.append(p)
+            except (psutil.Error, TypeError):
+                continue
+        for p in left:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+def runner(name: str) -> Runner:
+    """The runner called ``name``: ``local``, or one an installed package
+    registers under the entry point group ``imaginghub.job_runners``."""
+    if name == "local":
+        return LocalProcessRunner()
+    import importlib.metadata
+
+    for ep in importlib.metadata.entry_points(group="imaginghub.job_runners"):
+        if ep.name == name:
+            return ep.load()()
+    raise ValueError(f"no job runner called {name!r}: use 'local' or install the package "
+                     "that provides it")
+
+
+def base_environment(extra: dict[str, str]) -> dict[str, str]:
+    """A job's environment: only what a run needs, never the service's own
+    token or the archive's credentials."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.update(extra)
+    return env

@@ -1,0 +1,457 @@
+"""The queue: submits, starts, watches and ends jobs.
+
+Jobs start oldest first while fewer than ``max_running`` run in all and
+fewer than ``max_per_user`` of the job's user. Each run gets a JupyterHub
+token of its own, made for the job's user with the scopes of a user's
+server (it reads what that user may read, nothing more), expiring with the
+job's time limit and deleted when the job ends. All state is in the
+database and the job folders, so a restarted service carries on: queued
+jobs start, running ones whose process is still there are adopted, and the
+others are marked interrupted with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import importlib.metadata
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+
+from ...state import write_private
+from .db import (ACTIVE, CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED,
+                 TIMED_OUT, Job, JobStore, now)
+from .runner import GONE, Runner, base_environment
+from .workflows import ParameterError, Registry, Workflow, sha256_file
+
+log = logging.getLogger("imaginghub.jobs")
+
+MAX_CHILDREN = 10_000  # series of one per-series run
+
+
+class SubmitError(ValueError):
+    """A submission that cannot be queued; ``status`` is the HTTP answer."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def package_versions() -> dict[str, str]:
+    """Every installed distribution and its version (the jobs' kernels run
+    in this environment)."""
+    out = {}
+    for d in importlib.metadata.distributions():
+        name = (d.metadata["Name"] or "").lower()
+        if name:
+            out[name] = d.version
+    return dict(sorted(out.items()))
+
+
+def _utc(t: dt.datetime | None) -> dt.datetime | None:
+    if t is not None and t.tzinfo is None:
+        return t.replace(tzinfo=dt.timezone.utc)
+    return t
+
+
+class Scheduler:
+    def __init__(self, store: JobStore, registry: Registry, runner: Runner, root: Path, *,
+                 hub_api: str, service_token: str, data_api: str, users_dir: Path,
+                 user_env: dict[str, str], token_scopes: list[str], max_running: int = 2,
+                 max_per_user: int = 2, time_limit: int = 6 * 3600, tick: float = 0.5):
+        self.store, self.registry, self.runner = store, registry, runner
+        self.root = Path(root)
+        self.runs = self.root / "runs"
+        self.notebooks = self.root / "notebooks"
+        for d in (self.root, self.runs, self.notebooks):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+        self.hub_api = hub_api.rstrip("/")
+        self.hub = httpx.AsyncClient(timeout=30,
+                                     headers={"Authorization": f"token {service_token}"})
+        self.data_api = data_api.rstrip("/")
+        self.users_dir = Path(users_dir)
+        self.user_env = dict(user_env)
+        self.token_scopes = list(token_scopes)
+        self.max_running, self.max_per_user = max_running, max_per_user
+        self.time_limit = time_limit
+        self.tick = tick
+        self.packages = package_versions()
+        self._wake = asyncio.Event()
+        self._stopping: dict[str, str] = {}  # job id: the status it ends with (cancel, limit)
+        self._tokens: dict[str, str] = {}  # job id: token id (for deletion at the end)
+
+    # -- paths ------------------------------------------------------------------
+    def job_dir(self, job_id: str) -> Path:
+        return self.runs / job_id
+
+    def notebook_copy(self, sha256: str) -> Path:
+        return self.notebooks / f"{sha256}.ipynb"
+
+    # -- submitting -------------------------------------------------------------------
+    async def submit(self, user: str, workflow: str, parameters: dict, *, token: str | None,
+                     shared: bool = False, time_limit: int | None = None,
+                     rerun_of: Job | None = None) -> Job:
+        """Queue a run of ``workflow`` as ``user``. ``token`` is one of the
+        user's (to look the cohort up as them); None: one is made for it."""
+        if rerun_of is None:
+            wf = self.registry.get(workflow)
+            if wf is None:
+                known = ", ".join(sorted(self.registry.all())) or "(none)"
+                raise SubmitError(f"no workflow called {workflow!r}; the workflows are {known}",
+                                  404)
+            try:
+                params = wf.check(parameters)
+            except ParameterError as e:
+                raise SubmitError(str(e)) from None
+            notebook = self._keep_notebook(wf)
+        else:
+            wf = None
+            params = json.loads(rerun_of.parameters)
+            notebook = self.notebook_copy(rerun_of.notebook_sha256)
+            if not notebook.exists():
+                raise SubmitError(f"the notebook of job {rerun_of.id} is no longer kept", 410)
+        limit = self._limit(time_limit)
+        cohort, series_hash, series = "", "", None
+        project = str(params.get("project") or "")
+        if params.get("cohort"):
+            found = await self._cohort(user, params["cohort"], project or None, token)
+            cohort, project = f"{found['name']}@{found['version']}", found["project"]
+            series_hash, series = found.get("series_hash", ""), list(found["series"])
+            if rerun_of is not None and rerun_of.cohort_series_hash \
+                    and series_hash != rerun_of.cohort_series_hash:
+                raise SubmitError(f"cohort {project}/{cohort} no longer has the series job "
+                                  f"{rerun_of.id} ran on", 409)
+            params.update(cohort=cohort, project=project)  # pinned: a rerun reads the same
+        elif params.get("series") is not None:
+            series = params["series"]
+            if isinstance(series, str):
+                series = series.replace(",", " ").split()
+        if rerun_of is None:
+            per_series = wf.per_series
+        else:  # a per-series run again, or one series' run again on its own
+            per_series = rerun_of.per_series and rerun_of.parent_id is None
+        if per_series and rerun_of is None and "series" not in wf.parameters:
+            raise SubmitError(f"workflow {wf.name} says it runs once per series but has no "
+                              "parameter series to receive it: fix its notebook")
+        base = dict(user=user, project=project, shared=shared,
+                    workflow=rerun_of.workflow if rerun_of else wf.name,
+                    title=rerun_of.title if rerun_of else wf.title,
+                    notebook_path=rerun_of.notebook_path if rerun_of else str(wf.path),
+                    notebook_sha256=notebook.stem, cohort=cohort,
+                    cohort_series_hash=series_hash, series_count=len(series or ()),
+                    packages=json.dumps(self.packages), time_limit=limit,
+                    runner=self.runner.name, rerun_of=rerun_of.id if rerun_of else None)
+        parent = Job(id=_new_id(), parameters=json.dumps(params), per_series=per_series,
+                     **base)
+        jobs = [parent]
+        if per_series:
+            if not series:
+                raise SubmitError(f"workflow {parent.workflow} runs once per series: give a "
+                                  "cohort or a list of series")
+            if len(series) > MAX_CHILDREN:
+                raise SubmitError(f"at most {MAX_CHILDREN} series in one run ({len(series)})")
+            for uid in series:
+                child = dict(params, series=[uid])
+                child.pop("cohort", None)  # the child reads its one series
+                jobs.append(Job(id=_new_id(), parent_id=parent.id, parameters=json.dumps(child),
+                                per_series=True, **{**base, "series_count": 1}))
+            parent.status = RUNNING
+            parent.started_at = now()
+        self.store.add(jobs)
+        log.info("job %s queued: %s for %s (%d run%s)", parent.id, parent.workflow, user,
+                 max(len(jobs) - 1, 1), "" if len(jobs) <= 2 else "s")
+        self._wake.set()
+        return parent
+
+    def _keep_notebook(self, wf: Workflow) -> Path:
+        """The workflow's notebook as it is now, kept by its SHA-256 (reruns
+        run exactly this)."""
+        data = wf.path.read_bytes()
+        import hashlib
+
+        path = self.notebook_copy(hashlib.sha256(data).hexdigest())
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return path
+
+    def _limit(self, asked: int | None) -> int:
+        if asked is None:
+            return self.time_limit
+        if not isinstance(asked, int) or isinstance(asked, bool) or asked <= 0:
+            raise SubmitError(f"time_limit is a number of seconds above 0, not {asked!r}")
+        if asked > self.time_limit:
+            raise SubmitError(f"time_limit {asked} s is above this site's limit of "
+                              f"{self.time_limit} s")
+        return asked
+
+    async def _cohort(self, user: str, ref: str, project: str | None,
+                      token: str | None) -> dict:
+        """The cohort as ``user`` sees it (through the data service)."""
+        minted = None
+        if token is None:
+            token, minted = await self._mint(user, "cohort lookup", 120)
+        try:
+            from ....kernels.catalog import Catalog
+
+            catalog = Catalog(self.data_api, token)
+
+            def look():
+                c = catalog.cohort(ref, project=project)
+                return dict(c.info, name=c.name, project=c.project, series=list(c.series))
+
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, look)
+            except Exception as e:
+                raise SubmitError(f"cohort {ref!r}: {e}") from None
+        finally:
+            if minted:
+                await self._delete_token(user, minted)
+
+    # -- tokens ---------------------------------------------------------------
+    async def _mint(self, user: str, note: str, seconds: int) -> tuple[str, str]:
+        r = await self.hub.post(f"{self.hub_api}/users/{user}/tokens", json={
+            "note": f"imaginghub job: {note}", "scopes": self.token_scopes,
+            "expires_in": int(seconds)})
+        if r.status_code != 201:
+            raise SubmitError(f"the hub refused a token for {user}: HTTP {r.status_code}", 502)
+        body = r.json()
+        return body["token"], body["id"]
+
+    async def _delete_token(self, user: str, token_id: str) -> None:
+        try:
+            await self.hub.delete(f"{self.hub_api}/users/{user}/tokens/{token_id}")
+        except httpx.HTTPError:
+            log.warning("could not delete the token of a job of %s", user)
+
+    # -- the loop ---------------------------------------------------------------
+    async def run(self) -> None:
+        await self.recover()
+        while True:
+            try:
+                await self.step()
+            except Exception:
+                log.exception("job scheduler step failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+            except asyncio.TimeoutError:
+                pass
+
+    async def recover(self) -> None:
+        """After a restart: adopt running jobs whose process is still there;
+        end the others from what they left."""
+        for job in self.store.with_status(RUNNING, runnable_only=True):
+            if job.handle and self.runner.poll(job.handle) is None:
+                log.info("job %s is still running: adopted", job.id)
+                continue
+            await self._finish(job, gone_reason=(
+                "interrupted: the job service or the workspace stopped while it ran; "
+                "rerun it to run it again"))
+
+    async def step(self) -> None:
+        running = self.store.with_status(RUNNING, runnable_only=True)
+        still = []
+        for job in running:
+            code = self.runner.poll(job.handle) if job.handle else GONE
+            if code is not None:
+                await self._finish(job, code=code)
+                continue
+            started = _utc(job.started_at)
+            if job.time_limit and started and \
+                    (now() - started).total_seconds() > job.time_limit:
+                self._stopping[job.id] = TIMED_OUT
+                await asyncio.get_running_loop().run_in_executor(None, self.runner.stop,
+                                                                 job.handle)
+                continue
+            self._progress(job)
+            still.append(job)
+        await self._start_queued(still)
+        self._update_parents()
+
+    def _progress(self, job: Job) -> None:
+        try:
+            p = json.loads((self.job_dir(job.id) / "progress.json").read_text())
+        except (OSError, ValueError):
+            return
+        value = min(1.0, p["done"] / max(p["cells"], 1))
+        if abs(value - job.progress) > 1e-6:
+            self.store.update(job.id, progress=value)
+
+    async def _start_queued(self, running: list[Job]) -> None:
+        per_user: dict[str, int] = {}
+        for job in running:
+            per_user[job.user] = per_user.get(job.user, 0) + 1
+        free = self.max_running - len(running)
+        if free <= 0:
+            return
+        for job in self.store.with_status(QUEUED, runnable_only=True):
+            if free <= 0:
+                break
+            if per_user.get(job.user, 0) >= self.max_per_user:
+                continue
+            if await self._start(job):
+                free -= 1
+                per_user[job.user] = per_user.get(job.user, 0) + 1
+
+    async def _start(self, job: Job) -> bool:
+        d = self.job_dir(job.id)
+        (d / "work").mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        notebook = self.notebook_copy(job.notebook_sha256)
+        spec = {"notebook": str(notebook), "parameters": json.loads(job.parameters),
+                "kernel": "imaging"}
+        write_private(d / "spec.json", json.dumps(spec, indent=2) + "\n")
+        try:
+            token, token_id = await self._mint(job.user, f"job {job.id}", job.time_limit + 600)
+        except (SubmitError, httpx.HTTPError) as e:
+            self.store.update(job.id, only_if=[QUEUED], status=FAILED, ended_at=now(),
+                              reason=f"could not start: {e}")
+            return False
+        home = self.users_dir / job.user
+        home.mkdir(parents=True, exist_ok=True)
+        env = base_environment({
+            **self.user_env, "HOME": str(home), "USER": job.user, "JUPYTERHUB_USER": job.user,
+            "JUPYTERHUB_API_TOKEN": token, "IMAGINGHUB_DICOMWEB_TOKEN": token,
+            "IMAGINGHUB_JOB_ID": job.id, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"})
+        handle = self.runner.start(d, env)
+        if not self.store.update(job.id, only_if=[QUEUED], status=RUNNING, started_at=now(),
+                                 handle=handle, token_id=token_id):
+            # cancelled between the look at the queue and now
+            self.runner.stop(handle)
+            await self._delete_token(job.user, token_id)
+            return False
+        log.info("job %s started (%s for %s)", job.id, job.workflow, job.user)
+        return True
+
+    async def _finish(self, job: Job, code: int | None = None, gone_reason: str = "") -> None:
+        d = self.job_dir(job.id)
+        try:
+            result = json.loads((d / "result.json").read_text())
+        except (OSError, ValueError):
+            result = None
+        asked = self._stopping.pop(job.id, None)
+        if asked == CANCELLED:
+            status, reason = CANCELLED, "cancelled"
+        elif asked == TIMED_OUT:
+            status, reason = TIMED_OUT, f"stopped after its time limit of {job.time_limit} s"
+        elif result is not None:
+            status, reason = result["status"], result.get("reason", "")
+        elif gone_reason:
+            status, reason = INTERRUPTED, gone_reason
+        else:
+            how = ("" if code in (None, GONE) else
+                   f" (signal {-code})" if code < 0 else f" (exit code {code})")
+            status, reason = FAILED, (f"the job's process ended{how} before the notebook "
+                                      "finished; its log and the notebook as far as it ran "
+                                      "are kept")
+        values = dict(status=status, reason=reason, ended_at=now(),
+                      failed_cell=(result or {}).get("failed_cell"))
+        if status == SUCCEEDED:
+            values["progress"] = 1.0
+        else:
+            self._progress(job)
+        self.store.update(job.id, only_if=[RUNNING], **values)
+        await asyncio.get_running_loop().run_in_executor(None, self.runner.clean_up, job.id)
+        if job.token_id:
+            await self._delete_token(job.user, job.token_id)
+        log.info("job %s %s%s", job.id, status, f": {reason}" if reason else "")
+
+    def _update_parents(self) -> None:
+        for parent in self.store.with_status(RUNNING):
+            if not parent.per_series or parent.parent_id is not None:
+                continue
+            kids = self.store.children(parent.id)
+            if not kids:
+                continue
+            progress = sum(1.0 if k.status in FINISHED else k.progress for k in kids) / len(kids)
+            if any(k.status in ACTIVE for k in kids):
+                if abs(progress - parent.progress) > 1e-6:
+                    self.store.update(parent.id, progress=progress)
+                continue
+            bad = [k for k in kids if k.status != SUCCEEDED]
+            if not bad:
+                status, reason = SUCCEEDED, ""
+            elif all(k.status == CANCELLED for k in bad):
+                status, reason = CANCELLED, "cancelled"
+            else:
+                status = FAILED
+                kinds = sorted({k.status for k in bad})
+                reason = f"{len(bad)} of {len(kids)} series did not succeed ({', '.join(kinds)})"
+            self.store.update(parent.id, only_if=[RUNNING], status=status, reason=reason,
+                              progress=1.0 if status == SUCCEEDED else progress,
+                              ended_at=max((_utc(k.ended_at) for k in kids if k.ended_at),
+                                           default=now()))
+
+    # -- cancel -----------------------------------------------------------------
+    async def cancel(self, job: Job) -> None:
+        targets = [job, *self.store.children(job.id)] if job.per_series else [job]
+        for j in targets:
+            if self.store.update(j.id, only_if=[QUEUED], status=CANCELLED, ended_at=now(),
+                                 reason="cancelled before it started"):
+                continue
+            fresh = self.store.get(j.id)
+            if fresh.status == RUNNING and fresh.handle:
+                self._stopping[j.id] = CANCELLED
+                await asyncio.get_running_loop().run_in_executor(None, self.runner.stop,
+                                                                 fresh.handle)
+        if job.per_series and job.parent_id is None:
+            self.store.update(job.id, only_if=[RUNNING], status=CANCELLED, reason="cancelled",
+                              ended_at=now())
+        self._wake.set()
+
+    # -- what a job left ------------------------------------------------------------
+    def artifacts(self, job: Job) -> list[dict]:
+        """Files the run wrote in its folder, and for a per-series run those
+        of every series' run under the run's id."""
+        out = []
+        jobs = self.store.children(job.id) if job.per_series and job.parent_id is None else [job]
+        for j in jobs:
+            work = self.job_dir(j.id) / "work"
+            prefix = f"{j.id}/" if j is not job else ""
+            if not work.is_dir():
+                continue
+            for p in sorted(work.rglob("*")):
+                if p.is_file() and not p.is_symlink():
+                    out.append({"path": prefix + p.relative_to(work).as_posix(),
+                                "size": p.stat().st_size})
+        return out
+
+    def artifact_path(self, job: Job, path: str) -> Path | None:
+        """The file ``path`` of :meth:`artifacts`, or None (never outside the
+        run's folder)."""
+        if job.per_series and job.parent_id is None:
+            child_id, _, path = path.partition("/")
+            if child_id not in {k.id for k in self.store.children(job.id)}:
+                return None
+            work = self.job_dir(child_id) / "work"
+        else:
+            work = self.job_dir(job.id) / "work"
+        target = (work / path).resolve()
+        try:
+            target.relative_to(work.resolve())
+        except ValueError:
+            return None
+        return target if target.is_file() else None
+
+    def remove(self, job: Job) -> None:
+        shutil.rmtree(self.job_dir(job.id), ignore_errors=True)
+
+    async def aclose(self) -> None:
+        await self.hub.aclose()
+
+
+def _new_id() -> str:
+    return f"{int(time.time()):08x}{secrets.token_hex(4)}"
+
+
+__all__ = ["Scheduler", "SubmitError", "sha256_file"]

@@ -1,0 +1,171 @@
+"""Workflows: notebooks with a cell tagged ``parameters`` and a metadata block.
+
+A workflow is found in a folder the site configures (the project's
+``notebooks/workflows`` first) or in an installed package that registers it
+with an entry point in the group ``imaginghub.workflows`` (the entry point
+loads to a notebook's path, or a folder of them). Its name is the file name
+without ``.ipynb``. The notebook's ``metadata.imaginghub`` holds ``title``,
+``description``, ``reads``, ``writes`` and ``per_series`` (run once per
+series of a cohort). Parameter names, types and defaults come from
+papermill's notebook inspection; submitted values are checked against them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("imaginghub.jobs")
+
+ENTRY_POINT_GROUP = "imaginghub.workflows"
+# notebooks/workflows of the source tree (the install is editable)
+PROJECT_WORKFLOWS = Path(__file__).resolve().parents[3] / "notebooks" / "workflows"
+# what the selection parameters of a workflow are called (see kernels/workflow.py)
+SELECTION = ("cohort", "project", "series")
+
+
+class ParameterError(ValueError):
+    """Submitted parameters that do not fit the workflow."""
+
+
+@dataclass
+class Workflow:
+    name: str
+    path: Path
+    sha256: str
+    title: str
+    description: str
+    reads: str
+    writes: str
+    per_series: bool
+    parameters: dict[str, dict] = field(default_factory=dict)  # name: {type, default, help}
+
+    @property
+    def takes_cohort(self) -> bool:
+        return "cohort" in self.parameters and "series" in self.parameters
+
+    def model(self) -> dict:
+        return {"name": self.name, "title": self.title, "description": self.description,
+                "reads": self.reads, "writes": self.writes, "per_series": self.per_series,
+                "sha256": self.sha256, "parameters": self.parameters}
+
+    def check(self, values: dict) -> dict:
+        """``values`` checked against the notebook's parameters: a
+        ParameterError names the unknown names and the wrong types."""
+        unknown = sorted(set(values) - set(self.parameters))
+        if unknown:
+            raise ParameterError(
+                f"workflow {self.name} has no parameter {', '.join(unknown)}; its parameters "
+                f"are {', '.join(self.parameters) or '(none)'}")
+        out = {}
+        for name, value in values.items():
+            kind = self.parameters[name]["type"]
+            if not fits(kind, value):
+                raise ParameterError(
+                    f"parameter {name} of workflow {self.name} takes {kind}, not "
+                    f"{type(value).__name__} {value!r:.80}")
+            out[name] = float(value) if kind == "float" else value
+        return out
+
+
+def fits(kind: str, value) -> bool:
+    """Whether a JSON value fits a parameter's annotated type (as papermill
+    names it: str, int, float, bool, list[str], dict ...; anything else or
+    no annotation takes any JSON value)."""
+    kind = kind.replace(" ", "").lower()
+    if kind.startswith("optional[") or kind.endswith("|none"):
+        if value is None:
+            return True
+        kind = kind[9:-1] if kind.startswith("optional[") else kind[:-5]
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if kind.startswith(("list", "tuple")):
+        if not isinstance(value, list):
+            return False
+        inner = kind[kind.find("[") + 1:-1] if "[" in kind else ""
+        return all(fits(inner, v) for v in value) if inner else True
+    if kind.startswith("dict"):
+        return isinstance(value, dict)
+    return True
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load(path: Path) -> Workflow:
+    """A workflow from its notebook; ValueError when it is not one."""
+    import nbformat
+    import papermill
+
+    nb = nbformat.read(str(path), as_version=4)
+    if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells):
+        raise ValueError(f"{path} has no cell tagged 'parameters': it is not a workflow")
+    meta = nb.metadata.get("imaginghub", {})
+    params = {}
+    for name, p in papermill.inspect_notebook(str(path)).items():
+        params[name] = {"type": p["inferred_type_name"], "default": p["default"],
+                        "help": p["help"]}
+    return Workflow(name=path.stem, path=path.resolve(), sha256=sha256_file(path),
+                    title=meta.get("title", path.stem), description=meta.get("description", ""),
+                    reads=meta.get("reads", ""), writes=meta.get("writes", ""),
+                    per_series=bool(meta.get("per_series", False)), parameters=params)
+
+
+class Registry:
+    """The workflows of the configured folders and entry points, read again
+    when a notebook changes (by its modification time)."""
+
+    def __init__(self, folders: list[Path] | None = None):
+        self.folders = [PROJECT_WORKFLOWS, *(Path(f) for f in folders or [])]
+        self._cache: dict[Path, tuple[float, Workflow | None]] = {}
+
+    def _paths(self) -> list[Path]:
+        paths = []
+        for folder in self.folders:
+            if folder.is_dir():
+                paths += sorted(folder.glob("*.ipynb"))
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                target = Path(str(ep.load()))
+            except Exception as e:
+                log.warning("workflow entry point %s cannot be loaded: %s", ep.name, e)
+                continue
+            paths += sorted(target.glob("*.ipynb")) if target.is_dir() else [target]
+        return paths
+
+    def all(self) -> dict[str, Workflow]:
+        found: dict[str, Workflow] = {}
+        for path in self._paths():
+            if path.name.startswith(".") or path.stem in found:  # the first of a name wins
+                continue
+            try:
+                mtime = os.stat(path).st_mtime
+            except OSError:
+                continue
+            hit = self._cache.get(path)
+            if hit is None or hit[0] != mtime:
+                try:
+                    hit = (mtime, load(path))
+                except Exception as e:
+                    log.warning("%s is not a usable workflow: %s", path, e)
+                    hit = (mtime, None)
+                self._cache[path] = hit
+            if hit[1] is not None:
+                found[path.stem] = hit[1]
+        return found
+
+    def get(self, name: str) -> Workflow | None:
+        return self.all().get(name)
