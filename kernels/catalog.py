@@ -260,6 +260,15 @@ class Cohort:
                                      sort="series_uid") for i in range(0, len(uids), 1000)]
         return pd.concat(pages, ignore_index=True) if pages else pd.DataFrame()
 
+    def map(self, fn, *, cluster=None, retries: int = 1, **kwargs):
+        """Run ``fn(volume, series_metadata)`` once per series of the cohort on
+        a Dask cluster, each worker loading its series through the data service
+        as you; a DataFrame, one row per series, errors in its ``error``
+        column. See :func:`imaginghub.kernels.cluster.map_series`."""
+        from .cluster import map_cohort
+
+        return map_cohort(self, fn, cluster=cluster, retries=retries, **kwargs)
+
 
 def _as_kwargs(body: dict) -> dict:
     """A query body back into search()'s keyword arguments."""

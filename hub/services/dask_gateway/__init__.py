@@ -1,0 +1,187 @@
+"""Dask Gateway as the hub service ``dask-gateway``: every user's Dask clusters.
+
+JupyterHub starts ``python -m imaginghub.hub.services.dask_gateway CONFIG``
+(the gateway, its proxy, and through them the users' schedulers and workers
+as local processes) and routes ``/services/dask-gateway/`` to the gateway's
+proxy: the gateway's API and the clusters' dashboards are reached through
+the hub. Clients connect to their scheduler over TLS on the proxy's port
+(``gateway://127.0.0.1:PORT``). Users are JupyterHub's: a request carries the
+user's API token, which needs ``access:services!service=dask-gateway``.
+
+``imaginghub up`` writes the gateway's configuration at every start
+(:func:`write_config`, ``hub/dask_gateway_config.py``): a plain file a person
+can read, with no secret in it (the proxy's token is read from ``secrets/``
+when the gateway loads it). The admin sets the limits in ``settings.json``
+(see :class:`~.limits.Limits`; every key is ``dask_`` plus the field name):
+
+``dask_max_clusters_per_user`` (2), ``dask_max_workers_per_cluster`` (4),
+``dask_max_cores_per_cluster`` (4, all workers of a cluster),
+``dask_max_memory_gb_per_cluster`` (8 GiB, all workers of a cluster),
+``dask_worker_cores`` (1) and ``dask_max_worker_cores`` (2),
+``dask_worker_memory_gb`` (2) and ``dask_max_worker_memory_gb`` (4),
+``dask_idle_timeout_seconds`` (1800; 0: never); ``dask_user_limits``:
+``{"alice": {"max_workers_per_cluster": 8}}`` for one user's own limits;
+``dask_gateway_port``: the proxy's port on 127.0.0.1 (chosen once, kept).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...state import Home, free_port, port_in_use
+from .limits import Limits
+
+SERVICE = "dask-gateway"
+PREFIX = f"/services/{SERVICE}"
+SETTINGS_PREFIX = "dask_"
+
+TEMPLATE = '''\
+# Dask Gateway configuration of the imaginghub workspace in {home}
+#
+# Written by `imaginghub up` at every start: change the limits in
+# settings.json (keys dask_*, see imaginghub.hub.services.dask_gateway), not
+# here. Secrets are read from {home}/secrets (0600); none is written in this
+# file. JupyterHub runs the gateway as its service "{service}" and gives it
+# JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN.
+
+from pathlib import Path
+
+from imaginghub.hub.services.dask_gateway.backend import cluster_options
+
+HOME = Path({home!r})
+
+
+def secret(name):
+    return (HOME / "secrets" / name).read_text().strip()
+
+
+c = get_config()  # noqa: F821
+
+# -- Network: loopback only ---------------------------------------------------
+# The gateway's private API (its proxy and the clusters' schedulers call it).
+c.DaskGateway.address = "127.0.0.1:{api_port}"
+# The proxy, on one port: the API and the dashboards over HTTP (JupyterHub
+# routes {prefix}/ here) and the schedulers over TLS (gateway://).
+c.Proxy.address = "127.0.0.1:{port}"
+c.Proxy.tcp_address = "127.0.0.1:{port}"
+c.Proxy.prefix = {prefix!r}
+c.Proxy.api_token = secret("dask_gateway_proxy_token")
+c.Proxy.log_level = "warn"
+c.DaskGateway.log_format = "[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s] %(message)s"
+
+# -- Users: JupyterHub's, by their API tokens ---------------------------------
+c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
+# Tokens need the scope access:services!service={service}.
+c.JupyterHubAuthenticator.jupyterhub_service_name = {service!r}
+
+# -- Clusters: local processes of this machine --------------------------------
+c.DaskGateway.backend_class = "imaginghub.hub.services.dask_gateway.backend.HubLocalBackend"
+c.LocalBackend.clusters_directory = {clusters_dir!r}
+c.LocalBackend.sigint_timeout = 5
+c.LocalBackend.sigterm_timeout = 3
+c.HubLocalBackend.logs_directory = {logs_dir!r}
+c.HubLocalBackend.user_home_template = {user_home!r}
+c.ClusterConfig.scheduler_cmd = [{dask!r}, "scheduler"]
+c.ClusterConfig.worker_cmd = [{dask!r}, "worker"]
+c.ClusterConfig.environment = {environment!r}
+
+# -- Limits: settings.json dask_* (every user) and dask_user_limits -----------
+LIMITS = {limits!r}
+USER_LIMITS = {user_limits!r}
+c.HubLocalBackend.limits = LIMITS
+c.HubLocalBackend.user_limits = USER_LIMITS
+c.ClusterConfig.idle_timeout = {idle_timeout!r}
+# What users choose (workers, cores and memory per worker, idle timeout),
+# bounded by their limits.
+c.Backend.cluster_options = cluster_options(LIMITS, USER_LIMITS)
+'''
+
+# Environment of every scheduler and worker (on top of PATH, VIRTUAL_ENV and
+# the locale, which the local backend passes on). Workers may start processes
+# of their own (decoding pools), and keep no volume cache. The nanny does not
+# set MALLOC_TRIM_THRESHOLD_ (distributed's default, 65536): set at all, it
+# stops glibc from raising its mmap threshold, and every array over 128 KiB
+# (a 256 x 256 float32 slice) is then an mmap and a munmap; slice-by-slice
+# numpy code ran 4x slower on the workers here (see docs/architecture.md).
+CLUSTER_ENVIRONMENT = {
+    "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+    "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": "{'MALLOC_TRIM_THRESHOLD_': None}",
+    "IMAGINGHUB_CACHE_DIR": "off",
+}
+
+
+@dataclass
+class GatewayConfig:
+    path: Path
+    port: int       # the proxy (HTTP and TLS), on 127.0.0.1
+    api_port: int   # the gateway's private API
+
+    @property
+    def url(self) -> str:
+        """Where JupyterHub routes PREFIX."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+def site_limits(settings: dict) -> tuple[dict, dict]:
+    """(limits of every user, per-user changes) from settings.json, checked."""
+    limits = {name: settings[SETTINGS_PREFIX + name] for name in Limits.names()
+              if SETTINGS_PREFIX + name in settings}
+    limits = Limits.from_dict(limits).as_dict()
+    user_limits = settings.get(SETTINGS_PREFIX + "user_limits") or {}
+    for user, changes in user_limits.items():
+        Limits.from_dict({**limits, **changes})  # a clear error before anything starts
+    return limits, user_limits
+
+
+def client_environment(hub_url: str, port: int, public_url: str = PREFIX) -> dict[str, str]:
+    """What a kernel needs to reach the gateway (dask-gateway's own settings,
+    so a plain ``dask_gateway.Gateway()`` works too): the API through the hub,
+    the schedulers on the proxy's port, dashboard links through the hub
+    (``public_url``: relative by default, so links work from any browser
+    address of the hub)."""
+    return {
+        "DASK_GATEWAY__ADDRESS": hub_url.rstrip("/") + PREFIX,
+        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{port}",
+        "DASK_GATEWAY__PUBLIC_ADDRESS": public_url,
+        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+    }
+
+
+def write_config(home: Home) -> GatewayConfig:
+    """Write ``hub/dask_gateway_config.py`` for this start; choose the proxy's
+    port once (``dask_gateway_port`` in settings.json) and the API's each time."""
+    settings = home.load_settings()
+    limits, user_limits = site_limits(settings)
+    port = settings.get(SETTINGS_PREFIX + "gateway_port")
+    if not port or port_in_use(port):
+        port = free_port()
+        settings[SETTINGS_PREFIX + "gateway_port"] = port
+        home.save_settings(settings)
+    home.secret("dask_gateway_proxy_token")
+    clusters_dir = home.path / "dask-gateway" / "clusters"
+    logs_dir = home.path / "dask-gateway" / "logs"
+    for d in (clusters_dir, logs_dir, clusters_dir.parent):
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+    api_port = free_port()
+    text = TEMPLATE.format(
+        home=str(home.path),
+        service=SERVICE,
+        prefix=PREFIX,
+        api_port=api_port,
+        port=port,
+        clusters_dir=str(clusters_dir),
+        logs_dir=str(logs_dir),
+        user_home=str(home.users_dir / "{username}"),
+        dask=str(Path(sys.executable).parent / "dask"),
+        environment=CLUSTER_ENVIRONMENT,
+        limits=limits,
+        user_limits=json.loads(json.dumps(user_limits)),
+        idle_timeout=float(limits["idle_timeout_seconds"]),
+    )
+    path = home.hub_dir / "dask_gateway_config.py"
+    path.write_text(text)
+    return GatewayConfig(path, port, api_port)

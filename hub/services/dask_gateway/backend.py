@@ -1,0 +1,227 @@
+"""What imaginghub adds to Dask Gateway's local process backend.
+
+Loaded by the gateway process (``dask-gateway-server``) through the
+configuration file that :mod:`imaginghub.hub.services.dask_gateway` writes:
+
+- :class:`HubLocalBackend`: ``UnsafeLocalBackend`` plus a limit on the number
+  of clusters a user may have at once, the ``workers`` option honoured when a
+  cluster starts, logs of stopped clusters kept in the state directory, and
+  scheduler and workers that stop when the gateway dies (Linux ``PDEATHSIG``);
+- :func:`cluster_options`: the options users choose from (workers, cores and
+  memory per worker, idle timeout), bounded by the admin's limits for that
+  user, with a clear message when a request goes past them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import shutil
+import signal
+
+from dask_gateway_server.backends.base import PublicException
+from dask_gateway_server.backends.local import LocalClusterConfig, UnsafeLocalBackend
+from dask_gateway_server.options import Float, Integer, Options
+from traitlets import Dict, Integer as IntegerTrait, Unicode, default
+
+from .limits import limits_for
+
+GiB = 2**30
+# Bookkeeping of the scheduler in the gateway's limits (the local backend
+# does not confine processes: these only count against the cluster limits).
+SCHEDULER_CORES = 1
+SCHEDULER_MEMORY = 1 * GiB
+
+
+class _Bounded(Integer):
+    """An integer option whose bound is a site limit, said plainly."""
+
+    def validate(self, x):
+        if not isinstance(x, int) or isinstance(x, bool):
+            raise TypeError(f"{self.field} must be a whole number, got {x!r}")
+        if self.min is not None and x < self.min:
+            raise ValueError(f"{self.field} must be at least {self.min}, got {x}")
+        if self.max is not None and x > self.max:
+            raise ValueError(f"{self.field}={x} is over this hub's limit for you: at most "
+                             f"{self.max} (ask the hub's admin for more)")
+        return x
+
+
+class _BoundedFloat(Float):
+    def validate(self, x):
+        if isinstance(x, int) and not isinstance(x, bool):
+            x = float(x)
+        if not isinstance(x, float):
+            raise TypeError(f"{self.field} must be a number, got {x!r}")
+        if self.min is not None and x < self.min:
+            raise ValueError(f"{self.field} must be at least {self.min:g}, got {x:g}")
+        if self.max is not None and x > self.max:
+            raise ValueError(f"{self.field}={x:g} is over this hub's limit for you: at most "
+                             f"{self.max:g} (ask the hub's admin for more)")
+        return x
+
+
+def cluster_options(limits: dict, user_limits: dict):
+    """``c.Backend.cluster_options``: for each user, the options they may
+    choose, bounded by their limits, and the cluster configuration they give."""
+
+    def for_user(user):
+        lim = limits_for(user.name, limits, user_limits)
+
+        def handler(options, user):
+            workers, cores, memory = options.workers, options.worker_cores, options.worker_memory
+            if workers * cores > lim.max_cores_per_cluster:
+                raise ValueError(
+                    f"{workers} workers of {cores} cores need {workers * cores} cores: over "
+                    f"this hub's limit for you of {lim.max_cores_per_cluster} cores per cluster")
+            if workers * memory > lim.max_memory_gb_per_cluster + 1e-9:
+                raise ValueError(
+                    f"{workers} workers of {memory:g} GiB need {workers * memory:g} GiB: over "
+                    f"this hub's limit for you of {lim.max_memory_gb_per_cluster:g} GiB "
+                    "per cluster")
+            idle = options.idle_timeout
+            if lim.idle_timeout_seconds and (idle <= 0 or idle > lim.idle_timeout_seconds):
+                idle = lim.idle_timeout_seconds
+            by_memory = int(lim.max_memory_gb_per_cluster // memory)
+            by_cores = int(lim.max_cores_per_cluster // cores)
+            return {
+                "workers": workers,
+                "worker_cores": cores,
+                "worker_memory": int(memory * GiB),
+                "idle_timeout": float(idle),
+                "scheduler_cores": SCHEDULER_CORES,
+                "scheduler_memory": SCHEDULER_MEMORY,
+                "cluster_max_workers": min(lim.max_workers_per_cluster, by_memory, by_cores),
+                "cluster_max_cores": float(lim.max_cores_per_cluster + SCHEDULER_CORES),
+                "cluster_max_memory": int(lim.max_memory_gb_per_cluster * GiB
+                                          + SCHEDULER_MEMORY),
+            }
+
+        return Options(
+            _Bounded("workers", default=0, min=0, max=lim.max_workers_per_cluster,
+                     label="Workers to start with"),
+            _Bounded("worker_cores", default=lim.worker_cores, min=1,
+                     max=lim.max_worker_cores, label="Cores per worker"),
+            _BoundedFloat("worker_memory", default=lim.worker_memory_gb, min=0.25,
+                          max=lim.max_worker_memory_gb, label="Memory per worker (GiB)"),
+            _BoundedFloat("idle_timeout", default=lim.idle_timeout_seconds, min=0.0,
+                          max=lim.idle_timeout_seconds or None,
+                          label="Shut down after this many idle seconds"),
+            handler=handler,
+        )
+
+    return for_user
+
+
+class HubClusterConfig(LocalClusterConfig):
+    """A local cluster's configuration, plus the workers it starts with."""
+
+    workers = IntegerTrait(
+        0, min=0, config=True,
+        help="Workers started as soon as the cluster runs (the `workers` option).",
+    )
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class HubLocalBackend(UnsafeLocalBackend):
+    """Local processes for every user's clusters (same Unix user as the hub:
+    the embedded stack runs user servers that way too)."""
+
+    limits = Dict(help="The limits of every user (see Limits).", config=True)
+    user_limits = Dict(help="Per user changes to `limits`: {name: {limit: value}}.",
+                       config=True)
+    logs_directory = Unicode(
+        "", config=True,
+        help="Where the logs of a stopped cluster are kept (a folder per cluster); "
+             "empty: they go with its working directory.",
+    )
+    keep_logs_of = IntegerTrait(
+        50, config=True, help="Logs of at most this many stopped clusters are kept.")
+    user_home_template = Unicode(
+        "", config=True,
+        help="HOME of a user's schedulers and workers, `{username}` replaced (the home "
+             "of the user's server, so `~` means the same in a notebook and on a worker); "
+             "empty: not set.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._starting: set = set()
+
+    @default("cluster_config_class")
+    def _default_cluster_config_class(self):
+        return "imaginghub.hub.services.dask_gateway.backend.HubClusterConfig"
+
+    async def start_cluster(self, user, cluster_options):
+        lim = limits_for(user.name, self.limits, self.user_limits)
+        mine = self.db.list_clusters(username=user.name)  # pending and running
+        if len(mine) >= lim.max_clusters_per_user:
+            raise PublicException(
+                f"{user.name} has {len(mine)} Dask clusters already, the most this hub allows "
+                f"per user ({lim.max_clusters_per_user}): shut one down first "
+                "(client.shutdown(), or Gateway().list_clusters() to find them)")
+        return await super().start_cluster(user, cluster_options)
+
+    async def _cluster_to_running(self, cluster):
+        await super()._cluster_to_running(cluster)
+        workers = int(cluster.config.get("workers") or 0)
+        if workers and cluster.count == 0:
+            task = asyncio.ensure_future(self._scale_at_start(cluster.name, workers))
+            self._starting.add(task)  # kept until done (the loop holds tasks weakly)
+            task.add_done_callback(self._starting.discard)
+
+    async def _scale_at_start(self, name: str, workers: int) -> None:
+        cluster = await self.get_cluster(name)
+        if cluster is None:
+            return
+        try:
+            await self.forward_message_to_scheduler(cluster, {"op": "scale", "count": workers})
+        except Exception:  # a cluster stopped meanwhile
+            self.log.warning("could not start the workers of cluster %s", name, exc_info=True)
+
+    def get_env(self, cluster):
+        env = super().get_env(cluster)
+        if self.user_home_template:
+            home = self.user_home_template.format(username=cluster.username)
+            os.makedirs(home, exist_ok=True)
+            env["HOME"] = home
+        return env
+
+    def make_preexec_fn(self, cluster):
+        workdir = cluster.state["workdir"]
+
+        def preexec():  # pragma: nocover
+            _die_with_parent()
+            os.chdir(workdir)
+
+        return preexec
+
+    def cleanup_working_directory(self, workdir):
+        if self.logs_directory and os.path.isdir(self.get_logs_directory(workdir)):
+            keep = os.path.join(self.logs_directory, os.path.basename(workdir.rstrip("/")))
+            try:
+                os.makedirs(self.logs_directory, 0o700, exist_ok=True)
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.move(self.get_logs_directory(workdir), keep)
+                for name in os.listdir(keep):
+                    os.chmod(os.path.join(keep, name), 0o600)
+                self._prune_logs()
+            except OSError:
+                self.log.warning("could not keep the logs of %s", workdir, exc_info=True)
+        super().cleanup_working_directory(workdir)
+
+    def _prune_logs(self) -> None:
+        paths = [os.path.join(self.logs_directory, n) for n in os.listdir(self.logs_directory)]
+        kept = sorted((os.path.getmtime(p), p) for p in paths if os.path.isdir(p))
+        for _, path in kept[:max(0, len(kept) - self.keep_logs_of)]:
+            shutil.rmtree(path, ignore_errors=True)

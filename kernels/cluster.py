@@ -1,0 +1,537 @@
+"""``cluster()`` and ``map_series``: process series in parallel on Dask.
+
+>>> client = cluster(workers=2)                    # a Dask cluster of your own
+>>> df = map_series(measure, uids)                 # fn(volume, series_metadata) per series
+>>> df = catalog.cohort("lung-ct@3").map(measure)         # Cohort.map, the same
+
+``cluster(workers=2, **options)`` asks the hub's Dask Gateway (the hub
+service ``dask-gateway``) for a cluster that belongs to you and returns a
+connected ``distributed.Client``; ``options`` are the gateway's cluster
+options (``worker_memory`` in GiB, ``worker_cores``, ``idle_timeout`` in
+seconds; ``dask_gateway.Gateway().cluster_options()`` lists them with this
+hub's limits). The cluster stops with ``client.shutdown()``, when the kernel
+stops, or after its idle timeout. Without a gateway (a kernel outside the
+hub) it starts a ``LocalCluster`` on this machine and says so.
+
+The gateway is found from dask-gateway's own settings, which the hub sets in
+every user server and job (``DASK_GATEWAY__ADDRESS``, ``__PROXY_ADDRESS``,
+``__PUBLIC_ADDRESS``); the token is yours, from the same environment as
+``pacs``: ``IMAGINGHUB_DICOMWEB_TOKEN``, else ``JUPYTERHUB_API_TOKEN``.
+
+``map_series(fn, series_uids)`` runs ``fn(volume, series_metadata)`` once
+per series on the workers. Each worker loads its series itself through the
+data service with your token (never the archive's credentials; the token is
+hidden from task descriptions, so it never reaches a worker's log). The
+result is a pandas DataFrame, one row per series in the order given:
+``series_uid``, then the function's result (a dict's items as columns,
+anything else in ``result``), then ``error``: None, or why that series
+failed (the function raised, or the series could not be loaded); a failure
+never stops the other series. A worker that dies is replaced and its series
+are run again elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterable, Mapping
+
+log = logging.getLogger(__name__)
+
+ENV_ADDRESS = "DASK_GATEWAY__ADDRESS"
+ENV_PROXY = "DASK_GATEWAY__PROXY_ADDRESS"
+ENV_PUBLIC = "DASK_GATEWAY__PUBLIC_ADDRESS"
+# Where the token comes from, first found (as for ``pacs``).
+TOKEN_ENV = ("IMAGINGHUB_DICOMWEB_TOKEN", "JUPYTERHUB_API_TOKEN")
+DEFAULT_WORKERS = 2
+
+
+class ClusterError(RuntimeError):
+    """A cluster could not be had: no token, the gateway refused (limits,
+    an unknown option) or did not answer."""
+
+
+# -- the token ---------------------------------------------------------------
+def token_from_env(environ=None) -> str | None:
+    """Your JupyterHub token: ``IMAGINGHUB_DICOMWEB_TOKEN`` (set for jobs and
+    tests), else ``JUPYTERHUB_API_TOKEN`` (every user server)."""
+    env = os.environ if environ is None else environ
+    for name in TOKEN_ENV:
+        if env.get(name):
+            return env[name]
+    return None
+
+
+class HiddenToken:
+    """A token that travels to the workers with the tasks but never shows:
+    Dask writes a failed task's arguments into the worker's log with
+    ``repr``, and this one's is ``<token>``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<token>"
+
+    __str__ = __repr__
+
+    def __getstate__(self):
+        return self._value
+
+    def __setstate__(self, state):
+        self._value = state
+
+
+# -- clusters ------------------------------------------------------------------
+def gateway_settings(environ=None) -> dict | None:
+    """The gateway's addresses (``address``, ``proxy_address``,
+    ``public_address``) from the environment or dask's configuration; None
+    when no gateway is configured."""
+    env = os.environ if environ is None else environ
+    address = env.get(ENV_ADDRESS)
+    proxy = env.get(ENV_PROXY)
+    public = env.get(ENV_PUBLIC)
+    if not address and environ is None:
+        try:
+            import dask.config
+
+            address = dask.config.get("gateway.address", None)
+            proxy = proxy or dask.config.get("gateway.proxy-address", None)
+            public = public or dask.config.get("gateway.public-address", None)
+        except ImportError:
+            pass
+    if not address:
+        return None
+    return {"address": address, "proxy_address": proxy, "public_address": public}
+
+
+def _safe_finalisers() -> None:
+    """Make dask-gateway's ``__del__`` never block.
+
+    A ``Gateway`` or ``GatewayCluster`` left unclosed (a refused ``connect``
+    leaves one) is finalised whenever the garbage collector runs: on
+    dask-gateway's own event-loop thread, where its ``__del__`` waits for
+    that very loop, or while another thread holds the loop runner's lock,
+    which its ``__del__`` takes too; either way the process hangs. Here the
+    clean-up (closing the HTTP session, and for a cluster with
+    ``shutdown_on_close`` stopping it) is handed to the loop, which never
+    blocks the finalising thread."""
+    from dask_gateway import client as dg
+
+    if getattr(dg, "_imaginghub_safe_finalisers", False):
+        return
+
+    def running_loop(gateway):
+        runner = getattr(gateway, "_loop_runner", None)
+        loop = getattr(getattr(runner, "_loop", None), "asyncio_loop", None)  # no lock taken
+        return loop if loop is not None and loop.is_running() and not loop.is_closed() else None
+
+    def hand_over(loop, coroutine_function, *args) -> None:
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(coroutine_function(*args)))
+
+    def gateway_del(self):
+        if sys.is_finalizing() or getattr(self, "_asynchronous", True):
+            return
+        loop = running_loop(self)
+        if loop is not None and getattr(self, "_session", None) is not None:
+            hand_over(loop, self._cleanup)
+
+    def cluster_del(self):
+        gateway = getattr(self, "gateway", None)
+        if sys.is_finalizing() or gateway is None or gateway.asynchronous:
+            return
+        loop = running_loop(gateway)
+        if loop is not None and self.status != "closed":
+            hand_over(loop, self._stop_internal)
+
+    dg.Gateway.__del__ = gateway_del
+    dg.GatewayCluster.__del__ = cluster_del
+    dg._imaginghub_safe_finalisers = True
+
+
+def gateway(token: str | None = None, environ=None):
+    """A ``dask_gateway.Gateway`` of this hub, as you (your token): to list,
+    connect to or stop your clusters (``.list_clusters()``, ``.connect(name)``)."""
+    from dask_gateway import Gateway
+    from dask_gateway.auth import JupyterHubAuth
+
+    _safe_finalisers()
+
+    settings = gateway_settings(environ)
+    if settings is None:
+        raise ClusterError(f"no Dask Gateway is configured here ({ENV_ADDRESS} is not set)")
+    token = token or token_from_env(environ)
+    if not token:
+        raise ClusterError("no JupyterHub token to show the Dask Gateway: set "
+                           f"{' or '.join(TOKEN_ENV)} (every user server of the hub has "
+                           "JUPYTERHUB_API_TOKEN)")
+    return Gateway(settings["address"], proxy_address=settings["proxy_address"],
+                   public_address=settings["public_address"], auth=JupyterHubAuth(token))
+
+
+def cluster(workers: int = DEFAULT_WORKERS, *, token: str | None = None,
+            timeout: float = 120.0, **options):
+    """A Dask cluster of your own with ``workers`` workers; returns a connected
+    ``distributed.Client`` (also Dask's default client from now on).
+
+    ``options``: the gateway's cluster options, for example
+    ``worker_memory=4`` (GiB), ``worker_cores=2``, ``idle_timeout=600``
+    (seconds). The hub's limits apply; a request over them fails with the
+    reason. ``client.shutdown()`` stops the cluster (so does the end of the
+    kernel, or the idle timeout)."""
+    if workers < 0:
+        raise ValueError("workers must be 0 or more")
+    settings = gateway_settings()
+    if settings is None:
+        return _local_cluster(workers, options)
+    started = time.perf_counter()
+    # The Gateway is closed here, in this thread, whatever happens: dask-gateway
+    # deadlocks when an unclosed one is garbage-collected on its event loop.
+    with gateway(token) as gw:
+        try:
+            offered = set(gw.cluster_options(use_local_defaults=False))
+        except Exception as e:
+            raise _gateway_error(e, settings["address"]) from None
+        unknown = set(options) - offered
+        if unknown:
+            raise ClusterError(f"unknown cluster option(s) {sorted(unknown)}; this hub's Dask "
+                               f"Gateway offers {sorted(offered)}")
+        request = dict(options)
+        if "workers" in offered:
+            request["workers"] = workers  # started by the gateway with the cluster
+        try:
+            # submit, then connect: a refused request leaves no half-made cluster object
+            name = gw.submit(**request)
+            gc = gw.connect(name, shutdown_on_close=True)
+        except Exception as e:
+            raise _gateway_error(e, settings["address"]) from None
+    if "workers" not in offered and workers:
+        gc.scale(workers)
+    client = _client_class()(gc, security=gc.security, set_as_default=True)
+    if workers:
+        try:
+            client.wait_for_workers(workers, timeout=timeout)
+        except Exception:
+            client.shutdown()
+            raise ClusterError(f"the Dask cluster did not get {workers} workers within "
+                               f"{timeout:g} s; it was shut down") from None
+    took = time.perf_counter() - started
+    print(f"Dask cluster {gc.name}: {workers} worker{'s' if workers != 1 else ''}, ready in "
+          f"{took:.1f} s. Dashboard (through the hub): {gc.dashboard_link}", flush=True)
+    return client
+
+
+_CLIENT_CLASS = None
+
+
+def _client_class():
+    """``distributed.Client`` whose ``shutdown()`` stops its gateway cluster
+    (the plain one waits forever on a cluster made outside its event loop)."""
+    global _CLIENT_CLASS
+    if _CLIENT_CLASS is None:
+        from distributed import Client
+
+        class HubClient(Client):
+            def shutdown(self):
+                """Stop the cluster (scheduler and workers) and close this client."""
+                cluster = self.cluster
+                if cluster is None or not hasattr(cluster, "shutdown") or self.asynchronous:
+                    return super().shutdown()
+                self.close()
+                cluster.shutdown()
+
+        _CLIENT_CLASS = HubClient
+    return _CLIENT_CLASS
+
+
+def _gateway_error(exc: Exception, address: str) -> Exception:
+    """What went wrong with the gateway, said for a user (never a token)."""
+    name = type(exc).__name__
+    if isinstance(exc, ValueError):  # 404 and 422: the gateway's own reason
+        return ClusterError(str(exc))
+    status = getattr(exc, "status", None)
+    if name == "GatewayServerError" or status in (401, 403):
+        return ClusterError(f"the Dask Gateway at {address} did not accept your JupyterHub "
+                            f"token ({name}: {exc}); in a user server it needs the scope "
+                            "access:services!service=dask-gateway")
+    if isinstance(exc, OSError) or "Connect" in name:
+        return ClusterError(f"the Dask Gateway at {address} did not answer ({name}: {exc})")
+    return ClusterError(f"the Dask Gateway at {address} failed: {name}: {exc}")
+
+
+def _local_cluster(workers: int, options: dict):
+    from distributed import Client, LocalCluster
+
+    unknown = set(options) - {"worker_memory", "worker_cores", "idle_timeout"}
+    if unknown:
+        raise ClusterError(f"unknown cluster option(s) {sorted(unknown)}")
+    print(f"Note: no Dask Gateway is configured in this kernel ({ENV_ADDRESS} is not set), so "
+          f"this is a LocalCluster of {workers} worker process{'es' if workers != 1 else ''} "
+          "on this machine, not a cluster of the hub.", flush=True)
+    memory = options.get("worker_memory")
+    lc = LocalCluster(n_workers=workers, threads_per_worker=int(options.get("worker_cores", 1)),
+                      processes=True, dashboard_address="127.0.0.1:0",
+                      memory_limit=f"{float(memory)}GiB" if memory else "auto")
+    client = Client(lc, set_as_default=True)
+    print(f"Dashboard: {client.dashboard_link}", flush=True)
+    return client
+
+
+# -- mapping over series ---------------------------------------------------------
+def _as_client(where):
+    """(client, done): a Client for ``where`` and what to call when the map
+    is over. None: Dask's current client, else a new cluster of this module;
+    a number: a new cluster of that many workers; a Client; a cluster object."""
+    from distributed import Client
+
+    if where is None:
+        try:
+            from distributed import default_client
+
+            return default_client(), lambda: None
+        except ValueError:
+            where = DEFAULT_WORKERS
+    if isinstance(where, bool):
+        raise TypeError("cluster= takes a Client, a cluster, a number of workers or None")
+    if isinstance(where, int):
+        client = cluster(where)
+        return client, client.shutdown  # the cluster was made for this map
+    if isinstance(where, Client):
+        return where, lambda: None
+    if hasattr(where, "scheduler_address"):  # a cluster object: ours to connect, not to stop
+        client = Client(where, set_as_default=False)
+        return client, client.close
+    raise TypeError(f"cluster= takes a Client, a cluster, a number of workers or None, "
+                    f"not {type(where).__name__}")
+
+
+def _data_access(pacs) -> tuple[str, str]:
+    """(DICOMweb URL of the data service, token) for the workers."""
+    from .dicomweb import ENV_URL, PACS
+
+    pacs = pacs if pacs is not None else PACS.from_env()
+    if getattr(pacs, "_username", None):
+        raise ClusterError("map_series gives the workers a JupyterHub token, never a user "
+                           "name and password: use a PACS made with token=...")
+    if not pacs.url:
+        raise ClusterError(f"no data service configured: set {ENV_URL} (the hub sets it in "
+                           "every user server) or pass pacs=PACS(url, token=...)")
+    token = pacs._token or token_from_env()
+    if not token:
+        raise ClusterError(f"no token for the workers: set {' or '.join(TOKEN_ENV)}")
+    return pacs.url, token
+
+
+def _user_module(module) -> bool:
+    """True for a module of the user's own (a ``.py`` beside the notebook),
+    which workers and scheduler cannot import: not installed, not ours."""
+    import site
+
+    path = getattr(module, "__file__", None)
+    name = getattr(module, "__name__", "__main__")
+    if not path or name == "__main__" or name.split(".")[0] == "imaginghub":
+        return False
+    installed = [*site.getsitepackages(), site.getusersitepackages(), sys.prefix,
+                 sys.base_prefix]
+    path = os.path.realpath(path)
+    return not any(path.startswith(os.path.realpath(p) + os.sep) for p in installed if p)
+
+
+def _ship_by_value(fn) -> None:
+    """Send the user's own modules with ``fn``: its module, the modules (or
+    whose functions and classes) it names, and theirs in turn, are pickled by
+    value."""
+    import types
+
+    import cloudpickle
+
+    def named(values):
+        for value in values:
+            if isinstance(value, types.ModuleType):
+                yield value
+            elif isinstance(value, (types.FunctionType, type)):
+                yield sys.modules.get(getattr(value, "__module__", None) or "")
+
+    code, names = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    todo = [sys.modules.get(getattr(fn, "__module__", None) or ""),
+            *named(names.get(n) for n in (code.co_names if code else ()))]
+    seen = set()
+    while todo:
+        module = todo.pop()
+        if module is None or id(module) in seen or not _user_module(module):
+            continue
+        seen.add(id(module))
+        cloudpickle.register_pickle_by_value(module)
+        todo.extend(named(list(vars(module).values())))
+
+
+_local = threading.local()
+
+
+def _worker_pacs(url: str, token: HiddenToken):
+    """One PACS per worker thread and (url, token), kept for the next series."""
+    from .dicomweb import PACS
+
+    cache = getattr(_local, "pacs", None)
+    if cache is None:
+        cache = _local.pacs = {}
+    key = (url, token.reveal())
+    if key not in cache:
+        cache.clear()
+        cache[key] = PACS(url, token=token.reveal(), cache_dir=None)
+    return cache[key]
+
+
+class ShippedFunction:
+    """The user's function as cloudpickle bytes, loaded once per worker."""
+
+    _loaded: dict = {}
+
+    def __init__(self, payload: bytes):
+        import hashlib
+
+        self.payload = payload
+        self.digest = hashlib.sha256(payload).hexdigest()
+
+    def load(self):
+        fn = self._loaded.get(self.digest)
+        if fn is None:
+            import cloudpickle
+
+            if len(self._loaded) > 16:
+                self._loaded.clear()
+            fn = self._loaded[self.digest] = cloudpickle.loads(self.payload)
+        return fn
+
+    def __repr__(self) -> str:
+        return f"<function {self.digest[:12]}>"
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_one(fn, series_uid: str, url: str, token: HiddenToken) -> dict:
+    """The task run on a worker for one series: load it through the data
+    service, call ``fn``; every failure but an unreachable archive (which
+    Dask retries) is returned as the series' error."""
+    from .errors import ArchiveUnavailable
+
+    row = {"series_uid": series_uid}
+    if isinstance(fn, ShippedFunction):
+        fn = fn.load()
+    try:
+        volume = _worker_pacs(url, token).load_series(series_uid, progress=False, cache=False)
+    except ArchiveUnavailable:
+        raise  # transient: Dask runs the task again (retries=)
+    except Exception as e:
+        row["error"] = f"loading the series: {_error_text(e)}"
+        return row
+    metadata = {"series_uid": series_uid,
+                **{k: v for k, v in volume.metadata.items() if k != "source_frames"}}
+    try:
+        row["result"] = fn(volume, metadata)
+    except Exception as e:
+        row["error"] = _error_text(e)
+        row["traceback"] = traceback.format_exc()
+    return row
+
+
+def map_series(fn, series_uids: Iterable[str], *, cluster=None, retries: int = 1, pacs=None,
+               progress: bool = True, description: str | None = None):
+    """Run ``fn(volume, series_metadata)`` for each series on a Dask cluster;
+    a DataFrame, one row per series (see the module's docstring).
+
+    ``cluster``: a ``distributed.Client`` or cluster; a number (a new cluster
+    of that many workers, shut down at the end); None (Dask's current client,
+    for example the one :func:`cluster` returned, else a new cluster of 2
+    workers, shut down at the end). ``retries``: how many more times a
+    series whose loading failed for want of the archive is tried (a series
+    whose worker died is run again anyway, up to Dask's
+    ``distributed.scheduler.allowed-failures``). ``pacs``: whose data and
+    token (default: the kernel's ``pacs`` settings). ``progress``: a tqdm
+    bar (the notebook's widget in a kernel)."""
+    import pandas as pd
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    uids = [str(u) for u in series_uids]
+    url, token = _data_access(pacs)
+    _ship_by_value(fn)
+    import cloudpickle
+
+    # pickled here with cloudpickle (Dask tries plain pickle first, which
+    # sends functions of the user's own modules by name only)
+    shipped = ShippedFunction(cloudpickle.dumps(fn))
+    secret = HiddenToken(token)
+    client, done = _as_client(cluster)
+    name = getattr(fn, "__name__", "fn").strip("<>") or "fn"
+    run = uuid.uuid4().hex[:8]
+    rows: list[dict | None] = [None] * len(uids)
+    try:
+        futures = [client.submit(run_one, shipped, uid, url, secret, key=f"{name}-{run}-{i}",
+                                 retries=retries, pure=False) for i, uid in enumerate(uids)]
+        where = {f.key: i for i, f in enumerate(futures)}
+        with tqdm(total=len(futures), disable=not progress, unit="series",
+                  desc=description or f"{name} over {len(uids)} series") as bar:
+            for future in as_completed(futures):
+                i = where[future.key]
+                try:
+                    rows[i] = future.result()
+                except Exception as e:  # retries spent, or the task killed its workers
+                    rows[i] = {"series_uid": uids[i], "error": _error_text(e)}
+                future.release()
+                bar.update(1)
+    finally:
+        done()
+    return _frame(rows, pd)
+
+
+def _frame(rows: list[dict], pd):
+    records, tracebacks = [], {}
+    for i, row in enumerate(rows):
+        rec = {"series_uid": row["series_uid"]}
+        if "result" in row:
+            result = row["result"]
+            if isinstance(result, Mapping):
+                for k, v in result.items():
+                    rec[k if k not in ("series_uid", "error") else f"result_{k}"] = v
+            else:
+                rec["result"] = result
+        rec["error"] = row.get("error")
+        if row.get("traceback"):
+            tracebacks[i] = row["traceback"]
+        records.append(rec)
+    columns = ["series_uid"]
+    for rec in records:
+        columns += [k for k in rec if k not in columns and k != "error"]
+    df = pd.DataFrame.from_records(records, columns=columns + ["error"])
+    df["error"] = pd.Series([rec["error"] for rec in records], dtype=object)  # None: no error
+    df.attrs["tracebacks"] = tracebacks  # row -> the function's traceback
+    return df
+
+
+def map_cohort(cohort, fn, *, cluster=None, retries: int = 1, **kwargs):
+    """``Cohort.map``: :func:`map_series` over the cohort's series, as the
+    identity the cohort was read with (its catalog's data service and token)."""
+    catalog = cohort.catalog
+    if kwargs.get("pacs") is None and catalog.api and catalog._token:
+        from .dicomweb import PACS
+
+        kwargs["pacs"] = PACS(catalog.api.rsplit("/api", 1)[0] + "/dicom-web",
+                              token=catalog._token)
+    kwargs.setdefault("description", f"{fn.__name__ if hasattr(fn, '__name__') else 'fn'} "
+                                     f"over {cohort.ref}")
+    return map_series(fn, cohort.series, cluster=cluster, retries=retries, **kwargs)
