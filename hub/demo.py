@@ -19,7 +19,10 @@ Patients, projects and series (by key):
   same phantom on a grid tilted by 20 degrees; ``mr-head-enhanced``, the
   phantom as one Enhanced MR image with shuffled frames; real enhanced
   multi-frame MR without geometry (``mr-enhanced``, ``-rle``, ``-jpegls``,
-  ``-j2k``) and ``mr-small-rle``.
+  ``-j2k``) and ``mr-small-rle``; ``mr-head-seg`` and ``mr-head-oblique-seg``,
+  the phantom's known labels (brain, ventricles, lesion) on ``mr-head`` and
+  ``mr-head-oblique`` as DICOM SEGs that reference them (reference labels:
+  segment algorithm type MANUAL, as drawn by a person).
 
 In the built series, voxel ``[row 0, column 0]`` of each slice stores the
 slice's InstanceNumber, so tests can check the order slices come back in.
@@ -79,6 +82,7 @@ class DemoSeries:
     description: str
     modality: str
     source: str  # "built" or the test file's name
+    of: str = ""  # a built segmentation: the key of the series it is drawn on
 
     @property
     def series_uid(self) -> str:
@@ -116,6 +120,10 @@ SERIES = [
     DemoSeries("mr-enhanced-j2k", "head", "Enhanced MR multi-frame JPEG 2000", "MR",
                "emri_small_jpeg_2k_lossless.dcm"),
     DemoSeries("mr-small-rle", "head", "MR small RLE", "MR", "MR_small_RLE.dcm"),
+    DemoSeries("mr-head-seg", "head", "MR head phantom axial labels (SEG)", "SEG", "built",
+               of="mr-head"),
+    DemoSeries("mr-head-oblique-seg", "head", "MR head phantom oblique labels (SEG)", "SEG",
+               "built", of="mr-head-oblique"),
 ]
 BY_KEY = {s.key: s for s in SERIES}
 
@@ -374,6 +382,52 @@ def _enhanced_instance(s: DemoSeries) -> Dataset:
     return ds
 
 
+def _segmentation_instance(s: DemoSeries) -> Dataset:
+    """The phantom's known labels on the grid of series ``s.of``, as a BINARY
+    DICOM SEG that references every instance of that series (built with
+    highdicom; the segments are the reference, so MANUAL, not AUTOMATIC)."""
+    try:
+        import highdicom as hd
+    except ImportError:
+        raise ImportError(
+            f"the demo series {s.key} (a DICOM SEG) is built with highdicom, which is not "
+            "installed: install the project with its [kernel] extra (it ships highdicom)"
+        ) from None
+    from pydicom.sr.codedict import codes
+
+    source = series(s.of)
+    images = list(instances(source))
+    g = GRIDS[source.key]
+    labels = np.stack([phantom_labels(g.world(index)) for index in range(g.slices)])
+    seg = hd.seg.Segmentation(
+        source_images=images,
+        pixel_array=labels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            hd.seg.SegmentDescription(
+                segment_number=label, segment_label=name,
+                segmented_property_category=codes.SCT.Tissue,
+                segmented_property_type=codes.SCT.Tissue,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+            for label, name, *_ in PHANTOM],
+        series_instance_uid=s.series_uid,
+        series_number=SERIES.index(s) + 1,
+        sop_instance_uid=uid("instance", f"{s.key}/0"),
+        instance_number=1,
+        manufacturer="imaginghub demo",
+        manufacturer_model_name="phantom",
+        software_versions="1",
+        device_serial_number="0",
+        series_description=s.description,
+        content_description="phantom labels",
+        content_label="PHANTOM",
+    )
+    _patient_study(seg, s)
+    seg.ContentDate, seg.ContentTime = STUDY_DATE, "101500"
+    seg.BodyPartExamined = "HEAD"
+    return seg
+
+
 def _real_instance(s: DemoSeries) -> Dataset:
     ds = pydicom.dcmread(_testfile(s.source))
     _patient_study(ds, s)
@@ -387,6 +441,8 @@ def _real_instance(s: DemoSeries) -> Dataset:
 def instances(s: DemoSeries) -> Iterator[Dataset]:
     if s.key == "mr-head-enhanced":
         yield _enhanced_instance(s)
+    elif s.of:
+        yield _segmentation_instance(s)
     elif s.source == "built":
         yield from _built_instances(s)
     else:

@@ -62,3 +62,9 @@ def sha256_of(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def series_hash(series) -> str:
+    """SHA-256 of the sorted, newline-joined series UIDs: a cohort's
+    ``series_hash``, what a run records of the series it read."""
+    return hashlib.sha256("\n".join(sorted(set(series))).encode()).hexdigest()

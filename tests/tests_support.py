@@ -1,4 +1,6 @@
-"""Small datasets built in memory for tests."""
+"""Small datasets built in memory for tests, and kernels run as a user."""
+
+import contextlib
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -36,3 +38,19 @@ def ct_file(series_uid=None, study_uid=None, sop_uid=None, value=0) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+@contextlib.contextmanager
+def kernels_as(stack, user: str):
+    """``user``'s token, set (with the gateway's URL and the kernelspec's
+    path) for the kernels that this process starts; yields the token."""
+    import pytest
+
+    token = stack.token(user)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(stack.home.jupyter_data_dir))
+        mp.setenv("IMAGINGHUB_DICOMWEB_URL", stack.run["gateway_url"])
+        mp.setenv("IMAGINGHUB_DICOMWEB_TOKEN", token)
+        mp.setenv("IMAGINGHUB_CACHE_DIR", "off")
+        mp.delenv("IMAGINGHUB_DICOMWEB_USER", raising=False)
+        yield token

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
+from tests_support import kernels_as
 
 from imaginghub.hub import demo
 from imaginghub.kernels.catalog import Catalog
@@ -44,13 +45,7 @@ def printed(nb) -> str:
 @pytest.fixture(scope="module")
 def alice(stack):
     """alice's token, set for the kernels (they inherit this process's environment)."""
-    token = stack.token("alice")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(stack.home.jupyter_data_dir))
-        mp.setenv("IMAGINGHUB_DICOMWEB_URL", stack.run["gateway_url"])
-        mp.setenv("IMAGINGHUB_DICOMWEB_TOKEN", token)
-        mp.setenv("IMAGINGHUB_CACHE_DIR", "off")
-        mp.delenv("IMAGINGHUB_DICOMWEB_USER", raising=False)
+    with kernels_as(stack, "alice") as token:
         yield token
 
 

@@ -7,13 +7,13 @@ mapping (SQLite or PostgreSQL)."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 
 from sqlalchemy import DateTime, Integer, String, Text, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from ....kernels.workflow import series_hash
 from .db import Base, Store, _now
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
@@ -48,11 +48,6 @@ class CohortVersion(Base):
 
     def full(self) -> dict:
         return {**self.summary(), "series": json.loads(self.series)}
-
-
-def series_hash(series: list[str]) -> str:
-    """sha256 of the sorted, newline-joined series UIDs."""
-    return hashlib.sha256("\n".join(sorted(set(series))).encode()).hexdigest()
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
