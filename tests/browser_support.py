@@ -5,6 +5,7 @@ timings go to tests/.artifacts/ (and one on any failure)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from pathlib import Path
 
@@ -21,12 +22,18 @@ def launch(playwright):
 
 
 @contextlib.contextmanager
-def notebook_page(stack, browser, user: str, projects: list[str], name: str, cells: list[str]):
-    """A new user in ``projects`` with a notebook of ``cells``, opened in
-    JupyterLab with its kernel idle; yields the page."""
-    args = [a for p in projects for a in ("--project", p)]
-    out = stack.cli("users", "add", user, *args).stdout
-    password = re.search(r"password: (\S+)", out).group(1)
+def notebook_page(stack, browser, user: str, projects: list[str] | None, name: str,
+                  cells: list[str]):
+    """A new user in ``projects`` (None: a demo user of ``up --demo``, alice
+    or bob, with the password kept for them) with a notebook of ``cells``,
+    opened in JupyterLab with its kernel idle; yields the page."""
+    if projects is None:
+        logins = json.loads((stack.home.secrets_dir / "demo_logins.json").read_text())
+        password = logins[user]
+    else:
+        args = [a for p in projects for a in ("--project", p)]
+        out = stack.cli("users", "add", user, *args).stdout
+        password = re.search(r"password: (\S+)", out).group(1)
     home = stack.home.path / "users" / user
     home.mkdir(parents=True, exist_ok=True)
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])

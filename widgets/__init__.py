@@ -1,4 +1,5 @@
-"""Notebook widgets: the volume viewer (``view``) and the cohort builder."""
+"""Notebook widgets: the volume viewer (``view``), the cohort builder and the
+jobs widget."""
 
 
 def view(*args, **kwargs):
@@ -13,3 +14,10 @@ def cohort_builder(**kwargs):
     from .cohort_builder import cohort_builder as _builder
 
     return _builder(**kwargs)
+
+
+def jobs_widget(*args, **kwargs):
+    """See :func:`imaginghub.widgets.jobs.jobs_widget`."""
+    from .jobs import jobs_widget as _jobs_widget
+
+    return _jobs_widget(*args, **kwargs)

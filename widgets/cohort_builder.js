@@ -1,5 +1,5 @@
 // imaginghub's cohort builder (anywidget module): facets as bars, chips,
-// search, ranges, results with thumbnails, selection, save, open.
+// search, ranges, results with thumbnails, selection, save, open, run workflow.
 
 
 function render({ model, el: root }) {
@@ -179,7 +179,10 @@ function render({ model, el: root }) {
   addSel.onclick = () => model.send({ action: "add", name: name.value.trim(), project: project.value });
   saveSel.onclick = () => model.send({ action: "save", what: "selection", name: name.value.trim(), project: project.value });
   saveQuery.onclick = () => model.send({ action: "save", what: "query", name: name.value.trim(), project: project.value });
-  actions.append(selInfo, selectPage, clear, name, project, saveSel, saveQuery, addSel);
+  const run = el("button", "ih-run", "run workflow");
+  run.title = "open the jobs widget below with the saved cohort (or the selected series)";
+  run.onclick = () => model.send({ action: "run" });
+  actions.append(selInfo, selectPage, clear, name, project, saveSel, saveQuery, addSel, run);
 
   function drawActions() {
     const n = (model.get("selected") || []).length;
@@ -193,11 +196,16 @@ function render({ model, el: root }) {
     const rows = model.get("cohorts") || [];
     const table = el("table", "ih-table");
     const head = el("tr");
-    for (const h of ["project", "cohort", "version", "series", "saved by", "saved at", "note"]) head.append(el("th", "", h));
+    for (const h of ["project", "cohort", "version", "series", "saved by", "saved at", "note", ""]) head.append(el("th", "", h));
     table.append(head);
     for (const c of rows) {
       const tr = el("tr");
       for (const v of [c.project, c.name, c.version, c.size, c.saved_by, (c.saved_at || "").slice(0, 16), c.note]) tr.append(el("td", "", String(v ?? "")));
+      const cell = el("td");
+      const runIt = el("button", "ih-run-cohort", "run workflow");
+      runIt.onclick = () => model.send({ action: "run", cohort: c.ref || `${c.name}@${c.version}`, project: c.project });
+      cell.append(runIt);
+      tr.append(cell);
       table.append(tr);
     }
     shared.replaceChildren(rows.length ? table : el("div", "ih-message", "no cohorts yet"));

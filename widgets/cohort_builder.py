@@ -4,9 +4,11 @@ Facet panels show the counts as bars over the current filter (click a bar
 to filter on that value, click again to drop it; values of one field are
 ORed, fields ANDed), filter chips, a search box, date and number ranges, the
 total, a page of results with thumbnails, selection, and actions: save the
-selection (or the whole query) as a cohort or a new version of one, and open
-a selected series in the viewer. A "cohorts" tab lists the project's shared
-cohorts with versions, authors and sizes.
+selection (or the whole query) as a cohort or a new version of one, open
+a selected series in the viewer, and "run workflow": the jobs widget below
+the builder with the cohort filled in (see :meth:`CohortBuilder.run_workflow`).
+A "cohorts" tab lists the project's shared cohorts with versions, authors and
+sizes, each with its own "run workflow".
 
 Every change is one catalog query (the kernel asks the data service; on the
 IDC index that is tens of milliseconds); only a page of rows and its
@@ -47,15 +49,20 @@ class CohortBuilder(anywidget.AnyWidget):
     busy = t.Bool(False).tag(sync=True)
     took_ms = t.Float(0).tag(sync=True)
 
-    def __init__(self, catalog=None, pacs=None, projects=None, **kwargs):
+    def __init__(self, catalog=None, pacs=None, projects=None, jobs=None, **kwargs):
         from ..kernels.preload import catalog as default_catalog, pacs as default_pacs
 
         self.catalog = catalog or default_catalog
         self.pacs = pacs or default_pacs
+        self.jobs_client = jobs  # for "run workflow" (None: the kernel's jobs)
+        self.jobs_widget = None  # the jobs widget, once "run workflow" opened it
+        self._saved: dict | None = None  # the cohort saved last: {ref, project}
+        self._saved_selection: set[str] = set()  # the selection when it was saved
         super().__init__(**kwargs)
         import ipywidgets
 
         self.output = ipywidgets.Output()  # where "open in viewer" shows the series
+        self.jobs_output = ipywidgets.Output()  # where "run workflow" shows the jobs widget
         self.projects = sorted(projects) if projects else self._my_projects()
         self.observe(self._refresh, names=["query", "offset"])
         self.on_msg(self._on_browser)
@@ -66,7 +73,7 @@ class CohortBuilder(anywidget.AnyWidget):
         from IPython.display import display
         from ipywidgets import VBox
 
-        display(VBox([self, self.output]))
+        display(VBox([self, self.jobs_output, self.output]))
 
     # -- queries ------------------------------------------------------------
     def _body(self) -> dict:
@@ -124,6 +131,8 @@ class CohortBuilder(anywidget.AnyWidget):
                 self._view(content["series_uid"])
             elif action == "cohorts":
                 self._load_cohorts()
+            elif action == "run":
+                self.run_workflow(content.get("cohort") or None, content.get("project") or None)
         except Exception as e:
             self.message = f"{action} failed: {e}"
 
@@ -138,6 +147,7 @@ class CohortBuilder(anywidget.AnyWidget):
 
             cohort = self.catalog.new_cohort(name, project, **_as_kwargs(self._body()))
         cohort.save(note=f"from the cohort builder ({what})")
+        self._remember(cohort)
         self.message = f"saved {cohort.project}/{cohort.ref}: {len(cohort)} series"
         self._load_cohorts()
 
@@ -155,8 +165,52 @@ class CohortBuilder(anywidget.AnyWidget):
         cohort = self.catalog.new_cohort(name, project, series=union)
         cohort.save(note=f"added {len(union) - len(current.series)} series to "
                          f"{current.ref} in the cohort builder")
+        self._remember(cohort)
         self.message = f"saved {cohort.project}/{cohort.ref}: {len(cohort)} series"
         self._load_cohorts()
+
+    def _remember(self, cohort) -> None:
+        """The cohort just saved is what "run workflow" runs on, as long as the
+        selection stays as it was."""
+        self._saved = {"ref": cohort.ref, "project": cohort.project}
+        self._saved_selection = set(self.selected)
+
+    # -- run workflow -------------------------------------------------------------------
+    def run_workflow(self, cohort: str | None = None, project: str | None = None):
+        """Open the jobs widget below the builder with a cohort filled in:
+        ``cohort`` (a reference such as ``"two-cts@2"``, with its ``project``)
+        when given, else the cohort saved last while the selection is still
+        the one saved, else the selected series by their UIDs (not a saved
+        cohort: the message says so), else the cohort saved last. Returns the
+        jobs widget (None when there is nothing to run on)."""
+        selected = list(self.selected)
+        if cohort:
+            target = {"ref": cohort, "project": project or ""}
+            note = f"cohort {project + '/' if project else ''}{cohort}"
+        elif self._saved and (not selected or set(selected) == self._saved_selection):
+            target = dict(self._saved)
+            note = f"cohort {target['project']}/{target['ref']}"
+        elif selected:
+            target = {"series": selected}
+            note = (f"the {len(selected)} selected series by their UIDs (the selection is not "
+                    "saved as a cohort: save it to record a cohort version with the run)")
+        else:
+            self.message = ("nothing to run a workflow on: select series, or save a cohort, "
+                            "or pick one in the cohorts tab")
+            return None
+        if self.jobs_widget is None:
+            from IPython.display import display
+
+            from .jobs import JobsWidget
+
+            self.jobs_widget = JobsWidget(self.jobs_client, cohort=target)
+            self.jobs_output.clear_output()
+            with self.jobs_output:
+                display(self.jobs_widget)
+        else:
+            self.jobs_widget.set_cohort(target)
+        self.message = f"the form below runs a workflow on {note}"
+        return self.jobs_widget
 
     def _view(self, series_uid: str) -> None:
         from .viewer import view
