@@ -64,6 +64,8 @@ bench: setup
 	$(PY) bench/kernel_start.py
 	$(PY) bench/gateway_overhead.py
 	$(PY) bench/catalog.py
+	$(PY) bench/dask_map.py
+	$(PY) bench/jobs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

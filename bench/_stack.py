@@ -20,11 +20,15 @@ IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
 
 
 @contextlib.contextmanager
-def running_stack(**gateway_options):
-    """Yields (direct PACS, gateway PACS, run.json plus "home")."""
+def running_stack(settings: dict | None = None, **gateway_options):
+    """Yields (direct PACS, gateway PACS, run.json plus "home" and alice's
+    "token"); ``settings`` go into settings.json before the start."""
     with tempfile.TemporaryDirectory() as d:
         home = Path(d) / "home"
         log_path = Path(d) / "up.log"
+        if settings:
+            home.mkdir()
+            (home / "settings.json").write_text(json.dumps(settings))
         with open(log_path, "w") as log:
             up = subprocess.Popen([IMAGINGHUB, "--home", str(home), "up", "--demo", "--port",
                                    str(free_port()), "--dicom-port", str(free_port())],
@@ -38,6 +42,7 @@ def running_stack(**gateway_options):
             run["home"] = str(home)
             token = subprocess.run([IMAGINGHUB, "--home", str(home), "token", "alice"],
                                    capture_output=True, text=True, check=True).stdout.strip()
+            run["token"] = token
             direct = PACS(run["dicomweb_url"], username="imaginghub",
                           password=Home(home).secret("archive_password"))
             gateway = PACS(run["gateway_url"], token=token, **gateway_options)

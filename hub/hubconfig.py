@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .services import dask_gateway
 from .state import Home
 
 ADMIN_SERVICE = "imaginghub-admin"
@@ -79,13 +80,32 @@ c.JupyterHub.services = [
         "environment": {{"IMAGINGHUB_HOME": str(HOME)}},
         "oauth_no_confirm": True,
     }},
+    {{
+        "name": "jobs",
+        "url": "http://127.0.0.1:{jobs_port}",
+        "command": [{python!r}, "-m", "imaginghub.hub.services.jobs"],
+        # IMAGINGHUB_USER_ENV and IMAGINGHUB_JOB_SCOPES are added at the end of
+        # this file: a job gets what a user's server gets.
+        "environment": {{"IMAGINGHUB_HOME": str(HOME)}},
+        "oauth_no_confirm": True,
+    }},
+    # Dask Gateway: users' clusters (its configuration: {dask_gateway_config});
+    # the hub routes /services/dask-gateway/ (API, dashboards) to its proxy.
+    {{
+        "name": "dask-gateway",
+        "url": "{dask_gateway_url}",
+        "command": [{python!r}, "-m", "imaginghub.hub.services.dask_gateway",
+                    {dask_gateway_config!r}],
+        "environment": {{"IMAGINGHUB_HOME": str(HOME)}},
+    }},
     {{"name": "{admin_service}", "api_token": secret("admin_service_token")}},
 ]
 c.JupyterHub.load_roles = [
     {{
         "name": "user",
         "description": "researchers: their own server, and the archive through the data service",
-        "scopes": ["self", "access:services!service=data"],
+        "scopes": ["self", "access:services!service=data", "access:services!service=jobs",
+                   "access:services!service=dask-gateway"],
     }},
     {{
         "name": "data-service",
@@ -94,10 +114,16 @@ c.JupyterHub.load_roles = [
         "services": ["data"],
     }},
     {{
+        "name": "jobs-service",
+        "description": "the job service: users' projects, and a token per job for its user",
+        "scopes": ["read:users", "read:users:groups", "tokens"],
+        "services": ["jobs"],
+    }},
+    {{
         "name": "{admin_service}",
         "description": "the imaginghub command line: users, projects, tokens",
         "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "read:hub",
-                   "access:services!service=data"],
+                   "access:services!service=data", "access:services!service=jobs"],
         "services": ["{admin_service}"],
     }},
 ]
@@ -124,16 +150,32 @@ def copy_tutorials(spawner):
 
 c.Spawner.pre_spawn_hook = copy_tutorials
 c.Spawner.http_timeout = 60
+# How often the hub looks whether servers and managed services (data, jobs)
+# still run: a service that stopped is restarted within this time.
+c.Spawner.poll_interval = 10
 # Kernels reach the archive through the data service with the server's own
 # token (JUPYTERHUB_API_TOKEN), never with the archive's credentials. The
 # imaging kernelspec lives in JUPYTER_PATH and is the default kernel.
 c.Spawner.server_token_scopes = [
     "users:activity!user", "access:servers!server", "access:services!service=data",
+    "access:services!service=jobs",
+    "access:services!service=dask-gateway",
 ]
 c.Spawner.environment = {{
     "JUPYTER_PATH": {jupyter_path!r},
     "IMAGINGHUB_DICOMWEB_URL": "http://127.0.0.1:{data_port}/services/data/dicom-web",
+    "IMAGINGHUB_JOBS_URL": "http://127.0.0.1:{jobs_port}/services/jobs",
+    # cluster() (and a plain dask_gateway.Gateway()): the gateway's API through
+    # the hub, the schedulers on the gateway's proxy, dashboards through the hub
+    **{dask_gateway_env!r},
 }}
+
+# -- Jobs run as their user, with what the user's server gets -----------------
+for _service in c.JupyterHub.services:
+    if _service["name"] == "jobs":
+        _service["environment"]["IMAGINGHUB_USER_ENV"] = json.dumps(dict(c.Spawner.environment))
+        _service["environment"]["IMAGINGHUB_JOB_SCOPES"] = json.dumps(
+            [s for s in c.Spawner.server_token_scopes if s.startswith("access:services")])
 '''
 
 
@@ -143,6 +185,7 @@ class HubSettings:
     hub_port: int
     proxy_api_port: int
     data_port: int
+    jobs_port: int
 
 
 def venv_bin(name: str) -> str:
@@ -166,6 +209,7 @@ def write_config(home: Home, settings: HubSettings) -> Path:
             f"--LabApp.app_settings_dir={lab_settings}"]
     if os.geteuid() == 0:
         args.insert(0, "--allow-root")
+    gateway = dask_gateway.write_config(home)
     text = TEMPLATE.format(
         home=str(home.path),
         port=settings.port,
@@ -176,6 +220,11 @@ def write_config(home: Home, settings: HubSettings) -> Path:
         spawner_args=args,
         jupyter_path=str(home.jupyter_data_dir),
         data_port=settings.data_port,
+        jobs_port=settings.jobs_port,
+        dask_gateway_url=gateway.url,
+        dask_gateway_config=str(gateway.path),
+        dask_gateway_env=dask_gateway.client_environment(f"http://127.0.0.1:{settings.port}",
+                                                         gateway.port),
         python=sys.executable,
         admin_service=ADMIN_SERVICE,
         tutorials=str(TUTORIALS),

@@ -112,7 +112,7 @@ class Stack:
                 self._load_demo_data()
             hub_settings = hubconfig.HubSettings(
                 port=s["port"], hub_port=free_port(), proxy_api_port=free_port(),
-                data_port=free_port(),
+                data_port=free_port(), jobs_port=free_port(),
             )
             hub_config = hubconfig.write_config(home, hub_settings)
             url = f"http://127.0.0.1:{s['port']}"
@@ -136,6 +136,7 @@ class Stack:
             "archive_url": self.orthanc_settings.url,
             "dicomweb_url": self.orthanc_settings.dicomweb_url,
             "gateway_url": f"http://127.0.0.1:{hub_settings.data_port}/services/data/dicom-web",
+            "jobs_url": f"http://127.0.0.1:{hub_settings.jobs_port}/services/jobs",
             "dicom_port": s["dicom_port"],
             "pids": {"archive": self.archive.pid, "hub": self.hub.pid},
         }
@@ -250,12 +251,28 @@ class Stack:
         if self.archive is not None:
             self.archive.stop(timeout=20)
         kill_tree(leftovers)
+        # Jobs run in sessions of their own, so that a restarted job service
+        # adopts them; they end with the workspace (and are marked interrupted
+        # at the next start).
+        kill_tree(_processes_in(self.home.path / "jobs" / "runs"))
         try:
             run = json.loads(self.home.run_file.read_text())
             if run.get("pid") == os.getpid():
                 self.home.run_file.unlink()
         except (OSError, json.JSONDecodeError):
             pass
+
+
+def _processes_in(folder) -> list[int]:
+    """Pids of processes whose working directory is inside ``folder``."""
+    import psutil
+
+    prefix = str(folder) + os.sep
+    found = []
+    for p in psutil.process_iter(["cwd"]):
+        if (p.info["cwd"] or "").startswith(prefix) and p.pid != os.getpid():
+            found.append(p.pid)
+    return found
 
 
 def run_foreground(stack: Stack) -> int:

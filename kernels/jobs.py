@@ -122,9 +122,13 @@ class Jobs:
                 pass
             if r.status_code == 400:
                 raise ValueError(f"the job service refused it: {reason}")
-            from .dicomweb import PACS
+            from .errors import AuthenticationFailed, Forbidden, NotFound
 
-            raise PACS(self.url)._http_error(r.status_code, f"jobs {path}: {reason}")
+            kind = {401: AuthenticationFailed, 403: Forbidden, 404: NotFound}.get(
+                r.status_code, PACSError)
+            if r.status_code == 404 and reason == "Not Found":
+                reason = "no such job or workflow (or not one you may see)"
+            raise kind(f"{method} {path}: {reason} (HTTP {r.status_code})")
         return r
 
     def _json(self, method: str, path: str, body=None) -> dict:

@@ -5,8 +5,9 @@ dicomweb-client, numpy and pydicom, only on first use; ``view`` imports the
 viewer only when called.
 """
 
-from ..widgets import cohort_builder, view
+from ..widgets import cohort_builder, jobs_widget, view
 from .catalog import Catalog
+from .cluster import cluster, map_series
 from .dicomweb import PACS
 from .errors import NotAVolume, PACSError
 from .jobs import Jobs
@@ -15,4 +16,5 @@ pacs = PACS.from_env()
 catalog = Catalog.from_env()
 jobs = Jobs.from_env()
 
-__all__ = ["pacs", "catalog", "jobs", "PACS", "PACSError", "NotAVolume", "view", "cohort_builder"]
+__all__ = ["pacs", "catalog", "jobs", "PACS", "PACSError", "NotAVolume", "view", "cohort_builder",
+           "jobs_widget", "cluster", "map_series"]

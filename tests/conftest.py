@@ -20,6 +20,7 @@ from imaginghub.kernels.dicomweb import PACS
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
+TEST_WORKFLOWS = REPO / "tests" / "jobs" / "workflows"
 
 
 class Archive:
@@ -139,6 +140,9 @@ def stack(main_stack):
 @pytest.fixture(scope="session")
 def main_stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("stack") / "home"
+    home.mkdir()
+    # the job service also offers the tests' workflows (tests/jobs/workflows)
+    (home / "settings.json").write_text(json.dumps({"jobs_workflow_dirs": [str(TEST_WORKFLOWS)]}))
     proc, output = start_stack(home, "--demo")
     if proc.poll() is not None:
         raise AssertionError(f"imaginghub up failed:\n{output.read_text()}")

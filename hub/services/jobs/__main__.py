@@ -56,7 +56,8 @@ async def serve() -> None:
         users_dir=home.users_dir, user_env=user_env, token_scopes=scopes,
         max_running=int(settings.get("jobs_max_running") or os.cpu_count() or 2),
         max_per_user=int(settings.get("jobs_max_running_per_user") or 2),
-        time_limit=int(float(settings.get("jobs_time_limit_minutes") or 360) * 60))
+        time_limit=int(float(settings.get("jobs_time_limit_minutes") or 360) * 60),
+        tick=0.25)
     users = Users(hub_auth, int(settings.get("data_auth_cache_seconds", 10)))
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/jobs/")
     bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8891"))

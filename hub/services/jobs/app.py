@@ -55,7 +55,7 @@ class BaseHandler(web.RequestHandler):
 
     def write_error(self, status_code, **kwargs):
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"message": "Not Found" if status_code == 404 else self._reason}))
+        self.finish(json.dumps({"message": self._reason}))
 
     def body(self) -> dict:
         try:
@@ -134,19 +134,20 @@ class JobsHandler(BaseHandler):
             raise web.HTTPError(400, reason="say which workflow to run: {\"workflow\": NAME}")
         if not isinstance(params, dict):
             raise web.HTTPError(400, reason="parameters must be a JSON object")
-        user, token = self.caller.name, request_token(self)
+        user, token, projects = self.caller.name, request_token(self), self.caller.projects
         if self.caller.kind == "service":
             if not self.sees_all or not body.get("user"):
                 raise web.HTTPError(400, reason="a service submits for a user: add \"user\"")
             user, token = str(body["user"]), None
             if not await self.ctx.users.model(user):
                 raise web.HTTPError(400, reason=f"no user called {user!r}")
+            projects = await self.ctx.users.projects(user)
         elif body.get("user") not in (None, user):
             raise web.HTTPError(403, reason="you can submit jobs only as yourself")
         try:
             job = await self.ctx.scheduler.submit(
-                user, workflow, params, token=token, shared=bool(body.get("shared", False)),
-                time_limit=body.get("time_limit"))
+                user, workflow, params, token=token, projects=projects,
+                shared=bool(body.get("shared", False)), time_limit=body.get("time_limit"))
         except SubmitError as e:
             raise web.HTTPError(e.status, reason=str(e)) from None
         self.send(self.model(self.ctx.scheduler.store.get(job.id)), 201)
@@ -183,12 +184,13 @@ class ActionHandler(BaseHandler):
             await sched.cancel(job)
             return self.send(self.model(sched.store.get(job_id)))
         job = self.job(job_id)  # rerun: whoever may see it, as themselves
-        user, token = self.caller.name, request_token(self)
+        user, token, projects = self.caller.name, request_token(self), self.caller.projects
         if self.caller.kind == "service":
             user, token = job.user, None
+            projects = await self.ctx.users.projects(user)
         try:
-            new = await sched.submit(user, job.workflow, {}, token=token, shared=job.shared,
-                                     time_limit=job.time_limit, rerun_of=job)
+            new = await sched.submit(user, job.workflow, {}, token=token, projects=projects,
+                                     shared=job.shared, time_limit=job.time_limit, rerun_of=job)
         except SubmitError as e:
             raise web.HTTPError(e.status, reason=str(e)) from None
         self.send(self.model(sched.store.get(new.id)), 201)

@@ -29,7 +29,7 @@ from ...state import write_private
 from .db import (ACTIVE, CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED,
                  TIMED_OUT, Job, JobStore, now)
 from .runner import GONE, Runner, base_environment
-from .workflows import ParameterError, Registry, Workflow, sha256_file
+from .workflows import ParameterError, Registry, Workflow
 
 log = logging.getLogger("imaginghub.jobs")
 
@@ -97,10 +97,12 @@ class Scheduler:
 
     # -- submitting -------------------------------------------------------------------
     async def submit(self, user: str, workflow: str, parameters: dict, *, token: str | None,
-                     shared: bool = False, time_limit: int | None = None,
+                     projects=frozenset(), shared: bool = False, time_limit: int | None = None,
                      rerun_of: Job | None = None) -> Job:
         """Queue a run of ``workflow`` as ``user``. ``token`` is one of the
-        user's (to look the cohort up as them); None: one is made for it."""
+        user's (to look the cohort up as them); None: one is made for it.
+        The job's project (whose members see it when it is shared) is the
+        cohort's, else the parameter ``project``, else the user's only one."""
         if rerun_of is None:
             wf = self.registry.get(workflow)
             if wf is None:
@@ -134,6 +136,13 @@ class Scheduler:
             series = params["series"]
             if isinstance(series, str):
                 series = series.replace(",", " ").split()
+        if not project and len(projects) == 1:
+            project = next(iter(projects))
+        if project and project not in projects:
+            raise SubmitError(f"you are not a member of project {project!r}", 403)
+        if shared and not project:
+            raise SubmitError("a shared job needs a project: you are in several (or none); "
+                              "give the parameter project or run it on a cohort")
         if rerun_of is None:
             per_series = wf.per_series
         else:  # a per-series run again, or one series' run again on its own
@@ -447,6 +456,7 @@ class Scheduler:
         shutil.rmtree(self.job_dir(job.id), ignore_errors=True)
 
     async def aclose(self) -> None:
+        self.runner.close()
         await self.hub.aclose()
 
 
@@ -454,4 +464,4 @@ def _new_id() -> str:
     return f"{int(time.time()):08x}{secrets.token_hex(4)}"
 
 
-__all__ = ["Scheduler", "SubmitError", "sha256_file"]
+__all__ = ["Scheduler", "SubmitError"]

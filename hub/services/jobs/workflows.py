@@ -12,13 +12,14 @@ papermill's notebook inspection; submitted values are checked against them.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ....kernels.workflow import sha256_of
 
 log = logging.getLogger("imaginghub.jobs")
 
@@ -101,10 +102,6 @@ def fits(kind: str, value) -> bool:
     return True
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def load(path: Path) -> Workflow:
     """A workflow from its notebook; ValueError when it is not one."""
     import nbformat
@@ -118,7 +115,7 @@ def load(path: Path) -> Workflow:
     for name, p in papermill.inspect_notebook(str(path)).items():
         params[name] = {"type": p["inferred_type_name"], "default": p["default"],
                         "help": p["help"]}
-    return Workflow(name=path.stem, path=path.resolve(), sha256=sha256_file(path),
+    return Workflow(name=path.stem, path=path.resolve(), sha256=sha256_of(path),
                     title=meta.get("title", path.stem), description=meta.get("description", ""),
                     reads=meta.get("reads", ""), writes=meta.get("writes", ""),
                     per_series=bool(meta.get("per_series", False)), parameters=params)
