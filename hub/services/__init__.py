@@ -1,1 +1,25 @@
-"""Hub-managed services: ``data`` (the DICOMweb gateway and project mapping)."""
+"""Hub-managed services: ``data`` (the DICOMweb gateway, projects, catalog,
+cohorts), ``jobs`` (workflow runs) and ``dask_gateway`` (users' clusters)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+
+async def until_stopped() -> None:
+    """Return on SIGTERM or SIGINT: how the hub stops a managed service."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def run(serve) -> None:
+    """Run a service's ``serve()`` coroutine with the services' log format."""
+    logging.basicConfig(level=logging.INFO,
+                        format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request
+    asyncio.run(serve())

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from urllib.parse import urlsplit
 
 from jupyterhub.services.auth import HubAuth
 
 from ... import orthanc
 from ...state import Home
+from .. import run, until_stopped
 from .app import Context, make_app
 from .catalog import Catalog
 from .thumbnails import ThumbnailStore
@@ -68,11 +68,7 @@ async def serve() -> None:
     server = app.listen(bind.port, address=bind.hostname or "127.0.0.1",
                         max_buffer_size=2 * 1024**3)
     logging.getLogger("imaginghub.data").info("data service on %s%s", bind.netloc, prefix)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     feed.cancel()
     crawl.cancel()
     server.stop()
@@ -84,10 +80,7 @@ async def serve() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    asyncio.run(serve())
+    run(serve)
 
 
 if __name__ == "__main__":

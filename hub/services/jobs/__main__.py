@@ -20,12 +20,12 @@ import asyncio
 import json
 import logging
 import os
-import signal
 from urllib.parse import urlsplit
 
 from jupyterhub.services.auth import HubAuth
 
 from ...state import Home
+from .. import run, until_stopped
 from ..identity import Users
 from .app import Context, make_app
 from .db import JobStore
@@ -65,11 +65,7 @@ async def serve() -> None:
     server = app.listen(bind.port, address=bind.hostname or "127.0.0.1")
     loop_task = asyncio.create_task(scheduler.run())
     logging.getLogger("imaginghub.jobs").info("job service on %s%s", bind.netloc, prefix)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     # Running jobs keep running (they are in sessions of their own): a
     # restarted service adopts them; a stopped workspace ends them.
     loop_task.cancel()
@@ -79,10 +75,7 @@ async def serve() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    asyncio.run(serve())
+    run(serve)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -201,24 +200,16 @@ class LocalProcessRunner(Runner):
         runs in a session of its own), SIGKILL to what is left after ``grace``."""
         import psutil
 
+        from ...process import kill_tree
+
         root = self._process(handle)
         if root is None:
             return
         try:
-            procs = [root, *root.children(recursive=True)]
+            pids = [root.pid, *(p.pid for p in root.children(recursive=True))]
         except psutil.Error:
-            procs = [root]
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=grace)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+            pids = [root.pid]
+        kill_tree(pids, timeout=grace)
         pid = json.loads(handle)["pid"]
         if pid in self._procs:
             try:
@@ -229,7 +220,6 @@ class LocalProcessRunner(Runner):
     def close(self) -> None:
         if self._zygote is not None:
             self._zygote.close()
-
 
     def clean_up(self, job_id: str) -> None:
         """Kill processes of the job that outlived it: a kernel whose papermill
