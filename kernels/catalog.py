@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import PACSError
+from .service import ServiceClient
 
 # The catalog's fields: name -> (DuckDB type, DICOM keyword it comes from,
 # kind). One table for the service (hub/services/data/catalog.py) and this
@@ -43,12 +43,11 @@ FIELDS: dict[str, tuple[str, str, str]] = {
 KEYWORDS = {kw: name for name, (_, kw, _) in FIELDS.items() if kw}
 
 
-class Catalog:
-    def __init__(self, api_url: str, token: str | None = None, timeout: float = 60.0):
-        self.api = api_url.rstrip("/")
-        self._token = token
-        self.timeout = timeout
-        self._client = None
+class Catalog(ServiceClient):
+    name = "the catalog"
+    unset = "no catalog configured: the hub sets IMAGINGHUB_DICOMWEB_URL in every user server"
+    refused = "the catalog refused the query"
+    not_found = "no such cohort (or not one you may see)"
 
     @classmethod
     def from_env(cls, environ=None) -> Catalog:
@@ -137,7 +136,7 @@ class Catalog:
     def thumbnail(self, series_uid: str) -> bytes | None:
         """The series' small PNG, or None when it has none (metadata-only
         collections, images that cannot be drawn)."""
-        r = self._send("GET", f"thumbnails/{series_uid}", None)
+        r = self._raw("GET", f"thumbnails/{series_uid}")
         return r.content if r.status_code == 200 else None
 
     def projects(self) -> list[str]:
@@ -167,42 +166,10 @@ class Catalog:
         return body
 
     def _get(self, path: str) -> dict:
-        return self._request("GET", path, None)
+        return self._json("GET", path)
 
     def _post(self, path: str, body: dict) -> dict:
-        return self._request("POST", path, body)
-
-    def _send(self, method: str, path: str, body: dict | None):
-        import httpx
-
-        if not self.api:
-            raise PACSError("no catalog configured: the hub sets IMAGINGHUB_DICOMWEB_URL in "
-                            "every user server")
-        if self._client is None:  # one connection for all queries
-            headers = {"Authorization": f"token {self._token}"} if self._token else {}
-            self._client = httpx.Client(headers=headers, timeout=self.timeout)
-        try:
-            r = self._client.request(method, f"{self.api}/{path}", json=body)
-        except httpx.TransportError as e:
-            from .errors import ArchiveUnavailable
-
-            raise ArchiveUnavailable(f"the catalog at {self.api} did not answer ({e})") from None
-        return r
-
-    def _request(self, method: str, path: str, body: dict | None) -> dict:
-        r = self._send(method, path, body)
-        if r.status_code == 200:
-            return r.json()
-        reason = r.reason_phrase
-        try:
-            reason = r.json().get("message") or reason
-        except ValueError:
-            pass
-        if r.status_code == 400:
-            raise ValueError(f"the catalog refused the query: {reason}")
-        from .dicomweb import PACS
-
-        raise PACS(self.api)._http_error(r.status_code, f"catalog {path}: {reason}")
+        return self._json("POST", path, body)
 
 
 class Cohort:

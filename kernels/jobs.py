@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .errors import PACSError
+from .service import ServiceClient
 
 ENV_URL = "IMAGINGHUB_JOBS_URL"
 ACTIVE = ("queued", "running")
@@ -29,13 +30,15 @@ class JobFailed(PACSError):
     """A job that ended other than succeeded (its reason in the message)."""
 
 
-class Jobs:
+class Jobs(ServiceClient):
+    name = "the job service"
+    unset = "no job service configured: the hub sets IMAGINGHUB_JOBS_URL in every user server"
+    refused = "the job service refused it"
+    not_found = "no such job or workflow (or not one you may see)"
+
     def __init__(self, url: str, token: str | None = None, timeout: float = 60.0):
         self.url = url.rstrip("/")
-        self.api = self.url + "/api" if self.url else ""
-        self._token = token
-        self.timeout = timeout
-        self._client = None
+        super().__init__(self.url + "/api" if self.url else "", token, timeout)
 
     @classmethod
     def from_env(cls, environ=None) -> Jobs:
@@ -96,43 +99,6 @@ class Jobs:
 
     def get(self, job_id: str) -> Job:
         return Job(self, self._json("GET", f"jobs/{job_id}"))
-
-    # -- plumbing -------------------------------------------------------------
-    def _send(self, method: str, path: str, body=None):
-        import httpx
-
-        if not self.api:
-            raise PACSError("no job service configured: the hub sets IMAGINGHUB_JOBS_URL in "
-                            "every user server")
-        if self._client is None:
-            headers = {"Authorization": f"token {self._token}"} if self._token else {}
-            self._client = httpx.Client(headers=headers, timeout=self.timeout)
-        try:
-            r = self._client.request(method, f"{self.api}/{path}", json=body)
-        except httpx.TransportError as e:
-            from .errors import ArchiveUnavailable
-
-            raise ArchiveUnavailable(f"the job service at {self.url} did not answer ({e})") \
-                from None
-        if r.status_code >= 400:
-            reason = r.reason_phrase
-            try:
-                reason = r.json().get("message") or reason
-            except ValueError:
-                pass
-            if r.status_code == 400:
-                raise ValueError(f"the job service refused it: {reason}")
-            from .errors import AuthenticationFailed, Forbidden, NotFound
-
-            kind = {401: AuthenticationFailed, 403: Forbidden, 404: NotFound}.get(
-                r.status_code, PACSError)
-            if r.status_code == 404 and reason == "Not Found":
-                reason = "no such job or workflow (or not one you may see)"
-            raise kind(f"{method} {path}: {reason} (HTTP {r.status_code})")
-        return r
-
-    def _json(self, method: str, path: str, body=None) -> dict:
-        return self._send(method, path, body).json()
 
 
 class Job:

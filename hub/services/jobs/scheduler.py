@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -184,8 +185,6 @@ class Scheduler:
         """The workflow's notebook as it is now, kept by its SHA-256 (reruns
         run exactly this)."""
         data = wf.path.read_bytes()
-        import hashlib
-
         path = self.notebook_copy(hashlib.sha256(data).hexdigest())
         if not path.exists():
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -128,12 +128,11 @@ class Registry:
     def __init__(self, folders: list[Path] | None = None):
         self.folders = [PROJECT_WORKFLOWS, *(Path(f) for f in folders or [])]
         self._cache: dict[Path, tuple[float, Workflow | None]] = {}
+        self._entry_points = self._from_packages()  # installed packages change with a restart
 
-    def _paths(self) -> list[Path]:
+    @staticmethod
+    def _from_packages() -> list[Path]:
         paths = []
-        for folder in self.folders:
-            if folder.is_dir():
-                paths += sorted(folder.glob("*.ipynb"))
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             try:
                 target = Path(str(ep.load()))
@@ -142,6 +141,13 @@ class Registry:
                 continue
             paths += sorted(target.glob("*.ipynb")) if target.is_dir() else [target]
         return paths
+
+    def _paths(self) -> list[Path]:
+        paths = []
+        for folder in self.folders:
+            if folder.is_dir():
+                paths += sorted(folder.glob("*.ipynb"))
+        return paths + self._entry_points
 
     def all(self) -> dict[str, Workflow]:
         found: dict[str, Workflow] = {}
