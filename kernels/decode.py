@@ -4,10 +4,19 @@ Uncompressed little-endian pixel data is read straight from the stored bytes
 (no copy); everything else goes through pydicom's decoders (pylibjpeg with
 libjpeg, openjpeg and RLE plugins), which cover JPEG baseline and lossless,
 JPEG-LS, JPEG 2000 and RLE.
+
+:func:`quick_frame` is the fast path for the bulk of a series: the common
+single-frame, uncompressed, explicit VR little-endian image, whose dozen
+attributes that place it in the volume are read without building a pydicom
+dataset (about 20 us instead of 0.4 ms per instance, which is most of a
+series' load time). pydicom reads the first instance of every series in
+full, and :func:`quick_frame` must agree with it there (see
+``PACS.load_series``); anything else it does not cover goes to pydicom.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 import numpy as np
@@ -128,11 +137,7 @@ def pixels_of(ds: Dataset) -> np.ndarray:
         dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
         count = nframes * rows * cols
         arr = np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(nframes, rows, cols)
-        stored = int(getattr(ds, "BitsStored", bits))
-        if stored < bits:
-            shift = bits - stored
-            arr = (arr << shift) >> shift if signed else arr & ((1 << stored) - 1)
-        return arr
+        return _stored_bits(arr, bits, int(getattr(ds, "BitsStored", bits)), signed)
     try:
         arr = ds.pixel_array
     except Exception as e:  # each decoder fails in its own way
@@ -141,6 +146,14 @@ def pixels_of(ds: Dataset) -> np.ndarray:
             f"({getattr(tsuid, 'name', tsuid)}) cannot be decoded: {e}"
         ) from None
     return arr.reshape(nframes, rows, cols)
+
+
+def _stored_bits(arr: np.ndarray, bits: int, stored: int, signed: bool) -> np.ndarray:
+    """Stored values without the bits above BitsStored (sign-extended)."""
+    if stored < bits:
+        shift = bits - stored
+        arr = (arr << shift) >> shift if signed else arr & ((1 << stored) - 1)
+    return arr
 
 
 def frames_and_pixels(ds: Dataset) -> Iterator[tuple[Frame, np.ndarray]]:
@@ -184,3 +197,146 @@ def worker_pool():
         _POOL = ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
                                     mp_context=multiprocessing.get_context("forkserver"))
     return _POOL
+
+
+# -- the fast path ---------------------------------------------------------
+_EXPLICIT_LE = ExplicitVRLittleEndian.encode()
+# explicit VRs whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+             b"UT", b"UV"}
+_TAG = struct.Struct("<HH")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+# the attributes that place a single-frame image and scale its values
+_WANTED = {0x00080018: "SOPInstanceUID", 0x00180050: "SliceThickness",
+           0x00200032: "ImagePositionPatient", 0x00200037: "ImageOrientationPatient",
+           0x00280002: "SamplesPerPixel", 0x00280008: "NumberOfFrames", 0x00280010: "Rows",
+           0x00280011: "Columns", 0x00280030: "PixelSpacing", 0x00280100: "BitsAllocated",
+           0x00280101: "BitsStored", 0x00280103: "PixelRepresentation",
+           0x00281052: "RescaleIntercept", 0x00281053: "RescaleSlope",
+           0x52009229: "SharedFunctionalGroupsSequence",
+           0x52009230: "PerFrameFunctionalGroupsSequence"}
+
+
+class _NotCovered(Exception):
+    """The instance is outside the fast path; pydicom reads it."""
+
+
+def quick_frame(body) -> tuple[Frame, np.ndarray] | None:
+    """The frame and its stored values (a view of ``body``) of a single-frame,
+    uncompressed, explicit VR little-endian DICOM file, or None for anything
+    else (then pydicom reads it)."""
+    try:
+        found, pixels_at, pixels_length = _scan(body)
+    except (_NotCovered, struct.error, UnicodeDecodeError, ValueError):
+        return None
+    if any(k in found for k in ("SharedFunctionalGroupsSequence",
+                                "PerFrameFunctionalGroupsSequence")):
+        return None
+    if int(found.get("NumberOfFrames") or 1) != 1 or found.get("SamplesPerPixel", 1) != 1:
+        return None
+    rows, cols, bits = found.get("Rows"), found.get("Columns"), found.get("BitsAllocated")
+    if not rows or not cols or bits not in (8, 16, 32):
+        return None
+    if pixels_length < rows * cols * bits // 8:
+        return None  # truncated: pydicom says what is wrong
+    try:
+        frame = _frame(*(_split(found.get(k)) for k in (
+            "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")),
+            found.get("SliceThickness"), found.get("RescaleSlope"),
+            found.get("RescaleIntercept"), None)
+    except (NotAVolume, ValueError):
+        return None  # pydicom raises the message that names the instance
+    frame.source = (found.get("SOPInstanceUID", ""), 1)
+    signed = found.get("PixelRepresentation", 0) == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    arr = np.frombuffer(body, dtype=dtype, count=rows * cols, offset=pixels_at)
+    return frame, _stored_bits(arr.reshape(rows, cols), bits,
+                               found.get("BitsStored", bits), signed)
+
+
+def _split(value: str | None):
+    return value.split("\\") if value else None
+
+
+def _scan(body) -> tuple[dict, int, int]:
+    """The wanted attributes (strings, or ints for US) and where the pixel
+    data lie; raises _NotCovered where the fast path does not apply."""
+    if bytes(body[128:132]) != b"DICM":
+        raise _NotCovered
+    found: dict = {}
+    pos, end, syntax = 132, len(body), None
+    while pos + 8 <= end:
+        group, element = _TAG.unpack_from(body, pos)
+        vr = bytes(body[pos + 4:pos + 6])
+        if vr in _LONG_VRS:
+            length = _U32.unpack_from(body, pos + 8)[0]
+            pos += 12
+        else:
+            length = _U16.unpack_from(body, pos + 6)[0]
+            pos += 8
+        tag = group << 16 | element
+        if group == 2:  # file meta: always explicit VR little endian
+            if element == 0x10:
+                syntax = bytes(body[pos:pos + length]).rstrip(b"\0 ")
+        elif syntax != _EXPLICIT_LE:
+            raise _NotCovered  # implicit VR, big endian, compressed
+        elif tag == 0x7FE00010:
+            if length == _UNDEFINED or pos + length > end:
+                raise _NotCovered
+            return found, pos, length
+        elif length == _UNDEFINED:
+            if vr != b"SQ":
+                raise _NotCovered
+            if tag in _WANTED:
+                found[_WANTED[tag]] = True
+            pos = _after_sequence(body, pos, end)
+            continue
+        elif tag in _WANTED:
+            if vr == b"US":
+                found[_WANTED[tag]] = _U16.unpack_from(body, pos)[0]
+            elif vr == b"SQ":
+                found[_WANTED[tag]] = True
+            else:
+                found[_WANTED[tag]] = bytes(body[pos:pos + length]).rstrip(b"\0 ").decode("ascii")
+        pos += length
+    raise _NotCovered  # no pixel data
+
+
+def _after_sequence(body, pos: int, end: int) -> int:
+    """Where a sequence of undefined length that starts at ``pos`` ends."""
+    while pos + 8 <= end:
+        group, element = _TAG.unpack_from(body, pos)
+        length = _U32.unpack_from(body, pos + 4)[0]
+        pos += 8
+        tag = group << 16 | element
+        if tag == _SEQUENCE_END:
+            return pos
+        if tag != _ITEM:
+            raise _NotCovered
+        pos = _after_item(body, pos, end) if length == _UNDEFINED else pos + length
+    raise _NotCovered
+
+
+def _after_item(body, pos: int, end: int) -> int:
+    """Where an item of undefined length that starts at ``pos`` ends."""
+    while pos + 8 <= end:
+        group, element = _TAG.unpack_from(body, pos)
+        if (group << 16 | element) == _ITEM_END:
+            return pos + 8
+        vr = bytes(body[pos + 4:pos + 6])
+        if vr in _LONG_VRS:
+            length = _U32.unpack_from(body, pos + 8)[0]
+            pos += 12
+        else:
+            length = _U16.unpack_from(body, pos + 6)[0]
+            pos += 8
+        if length == _UNDEFINED:
+            if vr != b"SQ":
+                raise _NotCovered
+            pos = _after_sequence(body, pos, end)
+        else:
+            pos += length
+    raise _NotCovered

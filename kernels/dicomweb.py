@@ -354,7 +354,7 @@ class PACS:
         from pydicom.filebase import DicomBytesIO
 
         from .decode import (decode_pixels, frames_and_pixels, frames_of, is_compressed,
-                             worker_pool)
+                             quick_frame, worker_pool)
         from .multipart import boundary_of, iter_parts
         from .volume import VolumeBuilder
 
@@ -386,7 +386,14 @@ class PACS:
                 if r.status_code != 200:
                     raise self._http_error(r.status_code, f"series {series_instance_uid}")
                 boundary = boundary_of(r.headers.get("content-type", ""))
-                for _, body in iter_parts(r.iter_bytes(1 << 20), boundary):
+                quick = None  # whether quick_frame agreed with pydicom on the first image
+                for _, body in iter_parts(r.iter_bytes(), boundary, writable=True):
+                    if quick:
+                        fast = quick_frame(body)
+                        if fast is not None:
+                            builder.add(*fast)
+                            bar.update(1)
+                            continue
                     ds = dcmread(DicomBytesIO(body), force=True)
                     if not meta:
                         meta = _series_meta(ds)
@@ -398,7 +405,10 @@ class PACS:
                         while len(pending) > 4 * (os.cpu_count() or 1):
                             _add_decoded(builder, *pending.popleft(), bar)
                         continue
-                    for frame, pixels in frames_and_pixels(ds):
+                    both = list(frames_and_pixels(ds))
+                    if quick is None:
+                        quick = _agrees(quick_frame(body), both)
+                    for frame, pixels in both:
                         builder.add(frame, pixels)
                     bar.update(1)
                 while pending:
@@ -413,6 +423,21 @@ class PACS:
         if store is not None and etag:
             store.put(self.url, series_instance_uid, volume, etag)
         return volume
+
+
+def _agrees(fast, both) -> bool:
+    """Whether the fast path read the image as pydicom did (geometry, scaling,
+    values): if not, pydicom reads the whole series."""
+    import numpy as np
+
+    if fast is None or len(both) != 1:
+        return False
+    (f, p), (g, q) = fast, both[0]
+    return (f.source == g.source and np.array_equal(f.position, g.position)
+            and np.array_equal(f.orientation, g.orientation)
+            and f.pixel_spacing == g.pixel_spacing and f.thickness == g.thickness
+            and f.slope == g.slope and f.intercept == g.intercept
+            and p.dtype == q.dtype and np.array_equal(p, q))
 
 
 def _add_decoded(builder, frames, future, bar) -> None:
