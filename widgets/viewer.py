@@ -14,6 +14,10 @@ axis they are closest to, in radiological convention: axial and coronal with
 the patient's left on the screen's right, superior up, sagittal with
 anterior on the left. The 3D view is a maximum intensity projection with the
 segmentation's nearest surfaces in their colours, turned by dragging.
+
+``backend="niivue"`` shows the same volume in NiiVue (ipyniivue, WebGL,
+rendered on the browser's GPU): windowed to 8 bits and sampled down to at
+most ``max_edge`` voxels per edge before it leaves the kernel.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anywidget
+import ipywidgets
 import numpy as np
 import traitlets as t
 
@@ -45,19 +50,160 @@ _3D_SIZE = 128  # longest edge of the 3D view's volume, in voxels
 
 
 def view(volume: Volume, seg=None, *, names: dict | None = None, window=None,
-         preset: str | None = None, opacity: float = 0.5, backend: str = "slices"):
+         preset: str | None = None, opacity: float = 0.5, backend: str = "slices",
+         max_edge: int = 256):
     """Show ``volume`` (and ``seg``: a label array ``[k, j, i]`` or a Volume on
     the same grid) in the notebook. ``names`` maps label values to names for
     the legend (``pacs.load_segmentation`` returns them); ``window`` is
     ``(width, level)``; ``preset`` one of :data:`PRESETS` (CT) or ``"auto"``.
 
+    ``backend="niivue"`` shows it in NiiVue (the ipyniivue package): three
+    planes and a 3D rendering drawn by the browser's GPU, for browsers that
+    have one (under software WebGL a large volume takes a minute). Only a
+    copy windowed to 8 bits and sampled down to at most ``max_edge`` voxels
+    per edge (every n-th voxel, labels the same) is sent; the window is
+    fixed when the view is made. Returns a :class:`NiiVueView`: the legend
+    above the ``ipyniivue.NiiVue`` widget (``.niivue``).
+
     ``backend="itkwidgets"`` hands over to itkwidgets where it is installed
     and the browser can reach the internet (its viewer loads from a CDN)."""
+    if backend == "niivue":
+        return _niivue(volume, seg, names=names, window=window, preset=preset,
+                       opacity=opacity, max_edge=max_edge)
     if backend == "itkwidgets":
         return _itkwidgets(volume, seg)
     if backend != "slices":
-        raise ValueError(f"unknown viewer backend {backend!r}: use 'slices' or 'itkwidgets'")
+        raise ValueError(f"unknown viewer backend {backend!r}: use 'slices', 'niivue' or "
+                         "'itkwidgets'")
     return Viewer(volume, seg, names=names, window=window, preset=preset, opacity=opacity)
+
+
+def _niivue(volume: Volume, seg, *, names, window, preset, opacity, max_edge):
+    try:
+        import ipyniivue
+    except ImportError:
+        raise ImportError(
+            "backend='niivue' needs the ipyniivue package (not installed here: it comes with "
+            "imaginghub's 'kernel' extra). Or use the default backend, which needs no "
+            "package and no GPU") from None
+    labels = _label_array(seg, volume) if seg is not None else None
+    image, small_labels = niivue_images(volume, labels, window=window, preset=preset,
+                                        max_edge=max_edge)
+    nv = ipyniivue.NiiVue(
+        height=640,
+        slice_type=ipyniivue.SliceType.MULTIPLANAR,
+        multiplanar_show_render=ipyniivue.ShowRender.ALWAYS,
+        multiplanar_layout=ipyniivue.MultiplanarType.GRID,
+        # as the slices backend: the patient's left on the right, the nose on the left
+        is_radiological_convention=True,
+        sagittal_nose_left=True,
+        back_color=(0.0, 0.0, 0.0, 1.0),
+        crosshair_color=(1.0, 200 / 255, 0.0, 0.8),
+    )
+    title = str(volume.metadata.get("SeriesDescription", ""))
+    layers = [ipyniivue.Volume(data=image.to_bytes(), name=f"{_file_name(title)}.nii",
+                               colormap="gray", cal_min=0.0, cal_max=255.0,
+                               colorbar_visible=False)]
+    cmap = None
+    if small_labels is not None:
+        cmap = label_colormap(labels, names or {})
+        label_volume = ipyniivue.Volume(data=small_labels.to_bytes(), name="labels.nii",
+                                        opacity=float(opacity), colorbar_visible=False)
+        # set before the volume is added, so that it is part of its first state
+        label_volume.set_colormap_label(cmap)
+        layers.append(label_volume)
+    nv.load_volumes(layers)
+    legend = ipywidgets.HTML(_legend_html(title, cmap))
+    legend.add_class("ih-niivue-legend")
+    return NiiVueView(nv, legend)
+
+
+def _file_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:64] or "volume"
+
+
+def _legend_html(title: str, cmap: dict | None) -> str:
+    from html import escape
+
+    parts = [f"<b>{escape(title)}</b>"] if title else []
+    for v, name in enumerate(cmap["labels"] if cmap else []):
+        if cmap["A"][v]:
+            rgb = f"rgb({cmap['R'][v]}, {cmap['G'][v]}, {cmap['B'][v]})"
+            parts.append(f'<span class="ih-niivue-legend-item" style="margin-left: 1em">'
+                         f'<span style="display: inline-block; width: 0.9em; height: 0.9em; '
+                         f'background: {rgb}; vertical-align: middle"></span> '
+                         f"{v} {escape(name)}</span>")
+    return " ".join(parts)
+
+
+class NiiVueView(ipywidgets.VBox):
+    """What ``backend="niivue"`` shows: a line with the series' description
+    and the labels' colours and names (``.legend``), above NiiVue's widget
+    (``.niivue``, an ``ipyniivue.NiiVue``, for its own methods)."""
+
+    def __init__(self, niivue, legend):
+        super().__init__([legend, niivue])
+        self.niivue = niivue
+        self.legend = legend
+
+
+def niivue_images(volume: Volume, seg=None, *, window=None, preset=None, max_edge: int = 256):
+    """What ``backend="niivue"`` sends: ``(image, labels)``, ``nibabel``
+    NIfTI images (RAS affines) of ``volume`` windowed to uint8 and of the
+    labels (uint8, values above 255 folded as the slices backend folds
+    them; None without ``seg``), both on the grid of every n-th voxel along
+    each axis, the fewest that leaves no edge longer than ``max_edge``. The
+    samples are centred in the volume; the affine's columns are scaled by n
+    and its origin moved to the first sample, so every voxel keeps its
+    place in the patient."""
+    if max_edge < 1:
+        raise ValueError("max_edge must be at least 1 voxel")
+    labels = _label_array(seg, volume) if seg is not None else None
+    width, level = _initial_window(volume, window, preset)
+    step = [max(1, int(np.ceil(n / max_edge))) for n in volume.shape]  # (k, j, i)
+    # the first sample: half the left-over voxels before it, so the grid is centred
+    first = [((n - 1) % s) // 2 for n, s in zip(volume.shape, step)]
+    cut = tuple(slice(f, None, s) for f, s in zip(first, step))
+    small = _window_u8(volume.array[cut], width, level)
+    origin = volume.index_to_world(first[::-1])  # (i, j, k) of the first sample
+    spacing = tuple(float(sp) * s for sp, s in zip(volume.spacing, step[::-1]))
+    grid = Volume(small, spacing, tuple(float(o) for o in origin), volume.direction,
+                  dict(volume.metadata))
+    image = _u8_nifti(grid)
+    if labels is None:
+        return image, None
+    small_labels = np.frombuffer(_as_u8_labels(labels[cut]), np.uint8).reshape(small.shape)
+    return image, _u8_nifti(Volume(small_labels, spacing, grid.origin, volume.direction))
+
+
+def _u8_nifti(volume: Volume):
+    img = volume.to_nifti()
+    img.set_data_dtype(np.uint8)
+    img.header["cal_min"], img.header["cal_max"] = 0, 255
+    return img
+
+
+def label_colormap(labels: np.ndarray, names: dict) -> dict:
+    """ipyniivue's label colour map (``Volume.set_colormap_label``) for the
+    values in ``labels``, folded to 8 bits as the slices backend folds them:
+    one entry per value from 0 to the largest, the slices backend's colours,
+    ``names`` (or "label N") as names; values that do not occur, and the
+    background, transparent and unnamed."""
+    counts = np.bincount(np.asarray(labels).ravel())
+    present = {}
+    for v in np.flatnonzero(counts[1:]) + 1:
+        v = int(v)
+        present.setdefault((v - 1) % 255 + 1, str(names.get(v, f"label {v}")))
+    top = max(present, default=0)
+    colours = [(0, 0, 0)] + [PALETTE[(v - 1) % len(PALETTE)] for v in range(1, top + 1)]
+    return {
+        "R": [c[0] for c in colours],
+        "G": [c[1] for c in colours],
+        "B": [c[2] for c in colours],
+        "A": [255 if v in present else 0 for v in range(top + 1)],
+        "I": list(range(top + 1)),
+        "labels": [present.get(v, "") for v in range(top + 1)],
+    }
 
 
 def _itkwidgets(volume: Volume, seg):
@@ -144,16 +290,7 @@ class Viewer(anywidget.AnyWidget):
         self._planes = [Plane(a, volume.direction) for a in (2, 1, 0)]
         self._small = None
         ct = str(volume.metadata.get("Modality", "")).upper() == "CT"
-        if window is None:
-            if preset and preset != "auto":
-                if preset not in PRESETS:
-                    raise ValueError(f"unknown preset {preset!r}: one of {sorted(PRESETS)} "
-                                     "or 'auto'")
-                window = PRESETS[preset]
-            elif ct and preset != "auto":
-                window = PRESETS["soft tissue"]
-            else:
-                window = auto_window(volume.array)
+        window = _initial_window(volume, window, preset)
         shape = volume.shape
         super().__init__(
             planes=[self._describe(p) for p in self._planes],
@@ -205,10 +342,7 @@ class Viewer(anywidget.AnyWidget):
         return img
 
     def _windowed(self, img: np.ndarray) -> bytes:
-        width, level = self.window
-        lo = level - width / 2.0
-        out = (img.astype(np.float32, copy=False) - lo) * (255.0 / max(width, 1e-6))
-        return np.clip(out, 0, 255).astype(np.uint8).tobytes()
+        return _window_u8(img, *self.window).tobytes()
 
     def _redraw(self, change=None) -> None:
         with self.hold_sync():
@@ -248,6 +382,26 @@ def _as_u8_labels(labels: np.ndarray) -> bytes:
     if labels.dtype != np.uint8:
         labels = np.where(labels > 0, (labels - 1) % 255 + 1, 0).astype(np.uint8)
     return np.ascontiguousarray(labels).tobytes()
+
+
+def _initial_window(volume: Volume, window, preset) -> tuple[float, float]:
+    """(width, level): ``window`` if given, else ``preset``'s, else soft
+    tissue for CT, else :func:`auto_window`."""
+    if window is not None:
+        return float(window[0]), float(window[1])
+    if preset and preset != "auto":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}: one of {sorted(PRESETS)} or 'auto'")
+        return PRESETS[preset]
+    if str(volume.metadata.get("Modality", "")).upper() == "CT" and preset != "auto":
+        return PRESETS["soft tissue"]
+    return auto_window(volume.array)
+
+
+def _window_u8(img: np.ndarray, width: float, level: float) -> np.ndarray:
+    lo = level - width / 2.0
+    out = (img.astype(np.float32, copy=False) - lo) * (255.0 / max(width, 1e-6))
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def auto_window(array: np.ndarray) -> tuple[float, float]:

@@ -1,10 +1,12 @@
 """The viewer as a user sees it: a user logs in with headless Chromium (Debian's
 package, software WebGL not needed: the viewer draws 2D canvases), opens a
 notebook in JupyterLab, runs it, and the phantom appears with its labels.
+The NiiVue backend draws with WebGL2, here SwiftShader's (software).
 Screenshots and timings are kept in tests/.artifacts/."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -93,3 +95,50 @@ def _check_viewer(page):
     page.locator(".ih-viewer").nth(1).screenshot(path=str(ARTIFACTS / "viewer-ct.png"))
     (ARTIFACTS / "viewer-timing.json").write_text(json.dumps(
         {"ct_512x512x300_view_to_canvas_s": round(drawn - shown_at, 2)}))
+
+
+NIIVUE_CELLS = [
+    """from imaginghub.hub import demo
+mr = pacs.load_series(demo.series("mr-head").series_uid, progress=False)
+seg, names = pacs.load_segmentation(demo.series("mr-head-seg").series_uid, series=mr)
+view(mr, seg, names=names, backend="niivue", max_edge=64)""",
+]
+
+
+def _niivue_colours(png: bytes) -> dict:
+    """Pixels of a screenshot that are lit, and those that carry the brain's
+    label colour (red) and the ventricles' (green), blended half with grey."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return {"lit": int(((r + g + b) > 30).sum()), "size": r.size,
+            "red": int(((r - g > 80) & (r - b > 50)).sum()),
+            "green": int(((g - r > 40) & (g - b > 30)).sum())}
+
+
+def test_view_with_niivue_in_jupyterlab(stack, browser):
+    """backend="niivue": the MR phantom with its reference SEG, drawn by
+    NiiVue under software WebGL: planes and 3D lit, the labels in colour."""
+    with notebook_page(stack, browser, "nico", ["neuro"], "viewer-niivue-test",
+                       NIIVUE_CELLS) as page:
+        started = time.time()
+        run_cell(page, 0)
+        canvas = page.locator(".jp-OutputArea-output canvas").first
+        canvas.wait_for(state="visible", timeout=60_000)
+        deadline = time.time() + 45
+        while True:  # NiiVue draws once both volumes are loaded: wait for the labels
+            stats = _niivue_colours(canvas.screenshot())
+            if stats["red"] > 2000 and stats["green"] > 100 or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        shown = time.time() - started
+        page.locator(".jp-OutputArea-output:has(canvas)").first.screenshot(
+            path=str(ARTIFACTS / "viewer-niivue-mr.png"))
+        assert stats["lit"] > 0.1 * stats["size"], stats
+        assert stats["red"] > 2000 and stats["green"] > 100, stats
+        legend = page.locator(".ih-niivue-legend .ih-niivue-legend-item").all_inner_texts()
+        assert [t.strip() for t in legend] == ["1 brain", "2 ventricles", "3 lesion"]
+        (ARTIFACTS / "viewer-niivue-timing.json").write_text(json.dumps(
+            {"mr_head_niivue_run_to_labels_s": round(shown, 2), **stats}))
