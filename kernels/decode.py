@@ -167,13 +167,46 @@ def frames_and_pixels(ds: Dataset) -> Iterator[tuple[Frame, np.ndarray]]:
     yield from zip(frames, pixels)
 
 
-def decode_pixels(body: bytes) -> np.ndarray:
-    """Stored pixel values of one DICOM file, ``(frames, rows, cols)``: what
-    a worker process does for a compressed instance."""
+def decode_instance(body) -> tuple[list[Frame], np.ndarray] | None:
+    """The frames and stored values ``(frames, rows, cols)`` of one DICOM
+    file, None if it holds no pixel data: what a worker process does for a
+    compressed instance."""
     from pydicom import dcmread
     from pydicom.filebase import DicomBytesIO
 
-    return np.array(pixels_of(dcmread(DicomBytesIO(body), force=True)))
+    ds = dcmread(DicomBytesIO(body), force=True)
+    if "PixelData" not in ds:
+        return None
+    frames, pixels = frames_of(ds), np.array(pixels_of(ds))
+    if len(frames) != pixels.shape[0]:
+        raise NotAVolume(f"instance {getattr(ds, 'SOPInstanceUID', '?')} describes "
+                         f"{len(frames)} frames but holds {pixels.shape[0]}")
+    return frames, pixels
+
+
+def stored_compressed(body) -> bool:
+    """Whether a DICOM file's transfer syntax (read from its file meta
+    information, without pydicom) is anything but uncompressed little endian."""
+    try:
+        if bytes(body[128:132]) != b"DICM":
+            return False
+        pos = 132
+        while pos + 8 <= len(body):
+            group, element = _TAG.unpack_from(body, pos)
+            if group != 2:
+                return False
+            vr = bytes(body[pos + 4:pos + 6])
+            if vr in _LONG_VRS:
+                length, pos = _U32.unpack_from(body, pos + 8)[0], pos + 12
+            else:
+                length, pos = _U16.unpack_from(body, pos + 6)[0], pos + 8
+            if element == 0x10:
+                syntax = bytes(body[pos:pos + length]).rstrip(b"\0 ").decode("ascii")
+                return syntax not in _RAW_LE
+            pos += length
+    except (struct.error, UnicodeDecodeError):
+        pass
+    return False
 
 
 def is_compressed(ds: Dataset) -> bool:

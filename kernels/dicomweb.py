@@ -353,8 +353,7 @@ class PACS:
         from pydicom import dcmread
         from pydicom.filebase import DicomBytesIO
 
-        from .decode import (decode_pixels, frames_and_pixels, frames_of, is_compressed,
-                             quick_frame, worker_pool)
+        from .decode import frames_and_pixels, is_compressed, quick_frame, stored_compressed
         from .multipart import boundary_of, iter_parts
         from .volume import VolumeBuilder
 
@@ -387,23 +386,25 @@ class PACS:
                     raise self._http_error(r.status_code, f"series {series_instance_uid}")
                 boundary = boundary_of(r.headers.get("content-type", ""))
                 quick = None  # whether quick_frame agreed with pydicom on the first image
+                parallel = count >= PARALLEL_DECODE_FROM
                 for _, body in iter_parts(r.iter_bytes(), boundary, writable=True):
-                    if quick:
-                        fast = quick_frame(body)
-                        if fast is not None:
-                            builder.add(*fast)
-                            bar.update(1)
+                    if meta:  # after the first instance, most need no pydicom dataset here
+                        if quick:
+                            fast = quick_frame(body)
+                            if fast is not None:
+                                builder.add(*fast)
+                                bar.update(1)
+                                continue
+                        if parallel and stored_compressed(body):
+                            _decode_elsewhere(pending, builder, body, bar)
                             continue
                     ds = dcmread(DicomBytesIO(body), force=True)
                     if not meta:
                         meta = _series_meta(ds)
                     if "PixelData" not in ds:
                         continue
-                    if count >= PARALLEL_DECODE_FROM and is_compressed(ds):
-                        # decoded by worker processes while the stream goes on
-                        pending.append((frames_of(ds), worker_pool().submit(decode_pixels, body)))
-                        while len(pending) > 4 * (os.cpu_count() or 1):
-                            _add_decoded(builder, *pending.popleft(), bar)
+                    if parallel and is_compressed(ds):
+                        _decode_elsewhere(pending, builder, body, bar)
                         continue
                     both = list(frames_and_pixels(ds))
                     if quick is None:
@@ -412,11 +413,11 @@ class PACS:
                         builder.add(frame, pixels)
                     bar.update(1)
                 while pending:
-                    _add_decoded(builder, *pending.popleft(), bar)
+                    _add_decoded(builder, pending.popleft(), bar)
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
         finally:
-            for _, future in pending:
+            for future in pending:
                 future.cancel()
             bar.close()
         volume = builder.build(meta)
@@ -440,16 +441,21 @@ def _agrees(fast, both) -> bool:
             and p.dtype == q.dtype and np.array_equal(p, q))
 
 
-def _add_decoded(builder, frames, future, bar) -> None:
-    from .errors import NotAVolume
+def _decode_elsewhere(pending: collections.deque, builder, body, bar) -> None:
+    """Hand a compressed instance to the worker processes (the decoders hold
+    the GIL) while the stream goes on; take in what they have finished."""
+    from .decode import decode_instance, worker_pool
 
-    pixels = future.result()
-    if len(frames) != pixels.shape[0]:
-        sop = frames[0].source[0] if frames and frames[0].source else "?"
-        raise NotAVolume(f"instance {sop} describes {len(frames)} frames but holds "
-                         f"{pixels.shape[0]}")
-    for frame, p in zip(frames, pixels):
-        builder.add(frame, p)
+    pending.append(worker_pool().submit(decode_instance, body))
+    while len(pending) > 4 * (os.cpu_count() or 1):
+        _add_decoded(builder, pending.popleft(), bar)
+
+
+def _add_decoded(builder, future, bar) -> None:
+    decoded = future.result()
+    if decoded is not None:
+        for frame, p in zip(*decoded):
+            builder.add(frame, p)
     bar.update(1)
 
 
