@@ -366,7 +366,7 @@ class PACS:
         known = store.etag(self.url, series_instance_uid, dtype) if store else None
         if known:
             headers["If-None-Match"] = known
-        builder = VolumeBuilder(expected=count, dtype=np.dtype(dtype), background=True)
+        builder = VolumeBuilder(expected=count, dtype=np.dtype(dtype))
         bar = _progress(count, f"series {series_instance_uid[-12:]}", progress)
         meta = {}
         etag = None

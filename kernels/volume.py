@@ -13,8 +13,6 @@ Conventions (the same as ITK and SimpleITK):
 
 from __future__ import annotations
 
-import collections
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,22 +121,15 @@ class VolumeBuilder:
     array, and orders them along the slice normal at the end.
 
     ``expected`` is the number of frames announced up front (the archive's
-    instance count); the array grows if more arrive. With
-    ``background=True`` the conversions run on one thread of their own
-    (numpy's copies and arithmetic let go of the GIL, and so do the page
-    faults of the fresh array), beside the caller reading the network.
+    instance count); the array grows if more arrive.
     """
 
-    # conversions waiting at most (each holds its instance's bytes)
-    _QUEUE = 16
-
-    def __init__(self, expected: int = 0, dtype=np.float32, background: bool = False):
+    def __init__(self, expected: int = 0, dtype=np.float32):
         self.expected = max(int(expected), 1)
         self.dtype = np.dtype(dtype)
         self.frames: list[Frame] = []
         self.out: np.ndarray | None = None
         self.rows = self.cols = None
-        self._pending: collections.deque | None = collections.deque() if background else None
 
     def add(self, frame: Frame, pixels: np.ndarray) -> None:
         rows, cols = pixels.shape
@@ -153,23 +144,14 @@ class VolumeBuilder:
             )
         n = len(self.frames)
         if n >= self.out.shape[0]:
-            self._settle()
             grown = np.empty((max(2 * n, n + 1), rows, cols), self.dtype)
             grown[:n] = self.out[:n]
             self.out = grown
-        self.frames.append(frame)
-        if self._pending is None:
-            self._convert(self.out[n], frame, pixels)
-            return
-        self._pending.append(_converter().submit(self._convert, self.out[n], frame, pixels))
-        while len(self._pending) > self._QUEUE:
-            self._pending.popleft().result()
-
-    def _convert(self, target: np.ndarray, frame: Frame, pixels: np.ndarray) -> None:
+        target = self.out[n]
         t = self.dtype.type
         # A plain cast, then the rescale in place in the output type: 2.4x as
-        # fast as one np.add with a cast (numpy's buffered casting loop, which
-        # also holds the GIL); a Python float would compute in float64.
+        # fast as one np.add with a cast (numpy's buffered casting loop); a
+        # Python float would compute in float64.
         if self.dtype.kind != "f":  # integers: computed as such, rounded down
             np.multiply(pixels, frame.slope, out=target, casting="unsafe")
             target += t(frame.intercept)
@@ -179,14 +161,9 @@ class VolumeBuilder:
                 target *= t(frame.slope)
             if frame.intercept:
                 target += t(frame.intercept)
-
-    def _settle(self) -> None:
-        """Wait for the conversions under way (and raise their errors)."""
-        while self._pending:
-            self._pending.popleft().result()
+        self.frames.append(frame)
 
     def build(self, metadata: dict | None = None) -> Volume:
-        self._settle()
         if not self.frames:
             raise NotAVolume("the series has no images with pixel data")
         n = len(self.frames)
@@ -267,18 +244,3 @@ class VolumeBuilder:
                     break
                 self.out[slot] = self.out[src]
                 slot = src
-
-
-_CONVERTER = None
-_CONVERTER_LOCK = threading.Lock()
-
-
-def _converter():
-    """The one thread that converts frames for background builders."""
-    global _CONVERTER
-    with _CONVERTER_LOCK:
-        if _CONVERTER is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _CONVERTER = ThreadPoolExecutor(1, thread_name_prefix="imaginghub-convert")
-    return _CONVERTER

@@ -142,24 +142,3 @@ def test_quick_frame_leaves_other_encodings_to_pydicom():
     assert quick_frame(body[:-1000]) is None  # truncated pixel data
     assert quick_frame(b"not dicom at all" * 20) is None
 
-
-@pytest.mark.parametrize("expected", [40, 7, 0])  # announced right, too few, unknown
-def test_background_conversion_builds_the_same_volume(expected):
-    from imaginghub.kernels.volume import Frame, VolumeBuilder
-
-    rng = np.random.default_rng(3)
-    frames, pixels = [], []
-    for k in rng.permutation(40):
-        frames.append(Frame(np.array([0.0, 0.0, 2.5 * k]), np.array([1, 0, 0, 0, 1, 0.0]),
-                            (0.7, 0.7), 2.5, 1.5 if k % 2 else 1.0, -1024.0 + k))
-        pixels.append(rng.integers(-2000, 3000, (32, 48)).astype(np.int16))
-    built = []
-    for background in (False, True):
-        b = VolumeBuilder(expected=expected, background=background)
-        for f, p in zip(frames, pixels):
-            b.add(f, p)
-        built.append(b.build())
-    assert built[1].array.shape == (40, 32, 48)
-    np.testing.assert_array_equal(built[0].array, built[1].array)
-    k = int(np.flatnonzero([f.position[2] == 2.5 * 3 for f in frames])[0])
-    np.testing.assert_allclose(built[1].array[3], pixels[k] * 1.5 + (-1024.0 + 3))
