@@ -177,7 +177,7 @@ def decode_instance(body) -> tuple[list[Frame], np.ndarray] | None:
     ds = dcmread(DicomBytesIO(body), force=True)
     if "PixelData" not in ds:
         return None
-    frames, pixels = frames_of(ds), np.array(pixels_of(ds))
+    frames, pixels = frames_of(ds), np.asarray(pixels_of(ds))
     if len(frames) != pixels.shape[0]:
         raise NotAVolume(f"instance {getattr(ds, 'SOPInstanceUID', '?')} describes "
                          f"{len(frames)} frames but holds {pixels.shape[0]}")
