@@ -192,15 +192,10 @@ def stored_compressed(body) -> bool:
             return False
         pos = 132
         while pos + 8 <= len(body):
-            group, element = _TAG.unpack_from(body, pos)
-            if group != 2:
+            tag, _, length, pos = _header(body, pos)
+            if tag >> 16 != 2:
                 return False
-            vr = bytes(body[pos + 4:pos + 6])
-            if vr in _LONG_VRS:
-                length, pos = _U32.unpack_from(body, pos + 8)[0], pos + 12
-            else:
-                length, pos = _U16.unpack_from(body, pos + 6)[0], pos + 8
-            if element == 0x10:
+            if tag == 0x00020010:
                 syntax = bytes(body[pos:pos + length]).rstrip(b"\0 ").decode("ascii")
                 return syntax not in _RAW_LE
             pos += length
@@ -253,6 +248,16 @@ _WANTED = {0x00080018: "SOPInstanceUID", 0x00180050: "SliceThickness",
            0x52009230: "PerFrameFunctionalGroupsSequence"}
 
 
+def _header(body, pos: int) -> tuple[int, bytes, int, int]:
+    """An explicit VR little-endian element's tag, VR, value length and
+    where its value starts."""
+    group, element = _TAG.unpack_from(body, pos)
+    vr = bytes(body[pos + 4:pos + 6])
+    if vr in _LONG_VRS:
+        return group << 16 | element, vr, _U32.unpack_from(body, pos + 8)[0], pos + 12
+    return group << 16 | element, vr, _U16.unpack_from(body, pos + 6)[0], pos + 8
+
+
 class _NotCovered(Exception):
     """The instance is outside the fast path; pydicom reads it."""
 
@@ -302,17 +307,9 @@ def _scan(body) -> tuple[dict, int, int]:
     found: dict = {}
     pos, end, syntax = 132, len(body), None
     while pos + 8 <= end:
-        group, element = _TAG.unpack_from(body, pos)
-        vr = bytes(body[pos + 4:pos + 6])
-        if vr in _LONG_VRS:
-            length = _U32.unpack_from(body, pos + 8)[0]
-            pos += 12
-        else:
-            length = _U16.unpack_from(body, pos + 6)[0]
-            pos += 8
-        tag = group << 16 | element
-        if group == 2:  # file meta: always explicit VR little endian
-            if element == 0x10:
+        tag, vr, length, pos = _header(body, pos)
+        if tag >> 16 == 2:  # file meta: always explicit VR little endian
+            if tag == 0x00020010:
                 syntax = bytes(body[pos:pos + length]).rstrip(b"\0 ")
         elif syntax != _EXPLICIT_LE:
             raise _NotCovered  # implicit VR, big endian, compressed
@@ -359,13 +356,7 @@ def _after_item(body, pos: int, end: int) -> int:
         group, element = _TAG.unpack_from(body, pos)
         if (group << 16 | element) == _ITEM_END:
             return pos + 8
-        vr = bytes(body[pos + 4:pos + 6])
-        if vr in _LONG_VRS:
-            length = _U32.unpack_from(body, pos + 8)[0]
-            pos += 12
-        else:
-            length = _U16.unpack_from(body, pos + 6)[0]
-            pos += 8
+        _, vr, length, pos = _header(body, pos)
         if length == _UNDEFINED:
             if vr != b"SQ":
                 raise _NotCovered
