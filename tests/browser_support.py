@@ -66,3 +66,17 @@ def run_cell(page, index: int) -> None:
     """Run a cell as a user does: click its prompt, Shift+Enter."""
     page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-InputPrompt").click()
     page.keyboard.press("Shift+Enter")
+
+
+def save_first_two(page, name: str) -> None:
+    """In the cohort builder: select the first two series of the gallery and
+    save them as cohort ``name`` of oncology (version 1)."""
+    cards = page.locator(".ih-cohort .ih-card")
+    cards.nth(0).click()
+    cards.nth(1).click()
+    page.wait_for_function("document.querySelector('.ih-cohort .ih-selinfo').textContent"
+                           " === '2 selected'", timeout=10_000)
+    page.fill(".ih-cohort .ih-name", name)
+    page.click(".ih-cohort .ih-save")
+    page.wait_for_selector(f".ih-cohort .ih-message:has-text('saved oncology/{name}@1')",
+                           timeout=30_000)

@@ -4,7 +4,7 @@ shared cohorts tab, and opening a series in the viewer."""
 
 from __future__ import annotations
 
-from browser_support import ARTIFACTS, notebook_page, run_cell
+from browser_support import ARTIFACTS, notebook_page, run_cell, save_first_two
 
 from imaginghub.hub import demo
 from imaginghub.kernels.catalog import Catalog
@@ -43,14 +43,7 @@ def test_build_and_save_a_cohort(stack, browser):
         assert loaded >= 1
         page.screenshot(path=str(ARTIFACTS / "cohort-builder.png"))
         # select two, save them as a cohort of oncology
-        cards.nth(0).click()
-        cards.nth(1).click()
-        page.wait_for_function("document.querySelector('.ih-cohort .ih-selinfo').textContent"
-                               " === '2 selected'", timeout=10_000)
-        page.fill(".ih-cohort .ih-name", "two-cts")
-        page.click(".ih-cohort .ih-save")
-        page.wait_for_selector(".ih-cohort .ih-message:has-text('saved oncology/two-cts@1')",
-                               timeout=30_000)
+        save_first_two(page, "two-cts")
         # a third series added: version 2 holds all three, version 1 keeps two
         cards.nth(0).click()
         cards.nth(1).click()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import nbformat
-from browser_support import ARTIFACTS, notebook_page, run_cell
+from browser_support import ARTIFACTS, notebook_page, run_cell, save_first_two
 
 from imaginghub.kernels.jobs import Jobs
 
@@ -103,14 +103,7 @@ def test_cohort_builder_runs_a_workflow_on_its_cohort(stack, browser):
         page.click(".ih-cohort .ih-run")
         page.wait_for_selector(".ih-cohort .ih-message:has-text('nothing to run a workflow on')",
                                timeout=30_000)
-        cards.nth(0).click()
-        cards.nth(1).click()
-        page.wait_for_function("document.querySelector('.ih-cohort .ih-selinfo').textContent"
-                               " === '2 selected'", timeout=10_000)
-        page.fill(".ih-cohort .ih-name", "run-set")
-        page.click(".ih-cohort .ih-save")
-        page.wait_for_selector(".ih-cohort .ih-message:has-text('saved oncology/run-set@1')",
-                               timeout=30_000)
+        save_first_two(page, "run-set")
         page.click(".ih-cohort .ih-run")
         field = ".ih-jobs .ih-field[data-name='{}'] input"
         page.wait_for_selector(field.format("cohort"), timeout=60_000)

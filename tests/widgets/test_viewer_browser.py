@@ -90,7 +90,8 @@ def _check_viewer(page):
     stats = _canvas_stats(page, 4)
     assert stats["width"] == 512 and stats["lit"] > 0.1 * 512 * 512, stats
     run_cell(page, 2)
-    out = page.wait_for_selector(".jp-OutputArea-output:has-text('CT-SHOWN-AT')", timeout=60_000).inner_text()
+    out = page.wait_for_selector(".jp-OutputArea-output:has-text('CT-SHOWN-AT')",
+                                 timeout=60_000).inner_text()
     shown_at = float(out.split()[-1])
     page.locator(".ih-viewer").nth(1).screenshot(path=str(ARTIFACTS / "viewer-ct.png"))
     (ARTIFACTS / "viewer-timing.json").write_text(json.dumps(
