@@ -1,17 +1,38 @@
 # imaginghub: `make up` runs the workspace, `make test` runs every test.
-# Both set up what they need first (a venv in .venv, the archive from Debian
-# packages) and are fast when it is already there.
+# Both set up what they need first (a venv, the archive from Debian packages,
+# the hub's proxy from npm) and are fast when it is already there.
+#
+# As root, `make up` runs a multi-user site: every user's code runs as their
+# own Unix account, so what their processes run must be readable by them.
+# The checkout may sit in a private place (/root) and pyenv's interpreters
+# live there too, so root gets Debian's Python, a venv in /opt/imaginghub
+# and the code installed into it (not editable; reinstalled when a source
+# file changes). An ordinary user (a laptop) gets an editable .venv here.
 
 SHELL := /bin/bash
+AS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
+ifeq ($(AS_ROOT),yes)
+PYTHON ?= /usr/bin/python3
+VENV ?= /opt/imaginghub/venv
+EDITABLE :=
+SUDO :=
+else
 PYTHON ?= python3
 VENV ?= .venv
+EDITABLE := -e
+SUDO := sudo
+endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CODE_STAMP := $(VENV)/.code-installed
 EXTRAS ?= hub,kernel,ml,dev
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ORTHANC := /usr/sbin/Orthanc
-DICOMWEB_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
-APT_PACKAGES := orthanc orthanc-dicomweb
+PLUGINS := /usr/share/orthanc/plugins
+APT_PACKAGES := orthanc orthanc-dicomweb orthanc-gdcm nftables
+PROXY_DIR := $(VENV)/lib/imaginghub-proxy
+PROXY := $(PROXY_DIR)/node_modules/.bin/configurable-http-proxy
+PIP := $(VENV)/bin/pip --disable-pip-version-check
+SOURCES := $(shell find hub kernels widgets notebooks -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
 .PHONY: up test setup system-deps test-deps apt-install bench clean
 
@@ -21,21 +42,42 @@ up: setup
 test: setup test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-setup: system-deps $(STAMP)
+setup: system-deps $(STAMP) $(CODE_STAMP) $(PROXY)
 
-# The project in a venv. Reinstalled when pyproject.toml changes.
+# The project's dependencies in a venv. Reinstalled when pyproject.toml changes.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
 	  || $(MAKE) --no-print-directory apt-install PKGS=python3-venv
 	$(PYTHON) -m venv $(VENV)
 	@# torch first and pinned, so that pip takes the CPU build (see docs/dependencies.md)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "$$(grep -o 'torch==[0-9.]*' pyproject.toml)"
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	$(PIP) install --quiet "$$(grep -o 'torch==[0-9.]*' pyproject.toml)"
+	$(PIP) install --quiet $(EDITABLE) '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-# The archive: Orthanc and its DICOMweb plugin from Debian's packages.
+# The code itself: editable for an ordinary user (nothing to do), installed
+# into the venv for root, again whenever a source file changed.
+$(CODE_STAMP): $(STAMP) $(SOURCES)
+ifeq ($(EDITABLE),)
+	$(PIP) install --quiet --no-deps --no-build-isolation --force-reinstall .
+	@rm -rf build imaginghub.egg-info
+endif
+	touch $(CODE_STAMP)
+
+# The hub's proxy: JupyterHub's configurable-http-proxy from npm (it streams;
+# see docs/architecture.md), at the versions and hashes of its lock file.
+$(PROXY): hub/proxy/package.json hub/proxy/package-lock.json $(STAMP)
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory apt-install PKGS="nodejs npm"
+	mkdir -p $(PROXY_DIR)
+	cp hub/proxy/package.json hub/proxy/package-lock.json $(PROXY_DIR)/
+	cd $(PROXY_DIR) && npm ci --omit=dev --no-audit --no-fund --loglevel=error
+	touch $(PROXY)
+
+# The archive: Orthanc with its DICOMweb and GDCM (transcoding) plugins, and
+# nftables, which closes the archive's ports to users' processes, from
+# Debian's packages.
 system-deps:
-	@if [ ! -x $(ORTHANC) ] || [ ! -f $(DICOMWEB_PLUGIN) ]; then \
+	@if [ ! -x $(ORTHANC) ] || [ ! -f $(PLUGINS)/libOrthancDicomWeb.so ] \
+	    || [ ! -f $(PLUGINS)/libOrthancGdcm.so ] || ! command -v nft >/dev/null 2>&1; then \
 	  $(MAKE) --no-print-directory apt-install PKGS="$(APT_PACKAGES)" && \
 	  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then \
 	    echo "The orthanc package starts its own service; imaginghub runs its own archive, so it is disabled."; \
@@ -66,6 +108,7 @@ bench: setup
 	$(PY) bench/catalog.py
 	$(PY) bench/dask_map.py
 	$(PY) bench/jobs.py
+	$(PY) bench/spawn.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build imaginghub.egg-info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .errors import ImagingHubError
@@ -23,15 +24,31 @@ def cmd_up(args) -> int:
     return run_foreground(stack)
 
 
+def _site_accounts(home: Home):
+    """The site's accounts mapping in multi-user mode (None in single-user
+    mode); managing accounts needs root."""
+    if not home.multi_user:
+        return None
+    if os.geteuid() != 0:
+        raise ImagingHubError("this is a multi-user site: users and their Unix accounts are "
+                              "managed as root (sudo imaginghub users ...)")
+    return home.accounts()
+
+
 def cmd_users_add(args) -> int:
     from .hubapi import HubAPI
-    from .users import Registry, group_name
+    from .users import Registry, group_name, validate_name
 
     home = _home(args)
     home.create()
+    accounts = _site_accounts(home)
     registry = Registry(home.users_file)
+    validate_name(args.name)
+    if accounts is not None and registry.get(args.name) is None:
+        accounts.name(args.name)  # refused before anything is written
     user, password = registry.add(args.name, admin=args.admin, projects=args.project or [],
                                   exist_ok=True)
+    account = accounts.ensure(user.name) if accounts is not None else None
     if home.read_run():
         api = HubAPI(home)
         api.ensure_user(user.name, user.admin)
@@ -41,7 +58,29 @@ def cmd_users_add(args) -> int:
         print(f"added {user.name}{' (admin)' if user.admin else ''}; password: {password}")
     else:
         print(f"updated {user.name}")
+    if account is not None:
+        print(f"Unix account: {account.name} (home {account.home})")
     print(f"projects: {', '.join(user.projects) or '(none)'}")
+    return 0
+
+
+def cmd_users_remove(args) -> int:
+    from .hubapi import HubAPI
+    from .users import Registry
+
+    home = _home(args)
+    accounts = _site_accounts(home)
+    registry = Registry(home.users_file)
+    if registry.get(args.name) is None:
+        raise ImagingHubError(f"no user {args.name!r} (see 'imaginghub users list')")
+    if home.read_run():
+        HubAPI(home).remove_user(args.name)  # stops their server first
+    registry.remove(args.name)
+    print(f"removed {args.name} from the hub")
+    if accounts is not None:
+        account = accounts.lock(args.name)
+        if account is not None:
+            print(f"locked the Unix account {account.name}; its home {account.home} is kept")
     return 0
 
 
@@ -297,8 +336,9 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_modalities(args) -> int:
-    """DICOM peers allowed to C-STORE into the archive (kept in settings.json,
-    applied to the running archive at once)."""
+    """DICOM peers of the archive (kept in settings.json, applied to the
+    running archive at once). A modality may C-ECHO and C-STORE; C-FIND,
+    C-MOVE and C-GET only when the admin allows each for it."""
     import httpx
 
     from . import orthanc
@@ -307,8 +347,11 @@ def cmd_modalities(args) -> int:
     settings = home.load_settings()
     modalities = settings.setdefault("modalities", {})
     if args.modalities_command == "list":
-        for name, (aet, host, port) in sorted(modalities.items()):
-            print(f"{name:<16} {aet:<16} {host}:{port}")
+        for name, spec in sorted(modalities.items()):
+            m = orthanc.modality_entry(name, spec)
+            may = ["echo", "store"] + [f.removeprefix("Allow").lower()
+                                       for f in orthanc.MODALITY_FLAGS if m[f]]
+            print(f"{name:<16} {m['AET']:<16} {m['Host']}:{m['Port']:<6} may: {', '.join(may)}")
         if not modalities:
             print("no modalities: only known peers may store (imaginghub modalities add ...)")
         return 0
@@ -321,12 +364,18 @@ def cmd_modalities(args) -> int:
         aet = (args.aet or name).upper()
         if not (1 <= len(aet) <= 16) or not aet.isascii():
             raise ImagingHubError(f"invalid AE title {aet!r}: 1 to 16 ASCII characters")
-        modalities[name] = [aet, args.host, args.port]
+        spec = {"AET": aet, "Host": args.host, "Port": args.port,
+                "AllowFind": args.allow_find, "AllowMove": args.allow_move,
+                "AllowGet": args.allow_get}
+        modalities[name] = spec
         if client:
             client.put(f"/modalities/{name}",
-                       json={"AET": aet, "Host": args.host, "Port": args.port}).raise_for_status()
-        print(f"{name} ({aet} at {args.host}:{args.port}) may now store into the archive; "
-              "the called AE title names the project (e.g. ONCOLOGY)")
+                       json=orthanc.modality_entry(name, spec)).raise_for_status()
+        extra = [w for w, on in (("C-FIND", args.allow_find), ("C-MOVE", args.allow_move),
+                                 ("C-GET", args.allow_get)) if on]
+        print(f"{name} ({aet} at {args.host}:{args.port}) may now store into the archive"
+              + (f" and use {', '.join(extra)}" if extra else " (not query or retrieve)")
+              + "; the called AE title names the project (e.g. ONCOLOGY)")
     else:
         if modalities.pop(name, None) is None:
             raise ImagingHubError(f"no modality {name!r}")
@@ -374,6 +423,10 @@ def parser() -> argparse.ArgumentParser:
     add.set_defaults(fn=cmd_users_add)
     ls = us.add_parser("list", help="list users, their role and projects")
     ls.set_defaults(fn=cmd_users_list)
+    rm = us.add_parser("remove", help="remove a user from the hub and lock their Unix account "
+                                      "(their home is kept)")
+    rm.add_argument("name")
+    rm.set_defaults(fn=cmd_users_remove)
     pw = us.add_parser("passwd", help="set a new generated password and print it")
     pw.add_argument("name")
     pw.set_defaults(fn=cmd_users_passwd)
@@ -447,7 +500,8 @@ def parser() -> argparse.ArgumentParser:
             jp.add_argument("--wait", action="store_true", help="wait until it ends")
         jp.set_defaults(fn=cmd_jobs)
 
-    mod = sub.add_parser("modalities", help="DICOM peers allowed to C-STORE into the archive")
+    mod = sub.add_parser("modalities", help="DICOM peers allowed to C-STORE into the archive "
+                                            "(and, when allowed, to query or retrieve)")
     ms = mod.add_subparsers(dest="modalities_command", required=True)
     ms.add_parser("list").set_defaults(fn=cmd_modalities)
     ma = ms.add_parser("add", help="allow a peer (its calling AE title, host and port)")
@@ -455,6 +509,11 @@ def parser() -> argparse.ArgumentParser:
     ma.add_argument("--aet", help="its AE title (default: NAME in capitals)")
     ma.add_argument("--host", default="127.0.0.1")
     ma.add_argument("--port", type=int, default=104)
+    for flag, what in (("find", "C-FIND (query the archive: every series, patient names "
+                                "included, whatever the project)"),
+                       ("move", "C-MOVE (ask the archive to send series to a known peer)"),
+                       ("get", "C-GET (retrieve series over this association)")):
+        ma.add_argument(f"--allow-{flag}", action="store_true", help=f"allow {what}")
     ma.set_defaults(fn=cmd_modalities)
     mr = ms.add_parser("remove")
     mr.add_argument("name")
@@ -468,12 +527,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    # Only imaginghub's own messages reach the terminal: libraries' INFO
+    # lines (highdicom, alembic, httpx's line per request) would bury them.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
-    # httpx logs every request at INFO: too chatty for a terminal.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("imaginghub").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.fn(args) or 0
     except ImagingHubError as e:

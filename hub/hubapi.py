@@ -44,6 +44,21 @@ class HubAPI:
         if admin:
             self.request("PATCH", f"/users/{name}", json={"admin": True})
 
+    def remove_user(self, name: str) -> None:
+        """Stop the user's servers and delete them from the hub."""
+        import time
+
+        if self._client.get(f"/users/{name}").status_code == 404:
+            return
+        self._client.delete(f"/users/{name}/server")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            model = self._client.get(f"/users/{name}").json()
+            if not model.get("servers") and not model.get("pending"):
+                break
+            time.sleep(0.5)
+        self.request("DELETE", f"/users/{name}")
+
     def add_to_group(self, group: str, name: str) -> None:
         if self._client.get(f"/groups/{group}").status_code == 404:
             self.request("POST", f"/groups/{group}")

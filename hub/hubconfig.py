@@ -8,24 +8,25 @@ admins and projects.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ConfigError
 from .services import dask_gateway
-from .state import Home
+from .state import Home, write_private
 
 ADMIN_SERVICE = "imaginghub-admin"
-# notebooks/tutorials of the source tree (the install is editable).
-TUTORIALS = Path(__file__).resolve().parents[1] / "notebooks" / "tutorials"
 
-TEMPLATE = '''\
+TEMPLATE = """\
 # JupyterHub configuration of the imaginghub workspace in {home}
 #
 # Written by `imaginghub up` at every start: change the site with the
 # `imaginghub` command (users, projects) or settings.json, not here.
 # Secrets are read from {home}/secrets (0600); none is written in this file.
+#
+# Mode: {mode}. {mode_line}
 
 import json
 from pathlib import Path
@@ -45,8 +46,9 @@ c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = {hub_port}
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
-# The pure-Python configurable-http-proxy from PyPI.
-c.ConfigurableHTTPProxy.command = [{chp!r}]
+# JupyterHub's own proxy (Node.js configurable-http-proxy from npm): it
+# streams answers and uploads of any size{proxy_as}.
+c.ConfigurableHTTPProxy.command = {proxy_command!r}
 c.ConfigurableHTTPProxy.auth_token = secret("proxy_auth_token")
 c.ConfigurableHTTPProxy.pid_file = str(HOME / "hub" / "proxy.pid")
 
@@ -70,27 +72,30 @@ for _name, _user in _registry.items():
         _groups.setdefault("project-" + _project, []).append(_name)
 c.JupyterHub.load_groups = {{g: {{"users": sorted(m)}} for g, m in _groups.items()}}
 
-# Services: the data service (the only door to the archive) and the identity
-# the CLI (`imaginghub users`, `imaginghub token`) uses to talk to the hub.
+# Services: the data service (the only door to the archive), the job service,
+# Dask Gateway, and the identity the CLI (`imaginghub users`, `imaginghub
+# token`) uses to talk to the hub.
 c.JupyterHub.services = [
     {{
         "name": "data",
         "url": "http://127.0.0.1:{data_port}",
         "command": [{python!r}, "-m", "imaginghub.hub.services.data"],
         "environment": {{"IMAGINGHUB_HOME": str(HOME)}},
-        "oauth_no_confirm": True,
+        "oauth_no_confirm": True,{service_user}
     }},
     {{
         "name": "jobs",
         "url": "http://127.0.0.1:{jobs_port}",
         "command": [{python!r}, "-m", "imaginghub.hub.services.jobs"],
         # IMAGINGHUB_USER_ENV and IMAGINGHUB_JOB_SCOPES are added at the end of
-        # this file: a job gets what a user's server gets.
+        # this file: a job gets what a user's server gets. Jobs are started
+        # by the job starter (as their user), which `imaginghub up` runs.
         "environment": {{"IMAGINGHUB_HOME": str(HOME)}},
-        "oauth_no_confirm": True,
+        "oauth_no_confirm": True,{service_user}
     }},
     # Dask Gateway: users' clusters (its configuration: {dask_gateway_config});
     # the hub routes /services/dask-gateway/ (API, dashboards) to its proxy.
+    # It runs as the hub's account: its backend starts each cluster as its user.
     {{
         "name": "dask-gateway",
         "url": "{dask_gateway_url}",
@@ -128,27 +133,17 @@ c.JupyterHub.load_roles = [
     }},
 ]
 
-# -- User servers: local processes, homes under the state directory ----------
-c.JupyterHub.spawner_class = "simple"
-c.SimpleLocalProcessSpawner.home_dir_template = str(HOME / "users" / "{{username}}")
+# -- User servers: local processes, {spawner_line} --
+c.JupyterHub.spawner_class = "imaginghub.hub.spawner.ImagingSpawner"
+c.ImagingSpawner.site_home = str(HOME)
+c.ImagingSpawner.multi_user = {multi_user!r}
+c.ImagingSpawner.runtime_root = {runtime_root!r}
 c.Spawner.cmd = [{singleuser!r}]
 c.Spawner.default_url = "/lab"
+# Kernels over IPC (Unix sockets in the account's private runtime folder),
+# the imaging kernel by default, JupyterLab settings that fetch nothing.
 c.Spawner.args = {spawner_args!r}
 c.Spawner.start_timeout = 60
-
-
-def copy_tutorials(spawner):
-    """Give every user the tutorials once; their copies are theirs to change."""
-    import shutil
-
-    home = HOME / "users" / spawner.user.name
-    target = home / "tutorials"
-    if not target.exists() and Path({tutorials!r}).is_dir():
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.copytree({tutorials!r}, target)
-
-
-c.Spawner.pre_spawn_hook = copy_tutorials
 c.Spawner.http_timeout = 60
 # How often the hub looks whether servers and managed services (data, jobs)
 # still run: a service that stopped is restarted within this time.
@@ -176,7 +171,41 @@ for _service in c.JupyterHub.services:
         _service["environment"]["IMAGINGHUB_USER_ENV"] = json.dumps(dict(c.Spawner.environment))
         _service["environment"]["IMAGINGHUB_JOB_SCOPES"] = json.dumps(
             [s for s in c.Spawner.server_token_scopes if s.startswith("access:services")])
-'''
+"""
+
+MULTI_USER_LINE = ("Every hub user's server, kernels, terminals, jobs and Dask workers run as "
+                   "their own Unix account; the services and the archive as the service "
+                   "account {service}.")
+SINGLE_USER_LINE = ("Everything runs as the account that started it: projects are a "
+                    "convenience, not a security boundary.")
+
+
+def proxy_path() -> Path:
+    """The Node.js configurable-http-proxy that make installs beside this
+    Python (``lib/imaginghub-proxy`` in the venv)."""
+    return Path(sys.prefix) / "lib" / "imaginghub-proxy" / "node_modules" / ".bin" / \
+        "configurable-http-proxy"
+
+
+def find_proxy() -> str:
+    path = proxy_path()
+    if not path.exists():
+        raise ConfigError(
+            f"the hub's proxy (configurable-http-proxy from npm) is not installed at {path}: "
+            "run 'make setup' (it installs it with npm)")
+    if shutil.which("node") is None:
+        raise ConfigError("the hub's proxy needs Node.js: 'apt-get install nodejs' "
+                          "(make does it)")
+    return str(path)
+
+
+def data_dir(home: Home) -> Path:
+    """Where the kernelspec and JupyterLab's settings go: the venv's own
+    share/jupyter in multi-user mode (users' servers cannot read the state
+    directory), the state directory's otherwise."""
+    if home.multi_user:
+        return Path(sys.prefix) / "share" / "jupyter"
+    return home.jupyter_data_dir
 
 
 @dataclass
@@ -202,23 +231,39 @@ LAB_OVERRIDES = {
 
 
 def write_config(home: Home, settings: HubSettings) -> Path:
-    lab_settings = home.jupyter_data_dir / "lab" / "settings"
+    from .accounts import SERVICE_ACCOUNT
+
+    multi = home.multi_user
+    share = data_dir(home)
+    lab_settings = share / "lab" / "settings"
     lab_settings.mkdir(parents=True, exist_ok=True)
     (lab_settings / "overrides.json").write_text(json.dumps(LAB_OVERRIDES, indent=2) + "\n")
     args = ["--MultiKernelManager.default_kernel_name=imaging",
+            "--KernelManager.transport=ipc",
             f"--LabApp.app_settings_dir={lab_settings}"]
-    if os.geteuid() == 0:
-        args.insert(0, "--allow-root")
+    proxy = [find_proxy()]
+    if multi:
+        proxy = [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={SERVICE_ACCOUNT}",
+                 f"--regid={SERVICE_ACCOUNT}", "--init-groups", "--", *proxy]
     gateway = dask_gateway.write_config(home)
     text = TEMPLATE.format(
         home=str(home.path),
+        mode=home.mode,
+        mode_line=(MULTI_USER_LINE.format(service=SERVICE_ACCOUNT) if multi
+                   else SINGLE_USER_LINE),
         port=settings.port,
         hub_port=settings.hub_port,
         proxy_api_port=settings.proxy_api_port,
-        chp=venv_bin("configurable-http-proxy"),
+        proxy_command=proxy,
+        proxy_as=f", as the service account {SERVICE_ACCOUNT}" if multi else "",
+        service_user=f'\n        "user": "{SERVICE_ACCOUNT}",' if multi else "",
+        spawner_line=("each as its user's own Unix account" if multi
+                      else "all as this account, homes under the state directory"),
+        multi_user=multi,
+        runtime_root=str(home.runtime_dir()),
         singleuser=venv_bin("jupyterhub-singleuser"),
         spawner_args=args,
-        jupyter_path=str(home.jupyter_data_dir),
+        jupyter_path=str(share),
         data_port=settings.data_port,
         jobs_port=settings.jobs_port,
         dask_gateway_url=gateway.url,
@@ -227,8 +272,7 @@ def write_config(home: Home, settings: HubSettings) -> Path:
                                                          gateway.port),
         python=sys.executable,
         admin_service=ADMIN_SERVICE,
-        tutorials=str(TUTORIALS),
     )
     path = home.hub_dir / "jupyterhub_config.py"
-    path.write_text(text)
+    write_private(path, text)
     return path

@@ -1,11 +1,17 @@
-"""The embedded archive: Orthanc with its DICOMweb plugin (Debian packages).
+"""The embedded archive: Orthanc with its DICOMweb and GDCM plugins (Debian
+packages).
 
 Orthanc 1.10 binds HTTP and DICOM on every interface and has no option to
 bind to loopback only, so the configuration written here keeps it safe
 otherwise: HTTP only from localhost (``RemoteAccessAllowed`` false) and
-behind generated credentials, DIMSE C-STORE only from the modalities listed
-in the settings. HTTP compression is off: with it on, every WADO-RS answer
-is gzipped on the fly, 30 times slower on loopback.
+behind generated credentials, DIMSE only from the modalities listed in the
+settings, each of which may C-ECHO and C-STORE and nothing else unless the
+admin allows C-FIND, C-MOVE or C-GET for it. In multi-user mode local users'
+processes cannot open either port at all (:mod:`.portguard`). HTTP
+compression is off: with it on, every WADO-RS answer is gzipped on the fly,
+30 times slower on loopback. The GDCM plugin lets Orthanc decode JPEG 2000
+(DCMTK alone cannot), so default WADO-RS requests of such series are
+transcoded instead of failing.
 """
 
 from __future__ import annotations
@@ -18,25 +24,49 @@ from pathlib import Path
 from .errors import ConfigError
 
 ORTHANC_CANDIDATES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
-PLUGIN_CANDIDATES = (
-    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
-    "/usr/lib/orthanc/plugins/libOrthancDicomWeb.so",
-)
+PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")
+# The plugins the archive needs, and the Debian package of each.
+PLUGINS = {"libOrthancDicomWeb.so": "orthanc-dicomweb", "libOrthancGdcm.so": "orthanc-gdcm"}
 ARCHIVE_USER = "imaginghub"
+# What a modality may do unless the admin says more: echo and store.
+MODALITY_FLAGS = ("AllowFind", "AllowMove", "AllowGet")
 
 
-def find_orthanc() -> tuple[str, str]:
-    """Paths of the Orthanc binary and its DICOMweb plugin, or a ConfigError
-    that says how to install them."""
+def find_orthanc() -> tuple[str, list[str]]:
+    """Paths of the Orthanc binary and its plugins, or a ConfigError that
+    says how to install what is missing."""
     exe = next((p for p in ORTHANC_CANDIDATES if Path(p).exists()), None) or shutil.which("Orthanc")
-    plugin = next((p for p in PLUGIN_CANDIDATES if Path(p).exists()), None)
-    if not exe or not plugin:
-        missing = "Orthanc" if not exe else "its DICOMweb plugin"
+    plugins, missing = [], []
+    for name, package in PLUGINS.items():
+        found = next((f"{d}/{name}" for d in PLUGIN_DIRS if Path(d, name).exists()), None)
+        if found:
+            plugins.append(found)
+        else:
+            missing.append(package)
+    if not exe or missing:
+        packages = (["orthanc"] if not exe else []) + missing
         raise ConfigError(
-            f"{missing} is not installed. Install the archive with "
-            "'sudo apt-get install orthanc orthanc-dicomweb' (or run 'make up', which does it)."
-        )
-    return exe, plugin
+            f"the archive needs the Debian package{'s' if len(packages) > 1 else ''} "
+            f"{', '.join(packages)}: install with 'sudo apt-get install {' '.join(packages)}' "
+            "(or run 'make up', which does it).")
+    return exe, plugins
+
+
+def modality_entry(name: str, spec) -> dict:
+    """Orthanc's entry of a modality from settings.json: ``{"AET", "Host",
+    "Port"}`` plus ``AllowFind``, ``AllowMove`` and ``AllowGet`` (false unless
+    given; the old form ``[AET, host, port]`` allows echo and store only)."""
+    if isinstance(spec, list) and len(spec) == 3:
+        spec = {"AET": spec[0], "Host": spec[1], "Port": spec[2]}
+    if not (isinstance(spec, dict) and {"AET", "Host", "Port"} <= set(spec)):
+        raise ConfigError(f"modality {name!r} must be {{\"AET\", \"Host\", \"Port\"}} with "
+                          f"optional AllowFind, AllowMove, AllowGet; got {spec!r}: fix "
+                          "settings.json or use 'imaginghub modalities add'")
+    entry = {"AET": str(spec["AET"]), "Host": str(spec["Host"]), "Port": int(spec["Port"]),
+             "AllowEcho": True, "AllowStore": True}
+    for flag in MODALITY_FLAGS:
+        entry[flag] = bool(spec.get(flag, False))
+    return entry
 
 
 @dataclass
@@ -45,7 +75,7 @@ class OrthancSettings:
     dicom_port: int
     password: str
     aet: str = "IMAGINGHUB"
-    # {"NAME": ["AET", "host", port]}: the only peers allowed to C-STORE.
+    # {"NAME": {"AET", "Host", "Port", "AllowFind", ...}}: the only DIMSE peers.
     modalities: dict | None = None
 
     @property
@@ -57,23 +87,19 @@ class OrthancSettings:
         return f"{self.url}/dicom-web"
 
 
-def write_config(settings: OrthancSettings, directory: Path, plugin: str) -> Path:
+def write_config(settings: OrthancSettings, directory: Path, plugins: list[str]) -> Path:
     """Write ``orthanc.json`` (0600: it holds the archive's password)."""
-    from .state import write_private
+    from .state import make_dir, write_private
 
-    storage = directory / "db"
-    storage.mkdir(parents=True, exist_ok=True)
-    for name, spec in (settings.modalities or {}).items():
-        if not (isinstance(spec, list) and len(spec) == 3):
-            raise ConfigError(
-                f"modality {name!r} must be [AET, host, port], got {spec!r}: fix settings.json"
-            )
+    storage = make_dir(directory / "db")
+    modalities = {name: modality_entry(name, spec)
+                  for name, spec in (settings.modalities or {}).items()}
     config = {
         "Name": "imaginghub",
         "StorageDirectory": str(storage),
         "IndexDirectory": str(storage),
         "StorageCompression": False,
-        "Plugins": [plugin],
+        "Plugins": plugins,
         "HttpPort": settings.http_port,
         "HttpServerEnabled": True,
         "RemoteAccessAllowed": False,
@@ -90,8 +116,14 @@ def write_config(settings: OrthancSettings, directory: Path, plugin: str) -> Pat
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowStore": False,
         "DicomAlwaysAllowEcho": True,
+        "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowMove": False,
+        "DicomAlwaysAllowGet": False,
         "DicomCheckModalityHost": True,
-        "DicomModalities": settings.modalities or {},
+        "DicomModalities": modalities,
+        # Modalities added through the REST API are kept in settings.json
+        # (written into this file at every start), not in the database.
+        "DicomModalitiesInDatabase": False,
         "ExecuteLuaEnabled": False,
         "RestApiWriteToFileSystemEnabled": False,
         "OverwriteInstances": False,
@@ -112,15 +144,16 @@ def write_config(settings: OrthancSettings, directory: Path, plugin: str) -> Pat
     return path
 
 
-def managed(settings: OrthancSettings, directory: Path, log_path: Path):
+def managed(settings: OrthancSettings, directory: Path, log_path: Path, account=None):
     """A :class:`~imaginghub.hub.process.Managed` Orthanc configured in
-    ``directory`` (config and storage), ready when its DICOMweb answers."""
+    ``directory`` (config and storage), ready when its DICOMweb answers; run
+    as ``account`` (the service account) when given."""
     import httpx
 
     from .process import Managed
 
-    exe, plugin = find_orthanc()
-    config = write_config(settings, directory, plugin)
+    exe, plugins = find_orthanc()
+    config = write_config(settings, directory, plugins)
     auth = (ARCHIVE_USER, settings.password)
 
     def ready() -> bool:
@@ -128,4 +161,5 @@ def managed(settings: OrthancSettings, directory: Path, log_path: Path):
             return (c.get("/system").status_code == 200
                     and c.get("/dicom-web/studies?limit=1").status_code == 200)
 
-    return Managed("the archive (Orthanc)", [exe, str(config)], log_path=log_path, ready=ready)
+    return Managed("the archive (Orthanc)", [exe, str(config)], log_path=log_path, ready=ready,
+                   account=account)

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup() -> None:  # runs in the child between fork and exec
-    os.setpgrp()
+def die_with_parent() -> None:
+    """SIGTERM this process when its parent dies (Linux ``PDEATHSIG``)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -32,11 +32,20 @@ def _child_setup() -> None:  # runs in the child between fork and exec
         pass
 
 
+def _child_setup() -> None:  # runs in the child between fork and exec
+    os.setpgrp()
+    die_with_parent()
+
+
 class Managed:
     """One child process with a log file and a readiness check."""
 
     def __init__(self, name: str, argv: list[str], *, log_path: Path,
-                 ready: Callable[[], bool], env: dict | None = None, cwd: Path | None = None):
+                 ready: Callable[[], bool], env: dict | None = None, cwd: Path | None = None,
+                 account=None):
+        """``account``: an :class:`~imaginghub.hub.accounts.Account` to run as
+        (with umask 077); None: as this process."""
+        self.account = account
         self.name = name
         self.argv = argv
         self.log_path = Path(log_path)
@@ -51,11 +60,17 @@ class Managed:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        logf = open(self.log_path, "ab")
+        logf = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                         "ab")
+        setup = _child_setup
+        if self.account is not None:
+            from .accounts import preexec
+
+            setup = preexec(self.account, then=_child_setup)
         try:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                env=self.env, cwd=self.cwd, preexec_fn=_child_setup,
+                env=self.env, cwd=self.cwd, preexec_fn=setup,
             )
         finally:
             logf.close()

@@ -1,6 +1,14 @@
 """The embedded stack that ``imaginghub up`` runs: the archive (Orthanc with
-DICOMweb) and JupyterHub (with its proxy and the users' servers), as managed
-child processes of one foreground command."""
+DICOMweb), the job starter and JupyterHub (with its proxy, its services and
+the users' servers), as managed child processes of one foreground command.
+
+Run as root it is a multi-user site: the services and the archive run as
+the service account, which alone owns the state directory; each hub user's
+server, kernels, terminals, jobs and Dask workers run as their own Unix
+account (:mod:`.accounts`); the archive's ports are closed to everyone else
+(:mod:`.portguard`). Run as anyone else it is single-user: everything runs
+as that account, and projects are a convenience, not a security boundary.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +19,15 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
-from . import hubconfig, orthanc
+from . import hubconfig, orthanc, portguard
 from .errors import StackError
 from .process import Managed, kill_tree
-from .state import Home, free_port, port_in_use, write_private
+from .state import (MULTI_USER, SINGLE_USER, Home, free_port, make_dir, migrate_root_home,
+                    port_in_use, write_private)
 from .users import Registry
 
 log = logging.getLogger(__name__)
@@ -40,6 +50,10 @@ class Stack:
         self._dicom_port_arg = dicom_port
         self.archive: Managed | None = None
         self.hub: Managed | None = None
+        self.starter: Managed | None = None
+        self.multi_user = os.geteuid() == 0
+        self.service = None  # the service account (multi-user mode)
+        self._guarded = False
         self._stop = threading.Event()
         self._restarts: list[float] = []
 
@@ -71,6 +85,10 @@ class Stack:
     # -- start ----------------------------------------------------------------
     def start(self) -> dict:
         """Start everything and return what run.json records."""
+        moved = migrate_root_home() if self.home.path == Home().path else None
+        if moved:
+            self.say(moved)
+            self.home = Home(self.home.path)
         home = self.home
         running = home.read_run()
         if running:
@@ -79,11 +97,25 @@ class Stack:
                 f"{running['url']}); stop it first"
             )
         orthanc.find_orthanc()  # a clear error before anything starts
+        hubconfig.find_proxy()
+        if self.multi_user:
+            portguard.check_available()
+            from .accounts import ensure_service_account
+
+            self.service = ensure_service_account()
+        else:
+            self.say("single-user mode: every hub user runs as this account "
+                     f"({_me()}), so projects are a convenience here, not a security "
+                     "boundary; run 'imaginghub up' as root for a multi-user site")
         home.create()
         first_run = not home.users_file.exists()
         s = self._settings()
+        s["mode"] = MULTI_USER if self.multi_user else SINGLE_USER
         self._check_ports(s)
         home.save_settings(s)
+        home.site_id()
+        if self.multi_user:
+            self._prepare_site()
 
         archive_password = home.secret("archive_password")
         home.secret("jupyterhub_cookie_secret")
@@ -95,26 +127,43 @@ class Stack:
         if first_run:
             _, admin_password = registry.add("admin", admin=True)
         demo_logins = self._demo_users(registry) if self.demo else {}
+        if self.multi_user:
+            self._reconcile_accounts(registry)
 
         from ..kernels import kernelspec
 
-        kernelspec.install(home.jupyter_data_dir)
+        kernelspec.install(hubconfig.data_dir(home))
 
         self.orthanc_settings = orthanc.OrthancSettings(
             http_port=s["orthanc_http_port"], dicom_port=s["dicom_port"],
             password=archive_password, modalities=s["modalities"],
         )
+        if self.multi_user:
+            home.claim(self.service.uid, self.service.gid, skip=[home.orthanc_dir / "db"])
         self.archive = orthanc.managed(self.orthanc_settings, home.orthanc_dir,
-                                       home.path / "logs" / "orthanc.log")
+                                       home.path / "logs" / "orthanc.log",
+                                       account=self.service)
         try:
+            if self.multi_user:
+                gone = portguard.remove_stale()
+                if gone:
+                    log.info("removed firewall tables of workspaces that no longer run: %s",
+                             ", ".join(gone))
+                portguard.install(home.site_id(), str(home.path),
+                                  [s["orthanc_http_port"], s["dicom_port"]],
+                                  [0, self.service.uid])
+                self._guarded = True
             self._start_archive()
             if self.demo:
                 self._load_demo_data()
+            self._start_starter()
             hub_settings = hubconfig.HubSettings(
                 port=s["port"], hub_port=free_port(), proxy_api_port=free_port(),
                 data_port=free_port(), jobs_port=free_port(),
             )
             hub_config = hubconfig.write_config(home, hub_settings)
+            if self.multi_user:  # what up wrote (demo projects, configs) is the services'
+                home.claim(self.service.uid, self.service.gid, skip=[home.orthanc_dir / "db"])
             url = f"http://127.0.0.1:{s['port']}"
             env = dict(os.environ)
             env.pop("JUPYTERHUB_API_TOKEN", None)
@@ -131,6 +180,7 @@ class Stack:
             raise
         run = {
             "pid": os.getpid(),
+            "mode": s["mode"],
             "url": url,
             "hub_api": f"http://127.0.0.1:{hub_settings.hub_port}/hub/api",
             "archive_url": self.orthanc_settings.url,
@@ -138,11 +188,97 @@ class Stack:
             "gateway_url": f"http://127.0.0.1:{hub_settings.data_port}/services/data/dicom-web",
             "jobs_url": f"http://127.0.0.1:{hub_settings.jobs_port}/services/jobs",
             "dicom_port": s["dicom_port"],
-            "pids": {"archive": self.archive.pid, "hub": self.hub.pid},
+            "pids": self._pids(),
         }
         write_private(home.run_file, json.dumps(run, indent=2) + "\n")
         self._banner(url, admin_password, demo_logins)
         return run
+
+    def _pids(self) -> dict:
+        return {"archive": self.archive.pid, "hub": self.hub.pid,
+                "job_starter": self.starter.pid if self.starter else None}
+
+    # -- a multi-user site ------------------------------------------------------
+    def _prepare_site(self) -> None:
+        """What users' processes need, reachable by their accounts, and the
+        spool folders they write in (each run or cluster folder is its user's)."""
+        from .accounts import check_reachable
+        from .services.jobs.workflows import project_workflows
+        from .spawner import tutorials_dir
+
+        home = self.home
+        spool = home.spool_dir()
+        for d in (spool, home.runs_dir(), home.clusters_dir(), home.runtime_dir()):
+            make_dir(d, 0o711)
+            st = d.stat()
+            if st.st_uid != 0:
+                os.chown(d, 0, 0)
+            os.chmod(d, 0o711)  # passable, not listable: nobody sees others' folders
+        make_dir(home.homes_dir(), 0o755)
+        need = {
+            "Python (run)": sys.executable,
+            "the Python environment": sys.prefix,
+            "Python's standard library": os.path.dirname(os.__file__),
+            "imaginghub's code": Path(__file__).parent.parent,
+            "the tutorials": tutorials_dir(),
+            "the workflows": project_workflows(),
+            "the kernelspec and JupyterLab settings": hubconfig.data_dir(home),
+            "the hub's proxy (run)": hubconfig.find_proxy(),
+            "the spool folder (pass)": spool,
+            "the users' homes (pass)": home.homes_dir(),
+        }
+        for i, folder in enumerate(home.load_settings().get("jobs_workflow_dirs") or []):
+            need[f"workflow folder {folder}"] = folder
+        check_reachable(need)
+
+    def _reconcile_accounts(self, registry: Registry) -> None:
+        """Every registered user has their account; accounts of users removed
+        from the registry are locked (their homes stay)."""
+        from .accounts import AccountError
+
+        accounts = self.home.accounts()
+        users = registry.load()
+        for name in sorted(users):
+            try:
+                accounts.ensure(name)
+            except AccountError as e:
+                self.say(f"warning: {name} cannot log in: {e}")
+        for name, account in accounts.ours().items():
+            if name not in users:
+                accounts.lock(name)
+                log.info("locked %s (%s is no longer a user of this hub)", account.name, name)
+
+    def _start_starter(self) -> None:
+        """The job starter (jobs run as their users), with nothing secret in its
+        environment: a forked job shows its starter's environment in /proc."""
+        from .services.jobs.runner import base_environment, starter_socket
+
+        home = self.home
+        make_dir(home.jobs_dir)
+        if not self.multi_user:
+            make_dir(home.runs_dir())
+            make_dir(home.runtime_dir())
+        sock = starter_socket(home)
+        argv = [sys.executable, "-m", "imaginghub.hub.services.jobs.starter",
+                "--socket", str(sock), "--runs", str(home.runs_dir()),
+                "--runtime", str(home.runtime_dir()), "--home", str(home.path)]
+        if self.multi_user:
+            argv += ["--multi-user", "--service-uid", str(self.service.uid),
+                     "--service-gid", str(self.service.gid)]
+
+        def ready() -> bool:
+            import socket
+
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+            return True
+
+        self.starter = Managed("the job starter", argv,
+                               log_path=home.path / "logs" / "job-starter.log", ready=ready,
+                               env=base_environment({"PYTHONUNBUFFERED": "1"}),
+                               cwd=home.jobs_dir)
+        self.starter.start()
+        self.starter.wait_ready(60)
 
     def _demo_users(self, registry: Registry) -> dict:
         """alice (project oncology) and bob (project neuro); their passwords are
@@ -224,6 +360,18 @@ class Stack:
                     return 1
                 self._update_run_pids()
                 self.say("the archive is back")
+            if self.starter is not None and not self.starter.alive():
+                # running jobs go on (sessions of their own); the job service
+                # reconnects, and queued jobs wait until the starter is back
+                self.say(f"the job starter stopped (exit code {self.starter.proc.returncode});"
+                         " restarting it")
+                try:
+                    self.starter.start()
+                    self.starter.wait_ready(60)
+                except StackError as e:
+                    self.say(str(e))
+                    return 1
+                self._update_run_pids()
         return 0
 
     def _update_run_pids(self) -> None:
@@ -231,7 +379,7 @@ class Stack:
             run = json.loads(self.home.run_file.read_text())
         except (OSError, json.JSONDecodeError):
             return
-        run["pids"] = {"archive": self.archive.pid, "hub": self.hub.pid}
+        run["pids"] = self._pids()
         write_private(self.home.run_file, json.dumps(run, indent=2) + "\n")
 
     def request_stop(self, *_):
@@ -248,19 +396,33 @@ class Stack:
             leftovers = []
         if self.hub is not None:
             self.hub.stop(timeout=20)
+        if self.starter is not None:
+            self.starter.stop(timeout=10)
         if self.archive is not None:
             self.archive.stop(timeout=20)
         kill_tree(leftovers)
         # Jobs run in sessions of their own, so that a restarted job service
         # adopts them; they end with the workspace (and are marked interrupted
         # at the next start).
-        kill_tree(_processes_in(self.home.path / "jobs" / "runs"))
+        kill_tree(_processes_in(self.home.runs_dir()))
+        if self._guarded:
+            portguard.remove(self.home.site_id())
+            self._guarded = False
         try:
             run = json.loads(self.home.run_file.read_text())
             if run.get("pid") == os.getpid():
                 self.home.run_file.unlink()
         except (OSError, json.JSONDecodeError):
             pass
+
+
+def _me() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 def _processes_in(folder) -> list[int]:

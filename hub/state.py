@@ -1,7 +1,8 @@
 """The state directory of one site: settings, generated secrets, data.
 
-Layout under the home (``--home``, ``$IMAGINGHUB_HOME`` or
-``~/.local/share/imaginghub``)::
+Layout under the home (``--home``, ``$IMAGINGHUB_HOME``, else
+``/var/lib/imaginghub`` for root (a multi-user site) and
+``~/.local/share/imaginghub`` for anyone else)::
 
     settings.json            ports and names chosen on the first ``up`` (kept)
     users.json               the user registry: names, projects, password hashes (0600)
@@ -10,8 +11,16 @@ Layout under the home (``--home``, ``$IMAGINGHUB_HOME`` or
     orthanc/db/              the archive's storage and index
     hub/jupyterhub_config.py the hub's configuration, written at every ``up``
     hub/jupyterhub.sqlite    the hub's database
-    users/NAME/              the home of each user's server
+    users/NAME/              the home of each user's server (single-user mode)
+    jobs/                    the job service: its database, kept notebooks (and the
+                             runs, in single-user mode)
     run.json                 written by a running ``up``: pids and URLs (0600)
+
+In multi-user mode the whole directory belongs to the service account
+(0700) and nothing a user's process needs lives in it: users' homes are in
+``homes_dir`` (default ``/home``), and job runs, Dask clusters' folders and
+kernels' sockets in the spool directory (``spool_dir``, default
+``/var/spool/imaginghub``; see :meth:`Home.spool_dir`).
 """
 
 from __future__ import annotations
@@ -25,14 +34,71 @@ from pathlib import Path
 from .errors import ConfigError
 
 ENV_HOME = "IMAGINGHUB_HOME"
+# A multi-user site's state (root's default), and where job runs and Dask
+# clusters' folders go for it.
+SYSTEM_HOME = Path("/var/lib/imaginghub")
+SYSTEM_SPOOL = Path("/var/spool/imaginghub")
+# Where root's state lived before it moved to SYSTEM_HOME.
+OLD_ROOT_HOME = Path("/root/.local/share/imaginghub")
+
+MULTI_USER = "multi-user"
+SINGLE_USER = "single-user"
 
 
 def default_home() -> Path:
     env = os.environ.get(ENV_HOME)
     if env:
         return Path(env).expanduser()
+    if os.geteuid() == 0:
+        return SYSTEM_HOME
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "imaginghub"
+
+
+def migrate_root_home() -> str | None:
+    """Move root's state from its old place (``~/.local/share/imaginghub``,
+    private to root) to :data:`SYSTEM_HOME`; a sentence saying so, or None."""
+    if os.geteuid() != 0 or os.environ.get(ENV_HOME):
+        return None
+    if not (OLD_ROOT_HOME / "settings.json").exists() or SYSTEM_HOME.exists():
+        return None
+    SYSTEM_HOME.parent.mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    shutil.move(str(OLD_ROOT_HOME), str(SYSTEM_HOME))
+    return (f"moved the state directory from {OLD_ROOT_HOME} to {SYSTEM_HOME} (a multi-user "
+            "site keeps its state there, owned by the service account)")
+
+
+def _same_owner(fd: int, path: Path) -> None:
+    """Give a new file (``fd``, to become ``path``) the owner of the file it
+    replaces, else of its folder: as root (the CLI, ``up``), a file of the
+    service account's state stays the service account's."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = path.parent.stat()
+    os.fchown(fd, st.st_uid, st.st_gid)
+
+
+def make_dir(path: Path, mode: int = 0o700) -> Path:
+    """``mkdir -p`` whose new folders belong to the owner of the folder above
+    (see :func:`_same_owner`) and have ``mode``."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=mode, exist_ok=True)
+        os.chmod(d, mode)
+        if os.geteuid() == 0:
+            st = d.parent.stat()
+            os.chown(d, st.st_uid, st.st_gid)
+    return path
 
 
 def write_private(path: Path, text: str) -> None:
@@ -41,10 +107,11 @@ def write_private(path: Path, text: str) -> None:
     The file is created 0600 before any byte is written, and replaces the old
     one only when complete: a crash never leaves a half-written secret.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        _same_owner(fd, path)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -68,6 +135,8 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         if s.connect_ex((host, port)) == 0:
             return True
     with socket.socket() as s:
+        # as the servers bind: a connection of a stopped one in TIME_WAIT is no obstacle
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -115,11 +184,93 @@ class Home:
     def users_file(self) -> Path:
         return self.path / "users.json"
 
+    @property
+    def jobs_dir(self) -> Path:
+        return self.path / "jobs"
+
     def create(self) -> None:
-        for d in (self.path, self.secrets_dir, self.orthanc_dir, self.hub_dir, self.users_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.path, self.secrets_dir, self.orthanc_dir, self.hub_dir, self.users_dir,
+                  self.path / "logs"):
+            make_dir(d)
         os.chmod(self.path, 0o700)
         os.chmod(self.secrets_dir, 0o700)
+
+    # the site: one mode, its accounts, where users' things live -----------------
+    @property
+    def mode(self) -> str:
+        """``multi-user`` (``up`` runs as root: every user has an account of their
+        own) or ``single-user`` (everyone runs as the invoking account); what
+        the last ``up`` recorded, else what this process would start."""
+        return self.load_settings().get("mode") or (MULTI_USER if os.geteuid() == 0
+                                                     else SINGLE_USER)
+
+    @property
+    def multi_user(self) -> bool:
+        return self.mode == MULTI_USER
+
+    def site_id(self) -> str:
+        """A random name of this site, chosen once (it marks the site's
+        accounts and firewall rules)."""
+        s = self.load_settings()
+        if not s.get("site_id"):
+            s["site_id"] = secrets.token_hex(4)
+            self.save_settings(s)
+        return s["site_id"]
+
+    def spool_dir(self) -> Path:
+        """Job runs, Dask clusters' folders and kernels' sockets of a
+        multi-user site: outside the private state, traversable by users
+        (each run or cluster folder is its user's). ``spool_dir`` in
+        settings.json; default ``/var/spool/imaginghub`` for the system's
+        state directory, else ``<home>.spool`` beside it."""
+        s = self.load_settings()
+        if s.get("spool_dir"):
+            return Path(s["spool_dir"])
+        if self.path == SYSTEM_HOME:
+            return SYSTEM_SPOOL
+        return self.path.with_name(self.path.name + ".spool")
+
+    def homes_dir(self) -> Path:
+        """Where a multi-user site's accounts get their homes (``homes_dir``
+        in settings.json, default ``/home``)."""
+        return Path(self.load_settings().get("homes_dir") or "/home")
+
+    def runs_dir(self) -> Path:
+        """One folder per job run."""
+        return self.spool_dir() / "jobs" if self.multi_user else self.jobs_dir / "runs"
+
+    def clusters_dir(self) -> Path:
+        """One working folder per running Dask cluster."""
+        return (self.spool_dir() / "dask" if self.multi_user
+                else self.path / "dask-gateway" / "clusters")
+
+    def runtime_dir(self) -> Path:
+        """Where each account's kernels keep their connection files and IPC
+        sockets (a private folder per uid below it)."""
+        return self.spool_dir() / "run" if self.multi_user else self.path / "run"
+
+    def accounts(self):
+        """The mapping of this site's hub users to Unix accounts."""
+        from .accounts import Accounts
+
+        s = self.load_settings()
+        return Accounts(self.site_id(), prefix=s.get("account_prefix", ""),
+                        homes_dir=self.homes_dir(), lock_path=self.path / "accounts.lock")
+
+    def claim(self, uid: int, gid: int, *, skip=()) -> None:
+        """Make the whole state directory ``uid``'s (the service account's),
+        except the folders in ``skip`` that already belong to it."""
+        skip = {Path(p) for p in skip}
+        for root, dirs, files in os.walk(self.path):
+            here = Path(root)
+            for name in list(dirs):
+                d = here / name
+                if d in skip and d.stat().st_uid == uid:
+                    dirs.remove(name)
+            for p in [here, *(here / f for f in files)]:
+                st = os.lstat(p)
+                if (st.st_uid, st.st_gid) != (uid, gid):
+                    os.lchown(p, uid, gid)
 
     # secrets ---------------------------------------------------------------
     def secret(self, name: str, nbytes: int = 32) -> str:

@@ -154,6 +154,12 @@ class Registry:
         self.save(users)
         return user, new_password
 
+    def remove(self, name: str) -> None:
+        users = self.load()
+        if users.pop(name, None) is None:
+            raise ConfigError(f"no user {name!r}")
+        self.save(users)
+
     def set_password(self, name: str, password: str | None = None) -> str:
         users = self.load()
         if name not in users:

@@ -1,5 +1,13 @@
 """Session fixtures: a real Orthanc on free ports, and the real stack
-(`imaginghub up --demo`) on a temporary home."""
+(`imaginghub up --demo`) on a temporary home.
+
+The tests run as root (CI does), so every stack is a multi-user site: real
+Unix accounts for its users, the service account, the archive's ports
+closed by nftables. Stacks live under one folder that accounts can pass
+(pytest's own temporary folders are private to root), each with an account
+prefix of its own (two stacks run at once, both with alice and bob); their
+accounts and firewall tables are removed when they stop, and whatever a
+killed run left is removed when the next session starts."""
 
 from __future__ import annotations
 
@@ -20,7 +28,76 @@ from imaginghub.kernels.dicomweb import PACS
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
-TEST_WORKFLOWS = REPO / "tests" / "jobs" / "workflows"
+# The tests' workflows, copied where the job service's account can read them.
+TEST_WORKFLOWS = Path("/tmp/imaginghub-tests") / "workflows"
+MULTI_USER = os.geteuid() == 0
+TEST_PREFIX = "iht"  # every test stack's accounts start with it: iht + a letter + "-"
+_prefixes = iter("abcdefghijklmnopqrstuvwxyz")
+
+
+def site_root() -> Path:
+    """The folder of this session's stacks: passable by accounts (0711)."""
+    root = Path("/tmp/imaginghub-tests")
+    root.mkdir(mode=0o711, exist_ok=True)
+    os.chmod(root, 0o711)
+    return root
+
+
+def remove_leftovers() -> None:
+    """Accounts and firewall tables of test stacks that a killed run left."""
+    import pwd
+
+    from imaginghub.hub import portguard
+    from imaginghub.hub.accounts import kill_processes_of
+
+    if not MULTI_USER:
+        return
+    portguard.remove_stale()
+    for entry in pwd.getpwall():
+        if entry.pw_name.startswith(TEST_PREFIX) and entry.pw_gecos.startswith(
+                "imaginghub site "):
+            kill_processes_of(entry.pw_uid)
+            subprocess.run(["userdel", "--remove", "--force", entry.pw_name],
+                           capture_output=True)
+
+
+def new_home(name: str, settings: dict | None = None) -> Path:
+    """A fresh state directory for a stack (its settings written), with its
+    own account prefix and homes folder."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=site_root()))
+    os.chmod(base, 0o711)
+    home = base / "home"
+    home.mkdir()
+    values = {"homes_dir": str(base / "homes"),
+              "account_prefix": f"{TEST_PREFIX}{next(_prefixes)}-"}
+    values.update(settings or {})
+    Home(home).save_settings(values)
+    (base / "homes").mkdir(mode=0o755)
+    shutil.copytree(REPO / "tests" / "jobs" / "workflows", TEST_WORKFLOWS, dirs_exist_ok=True)
+    return home
+
+
+def remove_site(home: Path) -> None:
+    """The accounts of a stopped stack, and its folders."""
+    import shutil
+
+    h = Home(home)
+    if MULTI_USER and h.settings_file.exists():
+        accounts = h.accounts()
+        for name in accounts.ours():
+            accounts.remove(name)
+    shutil.rmtree(h.spool_dir(), ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_machine():
+    remove_leftovers()
+    site_root()
+    yield
+    remove_leftovers()
 
 
 class Archive:
@@ -71,6 +148,19 @@ class RunningStack:
 
     def token(self, user: str) -> str:
         return self.cli("token", user).stdout.strip()
+
+    def user_home(self, user: str) -> Path:
+        """Where ``user``'s server, kernels and jobs have their home."""
+        if self.home.multi_user:
+            return Path(self.home.accounts().ensure(user).home)
+        return self.home.users_dir / user
+
+    def give(self, user: str, path: Path) -> Path:
+        """Make a file the test wrote in ``user``'s home theirs."""
+        if self.home.multi_user:
+            a = self.home.accounts().ensure(user)
+            os.chown(path, a.uid, a.gid)
+        return path
 
     def archive(self) -> Archive:
         return Archive(orthanc_mod.OrthancSettings(
@@ -138,13 +228,12 @@ def stack(main_stack):
 
 
 @pytest.fixture(scope="session")
-def main_stack(tmp_path_factory):
-    home = tmp_path_factory.mktemp("stack") / "home"
-    home.mkdir()
+def main_stack():
     # the job service also offers the tests' workflows (tests/jobs/workflows)
-    (home / "settings.json").write_text(json.dumps({"jobs_workflow_dirs": [str(TEST_WORKFLOWS)]}))
+    home = new_home("stack", {"jobs_workflow_dirs": [str(TEST_WORKFLOWS)]})
     proc, output = start_stack(home, "--demo")
     if proc.poll() is not None:
+        remove_site(home)
         raise AssertionError(f"imaginghub up failed:\n{output.read_text()}")
     s = RunningStack(home, proc, output)
     try:
@@ -152,6 +241,7 @@ def main_stack(tmp_path_factory):
     finally:
         code = stop_stack(proc)
         leftovers = processes_using(home)
+        remove_site(home)
         assert code == 0, output.read_text()
         assert not leftovers, f"processes left behind after Ctrl-C: {leftovers}"
 
@@ -228,17 +318,19 @@ def data_stack(request, tmp_path_factory):
         yield request.getfixturevalue("main_stack")
         return
     pg = request.getfixturevalue("postgres")
-    home = tmp_path_factory.mktemp("pgstack") / "home"
-    Home(home).save_settings({"data_db_url": pg.create_database("imaginghub_data")})
+    home = new_home("pgstack", {"data_db_url": pg.create_database("imaginghub_data")})
     proc, output = start_stack(home, "--demo")
     if proc.poll() is not None:
+        remove_site(home)
         raise AssertionError(f"imaginghub up failed:\n{output.read_text()}")
     s = RunningStack(home, proc, output)
     assert not (home / "data" / "data.sqlite").exists()  # the mapping lives in PostgreSQL
     try:
         yield s
     finally:
-        assert stop_stack(proc) == 0, output.read_text()
+        code = stop_stack(proc)
+        remove_site(home)
+        assert code == 0, output.read_text()
         assert not processes_using(home)
 
 

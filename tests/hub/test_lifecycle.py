@@ -10,15 +10,15 @@ import time
 
 import httpx
 import psutil
-from conftest import Archive, processes_using, start_stack, stop_stack
+from conftest import Archive, new_home, processes_using, remove_site, start_stack, stop_stack
 from tests_support import in_memory_ct
 
 from imaginghub.hub import orthanc
 from imaginghub.hub.state import Home, free_port
 
 
-def test_busy_port_is_refused_without_leftovers(tmp_path):
-    home = tmp_path / "home"
+def test_busy_port_is_refused_without_leftovers():
+    home = new_home("busy")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -30,10 +30,18 @@ def test_busy_port_is_refused_without_leftovers(tmp_path):
     assert f"port {port}" in text and "in use" in text and "--port" in text
     assert "Traceback" not in text
     assert not processes_using(home)
+    remove_site(home)
 
 
-def test_killed_archive_is_restarted_and_state_survives_a_restart(tmp_path):
-    home = tmp_path / "home"
+def test_killed_archive_is_restarted_and_state_survives_a_restart():
+    home = new_home("restart")
+    try:
+        _restart(home)
+    finally:
+        remove_site(home)
+
+
+def _restart(home):
     proc, output = start_stack(home)
     assert proc.poll() is None, output.read_text()
     first = output.read_text()

@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...state import Home, free_port, port_in_use
+from ...state import Home, free_port, make_dir, port_in_use, write_private
 from .limits import Limits
 
 SERVICE = "dask-gateway"
@@ -78,7 +78,10 @@ c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenti
 c.JupyterHubAuthenticator.jupyterhub_service_name = {service!r}
 
 # -- Clusters: local processes of this machine --------------------------------
+# {accounts_line}
 c.DaskGateway.backend_class = "imaginghub.hub.services.dask_gateway.backend.HubLocalBackend"
+c.HubLocalBackend.site_home = str(HOME)
+c.HubLocalBackend.multi_user = {multi_user!r}
 c.LocalBackend.clusters_directory = {clusters_dir!r}
 c.LocalBackend.sigint_timeout = 5
 c.LocalBackend.sigterm_timeout = 3
@@ -161,11 +164,14 @@ def write_config(home: Home) -> GatewayConfig:
         settings[SETTINGS_PREFIX + "gateway_port"] = port
         home.save_settings(settings)
     home.secret("dask_gateway_proxy_token")
-    clusters_dir = home.path / "dask-gateway" / "clusters"
+    clusters_dir = home.clusters_dir()
     logs_dir = home.path / "dask-gateway" / "logs"
-    for d in (clusters_dir, logs_dir, clusters_dir.parent):
-        d.mkdir(parents=True, exist_ok=True)
-        d.chmod(0o700)
+    for d in (logs_dir.parent, logs_dir):
+        make_dir(d)
+    if home.multi_user:  # the users' cluster folders: each one its user's (made by root)
+        make_dir(clusters_dir, 0o711)
+    else:
+        make_dir(clusters_dir)
     api_port = free_port()
     text = TEMPLATE.format(
         home=str(home.path),
@@ -175,7 +181,12 @@ def write_config(home: Home) -> GatewayConfig:
         port=port,
         clusters_dir=str(clusters_dir),
         logs_dir=str(logs_dir),
-        user_home=str(home.users_dir / "{username}"),
+        user_home="" if home.multi_user else str(home.users_dir / "{username}"),
+        multi_user=home.multi_user,
+        accounts_line=("Each user's clusters run as their own Unix account (see "
+                       "imaginghub.hub.accounts), in their own folder under "
+                       f"{clusters_dir}." if home.multi_user else
+                       "Single-user mode: clusters run as this account."),
         dask=str(Path(sys.executable).parent / "dask"),
         environment=CLUSTER_ENVIRONMENT,
         limits=limits,
@@ -183,5 +194,5 @@ def write_config(home: Home) -> GatewayConfig:
         idle_timeout=float(limits["idle_timeout_seconds"]),
     )
     path = home.hub_dir / "dask_gateway_config.py"
-    path.write_text(text)
+    write_private(path, text)
     return GatewayConfig(path, port, api_port)

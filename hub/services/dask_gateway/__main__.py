@@ -13,7 +13,7 @@ import os
 import sys
 
 from ...state import Home
-from .backend import _die_with_parent
+from ...process import die_with_parent
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     os.dup2(fd, 1)  # the proxy (a child) writes here too
     os.dup2(fd, 2)
     os.close(fd)
-    _die_with_parent()  # stop with the hub, even if it is killed
+    die_with_parent()  # stop with the hub, even if it is killed
 
     from dask_gateway_server.app import DaskGateway
 

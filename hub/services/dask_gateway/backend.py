@@ -3,9 +3,12 @@
 Loaded by the gateway process (``dask-gateway-server``) through the
 configuration file that :mod:`imaginghub.hub.services.dask_gateway` writes:
 
-- :class:`HubLocalBackend`: ``UnsafeLocalBackend`` plus a limit on the number
-  of clusters a user may have at once, the ``workers`` option honoured when a
-  cluster starts, logs of stopped clusters kept in the state directory, and
+- :class:`HubLocalBackend`: dask-gateway's ``LocalBackend``, whose clusters
+  run as their user's own Unix account in multi-user mode (the account of
+  :mod:`imaginghub.hub.accounts`, umask 077, its own working folder) and as
+  the gateway's in single-user mode, plus a limit on the number of clusters
+  a user may have at once, the ``workers`` option honoured when a cluster
+  starts, logs of stopped clusters kept in the state directory, and
   scheduler and workers that stop when the gateway dies (Linux ``PDEATHSIG``);
 - :func:`cluster_options`: the options users choose from (workers, cores and
   memory per worker, idle timeout), bounded by the admin's limits for that
@@ -15,16 +18,16 @@ configuration file that :mod:`imaginghub.hub.services.dask_gateway` writes:
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import shutil
-import signal
 
 from dask_gateway_server.backends.base import PublicException
-from dask_gateway_server.backends.local import LocalClusterConfig, UnsafeLocalBackend
+from dask_gateway_server.backends.local import LocalBackend, LocalClusterConfig
 from dask_gateway_server.options import Float, Integer, Options
-from traitlets import Dict, Integer as IntegerTrait, Unicode, default
+from traitlets import Bool, Dict, Integer as IntegerTrait, Unicode, default
 
+from ...accounts import Account, preexec
+from ...process import die_with_parent
 from .limits import limits_for
 
 GiB = 2**30
@@ -123,20 +126,22 @@ class HubClusterConfig(LocalClusterConfig):
     )
 
 
-_PR_SET_PDEATHSIG = 1
+class HubLocalBackend(LocalBackend):
+    """Local processes for every user's clusters: as the user's own account
+    in multi-user mode, as the gateway's (the embedded stack's one account)
+    in single-user mode.
 
+    Overrides of LocalBackend: :meth:`make_preexec_fn` (the account, umask
+    077, PDEATHSIG), :meth:`setup_working_directory` and
+    :meth:`set_file_permissions` (the account owns its folder, certificate
+    and key; dask-gateway-server 2026.3.0's own version extends its list of
+    paths with each path's characters, and as root chowns ``/`` to the
+    user), :meth:`get_env` (the account's HOME and USER)."""
 
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
-
-class HubLocalBackend(UnsafeLocalBackend):
-    """Local processes for every user's clusters (same Unix user as the hub:
-    the embedded stack runs user servers that way too)."""
-
+    site_home = Unicode(
+        "", config=True, help="The site's state directory (its accounts mapping).")
+    multi_user = Bool(
+        False, config=True, help="Run each user's clusters as their own Unix account.")
     limits = Dict(help="The limits of every user (see Limits).", config=True)
     user_limits = Dict(help="Per user changes to `limits`: {name: {limit: value}}.",
                        config=True)
@@ -149,9 +154,9 @@ class HubLocalBackend(UnsafeLocalBackend):
         50, config=True, help="Logs of at most this many stopped clusters are kept.")
     user_home_template = Unicode(
         "", config=True,
-        help="HOME of a user's schedulers and workers, `{username}` replaced (the home "
-             "of the user's server, so `~` means the same in a notebook and on a worker); "
-             "empty: not set.",
+        help="HOME of a user's schedulers and workers in single-user mode, `{username}` "
+             "replaced (the home of the user's server, so `~` means the same in a notebook "
+             "and on a worker); in multi-user mode HOME is the account's home.",
     )
 
     def __init__(self, *args, **kwargs):
@@ -189,22 +194,53 @@ class HubLocalBackend(UnsafeLocalBackend):
         except Exception:  # a cluster stopped meanwhile
             self.log.warning("could not start the workers of cluster %s", name, exc_info=True)
 
+    # -- accounts ------------------------------------------------------------
+    def account(self, username: str) -> Account | None:
+        """The account a user's clusters run as (None: the gateway's own)."""
+        if not self.multi_user:
+            return None
+        from ...state import Home
+
+        return Home(self.site_home).accounts().ensure(username)
+
     def get_env(self, cluster):
         env = super().get_env(cluster)
-        if self.user_home_template:
+        account = self.account(cluster.username)
+        if account is not None:
+            env["HOME"], env["USER"] = account.home, account.name
+        elif self.user_home_template:
             home = self.user_home_template.format(username=cluster.username)
             os.makedirs(home, exist_ok=True)
             env["HOME"] = home
         return env
 
     def make_preexec_fn(self, cluster):
-        workdir = cluster.state["workdir"]
+        return preexec(self.account(cluster.username), cwd=cluster.state["workdir"],
+                       then=die_with_parent)
 
-        def preexec():  # pragma: nocover
-            _die_with_parent()
-            os.chdir(workdir)
+    def set_file_permissions(self, paths, username):
+        account = self.account(username)
+        if account is None:
+            return
+        for path in paths:
+            os.chown(path, account.uid, account.gid)
 
-        return preexec
+    def setup_working_directory(self, cluster):
+        """``CLUSTERS/NAME`` with ``.certs`` (the cluster's TLS certificate and
+        key, 0600) and ``logs``, all 0700 and the user's."""
+        workdir = os.path.join(self.clusters_directory, cluster.name)
+        certs, logs = self.get_certs_directory(workdir), self.get_logs_directory(workdir)
+        for d in (workdir, certs, logs):
+            os.makedirs(d, 0o700, exist_ok=True)
+            os.chmod(d, 0o700)
+        cert_path, key_path = self._get_tls_paths(workdir)
+        for path, data in ((cert_path, cluster.tls_cert), (key_path, cluster.tls_key)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        self.set_file_permissions([workdir, certs, logs, cert_path, key_path],
+                                  cluster.username)
+        return workdir
 
     def cleanup_working_directory(self, workdir):
         if self.logs_directory and os.path.isdir(self.get_logs_directory(workdir)):

@@ -34,6 +34,7 @@ def db_url(home: Home) -> str:
 
 
 async def serve() -> None:
+    os.umask(0o077)
     home = Home(os.environ["IMAGINGHUB_HOME"])
     (home.path / "data").mkdir(exist_ok=True)
     settings = home.load_settings()
@@ -54,6 +55,7 @@ async def serve() -> None:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/data/")
     bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
     app = make_app(ctx, prefix)
+    ctx.own_host = bind.netloc
     from .sync import ChangeFeed
 
     from .catalog_sync import CatalogSync

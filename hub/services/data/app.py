@@ -15,6 +15,7 @@ import base64
 import json
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
@@ -24,7 +25,7 @@ from tornado import web
 
 from ....kernels.query import archive_filters, keep
 from ..identity import Caller, Users, identify
-from . import splice
+from . import answers, splice
 from .db import Store
 
 log = logging.getLogger("imaginghub.data")
@@ -35,6 +36,11 @@ NOT_FOUND = {"message": "Not Found"}
 _STUDY_COUNTS = ("00201206", "00201208", "00080061")  # series, instances, modalities
 SMALL_ANSWER = 8 * 1024**2  # answers up to this size are read, larger ones spliced
 _PASS_HEADERS = ("content-type", "content-length", "content-location", "etag", "last-modified")
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9a-fA-F:.]+\](:[0-9]{1,5})?$")
+# WADO-RS paths answered with DICOM files as stored (no addresses inside):
+# these may be relayed unread.
+_BINARY = re.compile(r"^(/instances/[0-9.]+)?$")
+_FRAMES = re.compile(r"^/instances/(?P<sop>[0-9.]+)/frames/[0-9,]+$")
 
 
 class Context:
@@ -47,6 +53,8 @@ class Context:
         gateway may read series from it (see :mod:`.storage`)."""
         self.max_stow_bytes = max_stow_bytes
         self.archive_url = archive_url.rstrip("/")
+        self.public_prefix = "/services/data/dicom-web"  # set by make_app
+        self.own_host = "127.0.0.1"
         self.archive = httpx.AsyncClient(
             auth=archive_auth, timeout=httpx.Timeout(120, connect=5),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
@@ -114,6 +122,20 @@ class BaseHandler(web.RequestHandler):
         return await self.ctx.archive.get(f"{self.ctx.archive_url}{path}", params=params,
                                           headers=headers)
 
+    def rewriter(self) -> answers.Rewriter:
+        """Turns the archive's address in an answer into this service's, as
+        the client reached it (see :mod:`.answers`)."""
+        proto = self.request.headers.get("X-Forwarded-Proto", self.request.protocol)
+        proto = "https" if proto.split(",")[0].strip().lower() == "https" else "http"
+        host = self.request.host
+        if not _HOST.match(host or ""):
+            host = self.ctx.own_host
+        public = f"{proto}://{host}{self.ctx.public_prefix}"
+        return answers.Rewriter((self.ctx.archive_url + "/dicom-web").encode(), public.encode())
+
+    def refuse(self, refused: answers.Refused):
+        raise web.HTTPError(refused.status, reason=refused.reason)
+
 
 class QidoHandler(BaseHandler):
     """QIDO-RS at any level; results filtered to the caller's projects."""
@@ -144,8 +166,9 @@ class QidoHandler(BaseHandler):
         if r.status_code == 204 or not r.content:
             return self._json([])
         if r.status_code != 200:
-            raise web.HTTPError(502, reason=f"archive answered {r.status_code}")
-        records = [rec for rec in r.json() if keep(rec, exact)] if exact else r.json()
+            self.refuse(answers.archive_error(r.status_code))
+        found = json.loads(self.rewriter().all(r.content))
+        records = [rec for rec in found if keep(rec, exact)] if exact else found
         if scope is not None:
             records = self._visible(level, records, scope)
         end = offset + limit if limit else None
@@ -175,7 +198,9 @@ class QidoHandler(BaseHandler):
 
 class SeriesHandler(BaseHandler):
     """WADO-RS at series level and below: streamed from the archive when the
-    series is in one of the caller's projects, 404 otherwise."""
+    series is in one of the caller's projects, 404 otherwise. The archive's
+    address in an answer becomes this service's, its errors a short reason,
+    and a transfer syntax it cannot safely produce a 406 (see :mod:`.answers`)."""
 
     async def get(self, study: str, series: str, rest: str | None = None):
         rest = rest or ""
@@ -185,9 +210,42 @@ class SeriesHandler(BaseHandler):
         scope = self.caller.scope
         if scope is not None and not self.ctx.store.is_visible(scope, study, series):
             self.not_found()
+        accept = self.request.headers.get("Accept", "")
+        frames = _FRAMES.match(rest)
+        if _BINARY.match(rest) or frames:
+            sop = frames.group("sop") if frames else rest.rsplit("/", 1)[-1] or None
+            accept = await self.negotiate(accept, {"SeriesInstanceUID": series,
+                                                   **({"SOPInstanceUID": sop} if sop else {})})
         if not rest and await self._from_storage(study, series):
             return
-        await self.stream(f"/dicom-web/studies/{study}/series/{series}{rest}")
+        await self.stream(f"/dicom-web/studies/{study}/series/{series}{rest}", accept,
+                          binary=bool(_BINARY.match(rest)))
+
+    async def negotiate(self, accept: str, query: dict) -> str:
+        """The Accept header to send the archive: as asked when the archive
+        can safely produce it, else as stored where that is what was asked
+        for, else a 406 (see :func:`.answers.negotiate`)."""
+        if answers.asked(accept).safe:
+            return accept
+        stored = await self.stored_syntaxes(query)
+        try:
+            return answers.negotiate(accept, stored)
+        except answers.Refused as e:
+            self.refuse(e)
+
+    async def stored_syntaxes(self, query: dict) -> set[str]:
+        """The transfer syntaxes the instances matching ``query`` are stored in."""
+        r = await self.ctx.archive.post(f"{self.ctx.archive_url}/tools/find",
+                                        json={"Level": "Instance", "Query": query})
+        ids = r.json() if r.status_code == 200 else []
+        gate = asyncio.Semaphore(16)
+
+        async def one(instance: str) -> str | None:
+            async with gate:
+                m = await self.archive_get(f"/instances/{instance}/metadata/TransferSyntax")
+            return m.text.strip() if m.status_code == 200 else None
+
+        return {ts for ts in await asyncio.gather(*(one(i) for i in ids[:10_000])) if ts}
 
     async def _from_storage(self, study: str, series: str) -> bool:
         """Answer a whole series in its stored transfer syntax from the
@@ -222,16 +280,29 @@ class SeriesHandler(BaseHandler):
                                    etag)
         return True
 
-    async def stream(self, path: str):
-        """Forward the archive's answer. A large 200 (a series, a study) is
-        handed over in the kernel: the client's socket is detached from
-        tornado and the archive's bytes are spliced into it (no copy through
-        Python: the gateway's CPU per series load drops from about 0.35 s to
-        a few ms). A small answer of known length (one instance, metadata, a
-        frame, an error) is read and answered on the kept-alive connection.
-        Only a chunked answer goes through httpx."""
-        headers = {k: v for k, v in self.request.headers.items()
-                   if k.lower() in ("accept", "range")}
+    def _headers(self, accept: str) -> dict:
+        headers = {"Accept": accept} if accept else {}
+        if "range" in self.request.headers:
+            headers["Range"] = self.request.headers["range"]
+        return headers
+
+    def _pass(self, rheaders: dict, rewriter: answers.Rewriter) -> dict:
+        return {k: (rewriter.all(v.encode("latin-1")).decode("latin-1")
+                    if k == "content-location" else v)
+                for k, v in rheaders.items() if k in _PASS_HEADERS}
+
+    async def stream(self, path: str, accept: str, *, binary: bool = False):
+        """Forward the archive's answer. A large 200 of DICOM files (a series,
+        a study, an instance: ``binary``; they carry no addresses) is handed
+        over in the kernel: the client's socket is detached from tornado and
+        the archive's bytes are spliced into it (no copy through Python: the
+        gateway's CPU per series load drops from about 0.35 s to a few ms). A
+        small answer of known length (metadata, a frame, an error) is read,
+        its addresses rewritten, and answered on the kept-alive connection.
+        Other large or chunked answers are streamed through httpx, rewritten
+        as they pass."""
+        headers = self._headers(accept)
+        asked = answers.asked(accept)
         query = self.request.query
         target = f"/{path.lstrip('/')}" + (f"?{query}" if query else "")
         loop = asyncio.get_running_loop()
@@ -243,12 +314,16 @@ class SeriesHandler(BaseHandler):
         except OSError:
             raise web.HTTPError(502, reason="the archive did not answer") from None
         length = splice.body_length(rheaders)
-        if status == 404 or length is None:
+        if status >= 400 or length is None or (
+                not binary and (length < 0 or length > SMALL_ANSWER)):
             sock.close()
             if status == 404:
                 self.not_found()
-            return await self._stream_httpx(path)
-        passed = {k: v for k, v in rheaders.items() if k in _PASS_HEADERS}
+            if status >= 400:
+                self.refuse(answers.archive_error(status, asked))
+            return await self._stream_httpx(path, headers, rewrite=not binary)
+        rewriter = self.rewriter()
+        passed = self._pass(rheaders, rewriter)
         if status == 200 and (length < 0 or length > SMALL_ANSWER):
             head = "HTTP/1.1 200 OK\r\n" + "".join(
                 f"{k}: {v}\r\n" for k, v in passed.items()) + "Connection: close\r\n\r\n"
@@ -267,32 +342,37 @@ class SeriesHandler(BaseHandler):
         for k, v in passed.items():
             if k != "content-length":
                 self.set_header(k, v)
-        self.finish(body)
+        self.finish(body if binary else rewriter.all(body))
 
-    async def _stream_httpx(self, path: str):
-        headers = {k: v for k, v in self.request.headers.items()
-                   if k.lower() in ("accept", "range")}
+    async def _stream_httpx(self, path: str, headers: dict, *, rewrite: bool = True):
         query = self.request.query
         url = f"{self.ctx.archive_url}{path}" + (f"?{query}" if query else "")
         request = self.ctx.archive.build_request("GET", url, headers=headers)
         r = await self.ctx.archive.send(request, stream=True)
+        rewriter = self.rewriter()
         try:
             if r.status_code == 404:
                 self.not_found()
+            if r.status_code >= 400:
+                self.refuse(answers.archive_error(r.status_code,
+                                                  answers.asked(headers.get("Accept", ""))))
             self.set_status(r.status_code)
-            for k, v in r.headers.items():
-                if k.lower() in _PASS_HEADERS:
+            for k, v in self._pass({k.lower(): v for k, v in r.headers.items()},
+                                   rewriter).items():
+                if not (rewrite and k == "content-length"):
                     self.set_header(k, v)
             # Forward as it comes, flushing every few MB: memory stays bounded
             # (the client's pace holds the archive back) without a flush per
             # small network read.
             pending = 0
             async for chunk in r.aiter_raw(1 << 20):
-                self.write(chunk)
+                self.write(rewriter.feed(chunk) if rewrite else chunk)
                 pending += len(chunk)
                 if pending >= 4 << 20:
                     await self.flush()
                     pending = 0
+            if rewrite:
+                self.write(rewriter.close())
         finally:
             await r.aclose()
 
@@ -306,8 +386,12 @@ class StudyHandler(SeriesHandler):
         self._action = "wado-study" + (f"-{rest.strip('/')}" if rest else "")
         self._uids = [study]
         scope = self.caller.scope
+        accept = self.request.headers.get("Accept", "")
+        if not rest:
+            accept = await self.negotiate(accept, {"StudyInstanceUID": study})
         if scope is None:
-            return await self.stream(f"/dicom-web/studies/{study}{rest}")
+            return await self.stream(f"/dicom-web/studies/{study}{rest}", accept,
+                                     binary=not rest)
         visible = self.ctx.store.series_of_study(scope, study)
         if not visible:
             self.not_found()
@@ -315,26 +399,28 @@ class StudyHandler(SeriesHandler):
                                    headers={"Accept": "application/dicom+json"})
         in_archive = {_v(rec, "0020000E") for rec in (r.json() if r.status_code == 200 else [])}
         if in_archive and in_archive <= set(visible):
-            return await self.stream(f"/dicom-web/studies/{study}{rest}")
+            return await self.stream(f"/dicom-web/studies/{study}{rest}", accept,
+                                     binary=not rest)
         if rest == "/metadata":
             out = []
+            rewriter = self.rewriter()
             for series in visible:
                 r = await self.archive_get(f"/dicom-web/studies/{study}/series/{series}/metadata",
                                            headers={"Accept": "application/dicom+json"})
                 if r.status_code == 200:
-                    out.extend(r.json())
+                    out.extend(json.loads(rewriter.all(r.content)))
             self.set_header("Content-Type", "application/dicom+json")
             return self.finish(json.dumps(out))
         if rest:
             self.not_found()
-        await self._reframe(study, visible)
+        await self._reframe(study, visible, accept)
 
-    async def _reframe(self, study: str, series_uids: list[str]):
+    async def _reframe(self, study: str, series_uids: list[str], accept: str):
         """One multipart answer made of the parts of several series answers."""
         from ....kernels.multipart import boundary_of, iter_parts_async
 
         boundary = "imaginghub-" + study[-16:]
-        accept = self.request.headers.get("Accept") or 'multipart/related; type="application/dicom"'
+        accept = accept or 'multipart/related; type="application/dicom"'
         self.set_header("Content-Type",
                         f'multipart/related; type="application/dicom"; boundary={boundary}')
         for series in series_uids:
@@ -442,7 +528,8 @@ class StowHandler(BaseHandler):
                     headers={"Content-Type": "multipart/related; type=\"application/dicom\"; "
                                              f"boundary={boundary}",
                              "Accept": "application/dicom+json"})
-                answer = r.json() if r.status_code in (200, 202) and r.content else {}
+                answer = (json.loads(self.rewriter().all(r.content))
+                          if r.status_code in (200, 202) and r.content else {})
                 stored = {item["00081155"]["Value"][0]
                           for item in answer.get("00081199", {}).get("Value", [])}
             finally:
@@ -812,6 +899,7 @@ def _log_request(handler: web.RequestHandler) -> None:
 
 def make_app(ctx: Context, prefix: str) -> web.Application:
     p = prefix.rstrip("/") + "/dicom-web"
+    ctx.public_prefix = p
     k = {"ctx": ctx}
     api = prefix.rstrip("/") + "/api"
     return web.Application([
@@ -821,7 +909,7 @@ def make_app(ctx: Context, prefix: str) -> web.Application:
         (rf"{p}/studies/(?P<study>{UID})/series/(?P<series>{UID})/(?P<level>instances)",
          QidoHandler, k),
         (rf"{p}/studies/(?P<study>{UID})/series/(?P<series>{UID})"
-         rf"(?P<rest>/metadata|/rendered|/thumbnail|/instances/{UID}(?:/[a-z0-9/,]*)?)?",
+         rf"(?P<rest>/metadata|/rendered|/thumbnail|/instances/{UID}(?:/[A-Za-z0-9/,]*)?)?",
          SeriesHandler, k),
         (rf"{p}/studies/(?P<study>{UID})(?P<rest>/metadata|/rendered)?", StudyRouteHandler, k),
         (rf"{api}/projects", ProjectsHandler, k),

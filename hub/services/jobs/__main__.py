@@ -5,7 +5,9 @@ JupyterHub starts it as a managed service (and restarts it if it stops).
 ``jobs/`` folder (0700): ``jobs.sqlite`` (or ``jobs_db_url``), the kept
 notebooks and one folder per run. ``IMAGINGHUB_USER_ENV`` (JSON) is what a
 user's server gets in its environment, and so what a job gets;
-``IMAGINGHUB_JOB_SCOPES`` (JSON) the scopes of a job's token.
+``IMAGINGHUB_JOB_SCOPES`` (JSON) the scopes of a job's token. It runs as
+the service account in multi-user mode; the job starter (:mod:`.starter`,
+run by ``imaginghub up``) starts each job as its user.
 
 Settings (settings.json): ``jobs_max_running`` (all jobs at once; default
 the number of CPUs), ``jobs_max_running_per_user`` (default 2),
@@ -40,6 +42,7 @@ def db_url(home: Home) -> str:
 
 
 async def serve() -> None:
+    os.umask(0o077)
     home = Home(os.environ["IMAGINGHUB_HOME"])
     root = home.path / "jobs"
     root.mkdir(mode=0o700, exist_ok=True)
@@ -51,7 +54,7 @@ async def serve() -> None:
     data_api = user_env.get("IMAGINGHUB_DICOMWEB_URL", "").rsplit("/dicom-web", 1)[0] + "/api"
     scheduler = Scheduler(
         JobStore(db_url(home)), Registry(settings.get("jobs_workflow_dirs") or []),
-        runner(settings.get("jobs_runner", "local")), root,
+        runner(settings.get("jobs_runner", "local"), home), root,
         hub_api=hub_auth.api_url, service_token=hub_auth.api_token, data_api=data_api,
         users_dir=home.users_dir, user_env=user_env, token_scopes=scopes,
         max_running=int(settings.get("jobs_max_running") or os.cpu_count() or 2),

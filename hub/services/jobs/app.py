@@ -200,12 +200,9 @@ class LogHandler(BaseHandler):
     def get(self, job_id: str):
         job = self.job(job_id)
         offset = _int(self.get_argument("offset", "0"), "offset")
-        path = self.ctx.scheduler.job_dir(job.id) / "log.txt"
-        data = b""
-        if path.exists():
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read(8 * 1024**2)
+        if offset < 0:
+            raise web.HTTPError(400, reason="offset must be 0 or more")
+        data = self.ctx.scheduler.read(job.id, "log.txt", offset, 8 * 1024**2) or b""
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("X-Log-Offset", str(offset + len(data)))
         self.finish(data)
@@ -214,25 +211,27 @@ class LogHandler(BaseHandler):
 class NotebookHandler(BaseHandler):
     def get(self, job_id: str):
         job = self.job(job_id)
-        path = self.ctx.scheduler.job_dir(job.id) / "output.ipynb"
-        if not path.exists():
+        data = self.ctx.scheduler.read(job.id, "output.ipynb")
+        if not data:
             raise web.HTTPError(404)
         self.set_header("Content-Type", "application/x-ipynb+json")
-        self.finish(path.read_bytes())
+        self.finish(data)
 
 
 class ArtifactsHandler(BaseHandler):
     def get(self, job_id: str, path: str | None = None):
+        import os
+
         job = self.job(job_id)
         sched = self.ctx.scheduler
         if not path:
             return self.send({"artifacts": sched.artifacts(job)})
-        target = sched.artifact_path(job, path)
-        if target is None:
+        fd = sched.open_artifact(job, path)
+        if fd is None:
             raise web.HTTPError(404)
-        kind, _ = mimetypes.guess_type(target.name)
+        kind, _ = mimetypes.guess_type(path.rsplit("/", 1)[-1])
         self.set_header("Content-Type", kind or "application/octet-stream")
-        with open(target, "rb") as f:
+        with os.fdopen(fd, "rb") as f:
             while chunk := f.read(1 << 20):
                 self.write(chunk)
         self.finish()

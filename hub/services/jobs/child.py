@@ -11,6 +11,12 @@ job's ``work/`` folder, and leaves beside it:
 
 The log (``log.txt``) is this process's output: papermill's cell markers and
 each cell's printed output, as the cells run.
+
+It runs as the job's user with umask 077. In multi-user mode the job's
+folder has the service account's group (set-group-id): the files written
+here are made readable by that group (0640), and when the notebook is done
+so is everything in ``work/``; nobody else can read any of it. Papermill's
+kernel talks over IPC, in the account's private runtime folder.
 """
 
 from __future__ import annotations
@@ -25,8 +31,41 @@ from pathlib import Path
 
 def write_json(path: Path, value: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o640)  # for the job service (the folder's group), past the umask
+        f.write(json.dumps(value))
     os.replace(tmp, path)
+
+
+def share_outputs(work: Path) -> None:
+    """Let the folder's group (the job service) read what the notebook left
+    in ``work/``: files g+r, folders g+rx; links are left alone."""
+    import stat
+
+    for root, dirs, files in os.walk(work):
+        for name in [*dirs, *files]:
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                os.chmod(path, (st.st_mode & 0o7777) | 0o050)
+            elif stat.S_ISREG(st.st_mode):
+                os.chmod(path, (st.st_mode & 0o7777) | 0o040)
+
+
+def ipc_kernel_manager():
+    """jupyter_client's kernel manager with the kernel's channels on Unix
+    sockets in JUPYTER_RUNTIME_DIR (0700) instead of loopback TCP."""
+    from jupyter_client import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return IPCKernelManager
 
 
 class Progress(logging.Handler):
@@ -84,13 +123,15 @@ def run(job_dir: Path) -> int:
             spec["notebook"], str(job_dir / "output.ipynb"), parameters=spec["parameters"],
             kernel_name=spec.get("kernel", "imaging"), cwd=str(work), progress_bar=False,
             log_output=True, request_save_on_cell_execute=True,
-            start_timeout=int(spec.get("start_timeout", 120)))
+            start_timeout=int(spec.get("start_timeout", 120)),
+            kernel_manager_class=ipc_kernel_manager())
     except PapermillExecutionError as e:
         result.update(status="failed", reason=f"{e.ename}: {e.evalue}",
                       failed_cell=failed_cell(job_dir / "output.ipynb"))
     except Exception as e:  # the kernel died, the notebook could not be read ...
         result.update(status="failed", reason=f"{type(e).__name__}: {e}")
     result["ended"] = time.time()
+    share_outputs(work)
     write_json(job_dir / "result.json", result)
     print(f"job {result['status']}" + (f": {result['reason']}" if result["reason"] else ""),
           flush=True)

@@ -1,18 +1,23 @@
 """Runners start a job's process and watch it.
 
-A runner gets a job's folder (``spec.json`` inside says what to run; see
-:mod:`.child`) and the environment of the run, and answers with a *handle*,
-a short string kept in the job's record so that a restarted service finds
-the process again. Override, in a subclass registered under the entry point
-group ``imaginghub.job_runners``:
+A runner gets a job's id, its user, what to run (the ``spec`` that
+:mod:`.child` reads), the kept notebook and the environment of the run, and
+answers with a *handle*, a short string kept in the job's record so that a
+restarted service finds the process again. The job's files (log, progress,
+result, the executed notebook, ``work/``) are in ``runs_dir/ID``. Override,
+in a subclass registered under the entry point group
+``imaginghub.job_runners``:
 
 - :meth:`Runner.start` (start the process, return its handle),
 - :meth:`Runner.poll` (None while it runs, else its exit code),
-- :meth:`Runner.stop` (stop it and everything it started).
+- :meth:`Runner.stop` (stop it and everything it started),
+- :meth:`Runner.clean_up` and :meth:`Runner.remove` (what a finished job
+  left behind, its folder).
 
 :class:`LocalProcessRunner` runs jobs as local processes of the service's
-machine; a Kubernetes runner would create a Job per run and keep its name
-as the handle.
+machine, through the job starter (:mod:`.starter`), which alone may switch
+to the job's user; a Kubernetes runner would create a Job per run and keep
+its name as the handle.
 """
 
 from __future__ import annotations
@@ -20,9 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
-import subprocess
-import sys
+import socket
 import threading
 from pathlib import Path
 
@@ -30,14 +33,20 @@ log = logging.getLogger("imaginghub.jobs")
 
 
 # what poll answers for a process that is gone when its exit code cannot be known
-# (it was started by an earlier run of the service)
+# (it was started by an earlier run of the starter)
 GONE = -(2**16)
+
+
+class RunnerUnavailable(RuntimeError):
+    """The runner cannot start jobs now (queued jobs wait)."""
 
 
 class Runner:
     name = "base"
+    runs_dir: Path
 
-    def start(self, job_dir: Path, env: dict[str, str]) -> str:
+    def start(self, job_id: str, user: str, spec: dict, notebook: Path,
+              env: dict[str, str]) -> str:
         raise NotImplementedError
 
     def poll(self, handle: str) -> int | None:
@@ -50,119 +59,77 @@ class Runner:
         raise NotImplementedError
 
     def clean_up(self, job_id: str) -> None:
-        """Remove what a finished job left behind (called once it ended)."""
+        """Remove what a finished job left running (called once it ended)."""
+
+    def remove(self, job_id: str) -> None:
+        """Delete the job's folder."""
 
     def close(self) -> None:
         """The service stops (running jobs go on)."""
 
 
-class _Zygote:
-    """The runner's side of :mod:`.zygote`: a warm process that forks jobs."""
-
-    def __init__(self):
-        from ...process import _child_setup
-
-        # A forked process shows its starter's environment in /proc/PID/environ,
-        # whatever it sets later: the starter gets nothing secret (not the
-        # service's token), and each job its own environment when forked.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imaginghub.hub.services.jobs.zygote"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=_child_setup,
-            env=base_environment({"PYTHONUNBUFFERED": "1"}))
-        self.answers: queue.Queue = queue.Queue()
-        self.exits: dict[int, int] = {}
-        self.forked: set[int] = set()
-        self._lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True, name="zygote").start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if "exit" in msg:
-                self.exits[msg["exit"]] = msg["code"]
-            else:
-                self.answers.put(msg)
-        self.answers.put({"error": "the job starter ended"})
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def fork(self, job_dir: Path, env: dict[str, str]) -> int:
-        with self._lock:
-            self.proc.stdin.write(json.dumps({"job_dir": str(job_dir), "env": env}).encode()
-                                  + b"\n")
-            self.proc.stdin.flush()
-            answer = self.answers.get(timeout=30)
-        if "pid" not in answer:
-            raise RuntimeError(answer.get("error", "no answer"))
-        self.forked.add(answer["pid"])
-        return answer["pid"]
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(5)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-
-
 class LocalProcessRunner(Runner):
-    """A job is :func:`.child.run` in a process and session of its own:
-    stopping the service does not stop it, and a restarted service adopts it
-    by pid and start time. Its output goes to ``JOB_DIR/log.txt``.
-
-    Processes are forked from a warm starter that has papermill imported
-    (:mod:`.zygote`; about 1 s less per job than a fresh interpreter), or
-    started as ``python -m imaginghub.hub.services.jobs.child JOB_DIR`` when
-    ``warm`` is off or the starter is not available."""
+    """A job is :func:`.child.run` in a process and session of its own,
+    forked by the job starter and running as the job's user: stopping the
+    service does not stop it, and a restarted service adopts it by pid and
+    start time. Its output goes to ``RUNS/ID/log.txt``."""
 
     name = "local"
 
-    def __init__(self, warm: bool = True):
-        self._procs: dict[int, subprocess.Popen] = {}
-        self._warm = warm
-        self._zygote: _Zygote | None = None
+    def __init__(self, socket_path: Path, runs_dir: Path):
+        self.socket_path = Path(socket_path)
+        self.runs_dir = Path(runs_dir)
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+        self._lock = threading.Lock()
+        self._exits: dict[int, int] = {}
+        self._mine: set[int] = set()  # pids the starter forked for this service
+        self._gone_since: dict[int, float] = {}
 
-    def _starter(self) -> _Zygote | None:
-        if not self._warm:
-            return None
-        if self._zygote is None or not self._zygote.alive():
-            try:
-                self._zygote = _Zygote()
-            except OSError:
-                self._warm = False
-                return None
-        return self._zygote
+    # -- the starter's socket ----------------------------------------------------
+    def _ask(self, request: dict) -> dict:
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    if self._sock is None:
+                        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                        s.settimeout(30)
+                        s.connect(str(self.socket_path))
+                        self._sock, self._buffer = s, b""
+                    self._sock.sendall(json.dumps(request).encode() + b"\n")
+                    while b"\n" not in self._buffer:
+                        chunk = self._sock.recv(1 << 20)
+                        if not chunk:
+                            raise ConnectionError("the job starter closed the connection")
+                        self._buffer += chunk
+                    line, self._buffer = self._buffer.split(b"\n", 1)
+                    answer = json.loads(line)
+                    break
+                except OSError as e:
+                    if self._sock is not None:
+                        self._sock.close()
+                    self._sock = None
+                    if attempt == 2:
+                        raise RunnerUnavailable(f"the job starter does not answer at "
+                                                f"{self.socket_path} ({e})") from None
+        if "error" in answer:
+            raise RuntimeError(f"the job starter refused: {answer['error']}")
+        return answer
 
-    def start(self, job_dir: Path, env: dict[str, str]) -> str:
-        import psutil
-
-        pid = None
-        zygote = self._starter()
-        if zygote is not None:
-            try:
-                pid = zygote.fork(job_dir, env)
-            except (OSError, RuntimeError, queue.Empty) as e:
-                log.warning("the warm job starter failed (%s): starting a new interpreter", e)
-        if pid is None:
-            logf = open(job_dir / "log.txt", "ab")
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "imaginghub.hub.services.jobs.child", str(job_dir)],
-                    stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                    cwd=job_dir / "work", start_new_session=True)
-            finally:
-                logf.close()
-            pid = proc.pid
-            self._procs[pid] = proc
+    def _collect_exits(self) -> None:
         try:
-            started = psutil.Process(pid).create_time()
-        except psutil.Error:
-            started = 0.0
-        return json.dumps({"pid": pid, "started": started})
+            exits = self._ask({"op": "exits"})["exits"]
+        except (RunnerUnavailable, RuntimeError):
+            return
+        for pid, code in exits.items():
+            self._exits[int(pid)] = code
+
+    # -- Runner ------------------------------------------------------------------
+    def start(self, job_id, user, spec, notebook, env) -> str:
+        answer = self._ask({"op": "start", "id": job_id, "user": user, "spec": spec,
+                            "notebook": str(notebook), "env": env})
+        self._mine.add(answer["pid"])
+        return json.dumps({"pid": answer["pid"], "started": answer["started"]})
 
     def _process(self, handle: str):
         """The live process of a handle, or None (gone, or the pid reused)."""
@@ -178,79 +145,63 @@ class LocalProcessRunner(Runner):
             return None
 
     def poll(self, handle: str) -> int | None:
+        import time
+
         pid = json.loads(handle)["pid"]
-        proc = self._procs.get(pid)
-        if proc is not None:  # started by this service: its exit code is known
-            code = proc.poll()
-            if code is not None:
-                del self._procs[pid]
-            return code
-        z = self._zygote
-        if z is not None and pid in z.forked:
-            if pid in z.exits:
-                z.forked.discard(pid)
-                return z.exits.pop(pid)
-            if z.alive():  # its exit is reported once the starter reaped it
+        self._collect_exits()
+        if pid in self._exits:
+            self._mine.discard(pid)
+            self._gone_since.pop(pid, None)
+            return self._exits.pop(pid)
+        if self._process(handle) is not None:
+            return None
+        if pid in self._mine:
+            # the starter reaps it within a moment and then tells its exit code
+            first = self._gone_since.setdefault(pid, time.monotonic())
+            if time.monotonic() - first < 5:
                 return None
-        # adopted after a restart: alive or not is all that can be known
-        return None if self._process(handle) is not None else GONE
+            self._mine.discard(pid)
+        self._gone_since.pop(pid, None)
+        return GONE  # adopted after a restart: alive or not is all that can be known
 
     def stop(self, handle: str, grace: float = 5.0) -> None:
         """SIGTERM to the job's process and all it started (papermill's kernel
         runs in a session of its own), SIGKILL to what is left after ``grace``."""
-        import psutil
+        import time
 
-        from ...process import kill_tree
-
-        root = self._process(handle)
-        if root is None:
-            return
-        try:
-            pids = [root.pid, *(p.pid for p in root.children(recursive=True))]
-        except psutil.Error:
-            pids = [root.pid]
-        kill_tree(pids, timeout=grace)
-        pid = json.loads(handle)["pid"]
-        if pid in self._procs:
-            try:
-                self._procs[pid].wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def close(self) -> None:
-        if self._zygote is not None:
-            self._zygote.close()
+        h = json.loads(handle)
+        self._ask({"op": "stop", "pid": h["pid"], "started": h["started"], "grace": grace})
+        deadline = time.monotonic() + grace + 5
+        while time.monotonic() < deadline and self._process(handle) is not None:
+            time.sleep(0.1)
 
     def clean_up(self, job_id: str) -> None:
-        """Kill processes of the job that outlived it: a kernel whose papermill
-        was killed keeps running in its own session. They are found by the
-        job's id in their environment."""
-        import psutil
+        try:
+            self._ask({"op": "clean_up", "id": job_id})
+        except (RunnerUnavailable, RuntimeError) as e:
+            log.warning("could not clean up after job %s: %s", job_id, e)
 
-        left = []
-        for p in psutil.process_iter(["environ"]):
-            try:
-                if (p.info["environ"] or {}).get("IMAGINGHUB_JOB_ID") == job_id:
-                    left.append(p)
-            except (psutil.Error, TypeError):
-                continue
-        for p in left:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+    def remove(self, job_id: str) -> None:
+        self._ask({"op": "remove", "id": job_id})
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
 
-def runner(name: str) -> Runner:
+def runner(name: str, home) -> Runner:
     """The runner called ``name``: ``local``, or one an installed package
-    registers under the entry point group ``imaginghub.job_runners``."""
+    registers under the entry point group ``imaginghub.job_runners`` (made
+    with the site's :class:`~imaginghub.hub.state.Home`)."""
     if name == "local":
-        return LocalProcessRunner()
+        return LocalProcessRunner(starter_socket(home), home.runs_dir())
     import importlib.metadata
 
     for ep in importlib.metadata.entry_points(group="imaginghub.job_runners"):
         if ep.name == name:
-            return ep.load()()
+            return ep.load()(home)
     raise ValueError(f"no job runner called {name!r}: use 'local' or install the package "
                      "that provides it")
 
@@ -262,3 +213,8 @@ def base_environment(extra: dict[str, str]) -> dict[str, str]:
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(extra)
     return env
+
+
+def starter_socket(home) -> Path:
+    """Where the job starter of the site in ``home`` listens."""
+    return home.jobs_dir / "starter.sock"

@@ -20,16 +20,15 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 
 import httpx
 
-from ...state import write_private
+from ... import safeio
 from .db import (ACTIVE, CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED,
                  TIMED_OUT, Job, JobStore, now)
-from .runner import GONE, Runner, base_environment
+from .runner import GONE, Runner, RunnerUnavailable, base_environment
 from .workflows import ParameterError, Registry, Workflow
 
 log = logging.getLogger("imaginghub.jobs")
@@ -69,9 +68,9 @@ class Scheduler:
                  max_per_user: int = 2, time_limit: int = 6 * 3600, tick: float = 0.5):
         self.store, self.registry, self.runner = store, registry, runner
         self.root = Path(root)
-        self.runs = self.root / "runs"
+        self.runs = runner.runs_dir  # the runs' folders: the runner's (see runner.py)
         self.notebooks = self.root / "notebooks"
-        for d in (self.root, self.runs, self.notebooks):
+        for d in (self.root, self.notebooks):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)
         self.hub_api = hub_api.rstrip("/")
@@ -92,6 +91,13 @@ class Scheduler:
     # -- paths ------------------------------------------------------------------
     def job_dir(self, job_id: str) -> Path:
         return self.runs / job_id
+
+    def read(self, job_id: str, name: str, offset: int = 0,
+             limit: int | None = None) -> bytes | None:
+        """A file of the job's folder as the job left it, or None. The folder
+        is written by the user's code: nothing is followed out of it (see
+        :mod:`imaginghub.hub.safeio`)."""
+        return safeio.read_file(self.runs, f"{job_id}/{name}", offset, limit)
 
     def notebook_copy(self, sha256: str) -> Path:
         return self.notebooks / f"{sha256}.ipynb"
@@ -288,10 +294,10 @@ class Scheduler:
 
     def _progress(self, job: Job) -> None:
         try:
-            p = json.loads((self.job_dir(job.id) / "progress.json").read_text())
-        except (OSError, ValueError):
+            p = json.loads(self.read(job.id, "progress.json") or b"")
+            value = min(1.0, float(p["done"]) / max(float(p["cells"]), 1))
+        except (ValueError, TypeError, KeyError):
             return
-        value = min(1.0, p["done"] / max(p["cells"], 1))
         if abs(value - job.progress) > 1e-6:
             self.store.update(job.id, progress=value)
 
@@ -307,45 +313,56 @@ class Scheduler:
                 break
             if per_user.get(job.user, 0) >= self.max_per_user:
                 continue
-            if await self._start(job):
+            try:
+                started = await self._start(job)
+            except RunnerUnavailable:
+                return  # queued jobs wait for the runner
+            if started:
                 free -= 1
                 per_user[job.user] = per_user.get(job.user, 0) + 1
 
     async def _start(self, job: Job) -> bool:
-        d = self.job_dir(job.id)
-        (d / "work").mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o700)
         notebook = self.notebook_copy(job.notebook_sha256)
-        spec = {"notebook": str(notebook), "parameters": json.loads(job.parameters),
-                "kernel": "imaging"}
-        write_private(d / "spec.json", json.dumps(spec, indent=2) + "\n")
+        spec = {"parameters": json.loads(job.parameters), "kernel": "imaging"}
         try:
             token, token_id = await self._mint(job.user, f"job {job.id}", job.time_limit + 600)
         except (SubmitError, httpx.HTTPError) as e:
             self.store.update(job.id, only_if=[QUEUED], status=FAILED, ended_at=now(),
                               reason=f"could not start: {e}")
             return False
-        home = self.users_dir / job.user
-        home.mkdir(parents=True, exist_ok=True)
         env = base_environment({
-            **self.user_env, "HOME": str(home), "USER": job.user, "JUPYTERHUB_USER": job.user,
+            **self.user_env, "HOME": str(self.users_dir / job.user), "USER": job.user,
+            "JUPYTERHUB_USER": job.user,
             "JUPYTERHUB_API_TOKEN": token, "IMAGINGHUB_DICOMWEB_TOKEN": token,
             "IMAGINGHUB_JOB_ID": job.id, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"})
-        handle = self.runner.start(d, env)
+        loop = asyncio.get_running_loop()
+        try:
+            handle = await loop.run_in_executor(None, self.runner.start, job.id, job.user, spec,
+                                                notebook, env)
+        except RunnerUnavailable as e:  # the job starter is back soon: the job waits
+            log.warning("job %s waits: %s", job.id, e)
+            await self._delete_token(job.user, token_id)
+            raise
+        except Exception as e:
+            await self._delete_token(job.user, token_id)
+            self.store.update(job.id, only_if=[QUEUED], status=FAILED, ended_at=now(),
+                              reason=f"could not start: {e}")
+            return False
         if not self.store.update(job.id, only_if=[QUEUED], status=RUNNING, started_at=now(),
                                  handle=handle, token_id=token_id):
             # cancelled between the look at the queue and now
-            self.runner.stop(handle)
+            await loop.run_in_executor(None, self.runner.stop, handle)
             await self._delete_token(job.user, token_id)
             return False
         log.info("job %s started (%s for %s)", job.id, job.workflow, job.user)
         return True
 
     async def _finish(self, job: Job, code: int | None = None, gone_reason: str = "") -> None:
-        d = self.job_dir(job.id)
         try:
-            result = json.loads((d / "result.json").read_text())
-        except (OSError, ValueError):
+            result = json.loads(self.read(job.id, "result.json") or b"")
+            if not isinstance(result, dict) or result.get("status") not in (SUCCEEDED, FAILED):
+                result = None
+        except ValueError:
             result = None
         asked = self._stopping.pop(job.id, None)
         if asked == CANCELLED:
@@ -420,39 +437,30 @@ class Scheduler:
     # -- what a job left ------------------------------------------------------------
     def artifacts(self, job: Job) -> list[dict]:
         """Files the run wrote in its folder, and for a per-series run those
-        of every series' run under the run's id."""
+        of every series' run under the run's id (links are left out)."""
         out = []
         jobs = self.store.children(job.id) if job.per_series and job.parent_id is None else [job]
         for j in jobs:
-            work = self.job_dir(j.id) / "work"
             prefix = f"{j.id}/" if j is not job else ""
-            if not work.is_dir():
-                continue
-            for p in sorted(work.rglob("*")):
-                if p.is_file() and not p.is_symlink():
-                    out.append({"path": prefix + p.relative_to(work).as_posix(),
-                                "size": p.stat().st_size})
+            for path, size in safeio.walk_files(self.runs, f"{j.id}/work"):
+                out.append({"path": prefix + path, "size": size})
         return out
 
-    def artifact_path(self, job: Job, path: str) -> Path | None:
-        """The file ``path`` of :meth:`artifacts`, or None (never outside the
-        run's folder)."""
+    def open_artifact(self, job: Job, path: str) -> int | None:
+        """A file descriptor of the file ``path`` of :meth:`artifacts`, or
+        None (never anything outside the run's folder)."""
+        job_id = job.id
         if job.per_series and job.parent_id is None:
-            child_id, _, path = path.partition("/")
-            if child_id not in {k.id for k in self.store.children(job.id)}:
+            job_id, _, path = path.partition("/")
+            if job_id not in {k.id for k in self.store.children(job.id)}:
                 return None
-            work = self.job_dir(child_id) / "work"
-        else:
-            work = self.job_dir(job.id) / "work"
-        target = (work / path).resolve()
         try:
-            target.relative_to(work.resolve())
-        except ValueError:
+            return safeio.open_file(self.runs, f"{job_id}/work/{path}")
+        except OSError:
             return None
-        return target if target.is_file() else None
 
     def remove(self, job: Job) -> None:
-        shutil.rmtree(self.job_dir(job.id), ignore_errors=True)
+        self.runner.remove(job.id)
 
     async def aclose(self) -> None:
         self.runner.close()

@@ -24,8 +24,15 @@ from ....kernels.workflow import sha256_of
 log = logging.getLogger("imaginghub.jobs")
 
 ENTRY_POINT_GROUP = "imaginghub.workflows"
-# notebooks/workflows of the source tree (the install is editable)
-PROJECT_WORKFLOWS = Path(__file__).resolve().parents[3] / "notebooks" / "workflows"
+
+
+def project_workflows() -> Path:
+    """imaginghub's own workflows (data of the package imaginghub.notebooks)."""
+    from importlib.resources import files
+
+    return Path(str(files("imaginghub.notebooks") / "workflows"))
+
+
 # what the selection parameters of a workflow are called (see kernels/workflow.py)
 SELECTION = ("cohort", "project", "series")
 
@@ -126,7 +133,7 @@ class Registry:
     when a notebook changes (by its modification time)."""
 
     def __init__(self, folders: list[Path] | None = None):
-        self.folders = [PROJECT_WORKFLOWS, *(Path(f) for f in folders or [])]
+        self.folders = [project_workflows(), *(Path(f) for f in folders or [])]
         self._cache: dict[Path, tuple[float, Workflow | None]] = {}
         self._entry_points = self._from_packages()  # installed packages change with a restart
 
