@@ -28,7 +28,7 @@ CODE_STAMP := $(VENV)/.code-installed
 EXTRAS ?= hub,kernel,ml,dev
 ORTHANC := /usr/sbin/Orthanc
 PLUGINS := /usr/share/orthanc/plugins
-APT_PACKAGES := orthanc orthanc-dicomweb orthanc-gdcm nftables
+APT_PACKAGES := orthanc orthanc-dicomweb nftables
 PROXY_DIR := $(VENV)/lib/imaginghub-proxy
 PROXY := $(PROXY_DIR)/node_modules/.bin/configurable-http-proxy
 PIP := $(VENV)/bin/pip --disable-pip-version-check
@@ -72,12 +72,11 @@ $(PROXY): hub/proxy/package.json hub/proxy/package-lock.json $(STAMP)
 	cd $(PROXY_DIR) && npm ci --omit=dev --no-audit --no-fund --loglevel=error
 	touch $(PROXY)
 
-# The archive: Orthanc with its DICOMweb and GDCM (transcoding) plugins, and
-# nftables, which closes the archive's ports to users' processes, from
-# Debian's packages.
+# The archive: Orthanc with its DICOMweb plugin, and nftables, which closes
+# the archive's ports to users' processes, from Debian's packages.
 system-deps:
 	@if [ ! -x $(ORTHANC) ] || [ ! -f $(PLUGINS)/libOrthancDicomWeb.so ] \
-	    || [ ! -f $(PLUGINS)/libOrthancGdcm.so ] || ! command -v nft >/dev/null 2>&1; then \
+	    || ! command -v nft >/dev/null 2>&1; then \
 	  $(MAKE) --no-print-directory apt-install PKGS="$(APT_PACKAGES)" && \
 	  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then \
 	    echo "The orthanc package starts its own service; imaginghub runs its own archive, so it is disabled."; \

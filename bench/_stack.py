@@ -20,15 +20,40 @@ IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
 
 
 @contextlib.contextmanager
+def site_folder():
+    """A temporary folder for a stack's state, spool and homes. As root (a
+    multi-user site) it is passable by accounts, and the accounts the stack
+    made (prefix ihb-) are removed afterwards."""
+    import os
+    import shutil
+
+    d = Path(tempfile.mkdtemp(prefix="imaginghub-bench-"))
+    try:
+        os.chmod(d, 0o711)
+        (d / "homes").mkdir(mode=0o755)
+        yield d
+    finally:
+        home = Home(d / "home")
+        if os.geteuid() == 0 and home.settings_file.exists():
+            accounts = home.accounts()
+            for name in accounts.ours():
+                accounts.remove(name)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def site_settings(d: Path, settings: dict | None = None) -> dict:
+    return {"homes_dir": str(d / "homes"), "account_prefix": "ihb-", **(settings or {})}
+
+
+@contextlib.contextmanager
 def running_stack(settings: dict | None = None, **gateway_options):
     """Yields (direct PACS, gateway PACS, run.json plus "home" and alice's
     "token"); ``settings`` go into settings.json before the start."""
-    with tempfile.TemporaryDirectory() as d:
+    with site_folder() as d:
         home = Path(d) / "home"
         log_path = Path(d) / "up.log"
-        if settings:
-            home.mkdir()
-            (home / "settings.json").write_text(json.dumps(settings))
+        home.mkdir()
+        (home / "settings.json").write_text(json.dumps(site_settings(d, settings)))
         with open(log_path, "w") as log:
             up = subprocess.Popen([IMAGINGHUB, "--home", str(home), "up", "--demo", "--port",
                                    str(free_port()), "--dicom-port", str(free_port())],

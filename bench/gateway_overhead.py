@@ -25,8 +25,59 @@ def main():
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--queries", type=int, default=50)
     args = ap.parse_args()
-    with running_stack() as (direct, gateway, _):
+    with running_stack() as (direct, gateway, run):
         measure(direct, gateway, args)
+        public_url(gateway, run, args)
+
+
+def public_url(gateway: PACS, run: dict, args) -> None:
+    """The same series through the hub's public URL (the proxy: what clients
+    outside the hub use) and from the data service's own port (what kernels
+    use), raw bytes, alternating; then 20 clients at once."""
+    import threading
+
+    s = demo.series("ct-head")
+    path = f"/studies/{s.study_uid}/series/{s.series_uid}"
+    urls = {"service port": run["gateway_url"] + path,
+            "public URL": run["url"] + "/services/data/dicom-web" + path}
+    headers = {"Authorization": f"token {run['token']}", "Accept": MULTIPART_DICOM}
+    import httpx
+
+    def fetch(url: str) -> tuple[float, int]:
+        t = time.perf_counter()
+        n = 0
+        with httpx.stream("GET", url, headers=headers, timeout=600) as r:
+            assert r.status_code == 200, r.status_code
+            for chunk in r.iter_raw(1 << 20):
+                n += len(chunk)
+        return time.perf_counter() - t, n
+
+    times = {k: [] for k in urls}
+    for u in urls.values():
+        fetch(u)  # warm
+    for _ in range(args.repeat):
+        for k, u in urls.items():
+            times[k].append(fetch(u)[0])
+    size = fetch(urls["public URL"])[1]
+    print(f"\nthe {size / 1e6:.0f} MB series as raw bytes, {args.repeat} downloads each, "
+          "alternating (median):")
+    for k in urls:
+        m = statistics.median(times[k])
+        print(f"  {k:13} {m:6.3f} s {size / m / 1e6:6.0f} MB/s")
+    ratio = statistics.median(times["service port"]) / statistics.median(times["public URL"])
+    print(f"  public URL / service port throughput: {ratio:.2f} (target at least 0.80)")
+    for k, u in urls.items():
+        got = []
+        threads = [threading.Thread(target=lambda: got.append(fetch(u))) for _ in range(20)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(900)
+        wall = time.perf_counter() - t
+        complete = sum(n == size for _, n in got)
+        print(f"  20 clients at once, {k:13}: {complete}/20 complete, {wall:5.1f} s, "
+              f"{20 * size / wall / 1e6:5.0f} MB/s in all")
 
 
 def measure(direct: PACS, gateway: PACS, args) -> None:

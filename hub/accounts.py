@@ -198,8 +198,8 @@ class Accounts:
                 _run("useradd", "--create-home", "--home-dir", str(home), "--user-group",
                      "--shell", "/bin/bash", "--comment", self.comment(hub_name), account)
                 entry = pwd.getpwnam(account)
-            elif _locked_password(account):
-                _run("usermod", "--unlock", "--expiredate", "", "--shell", "/bin/bash", account)
+            elif locked(account):  # a removed user added again
+                _run("usermod", "--expiredate", "", "--shell", "/bin/bash", account)
         a = Account.of(entry)
         home = Path(a.home)
         home.mkdir(parents=True, exist_ok=True)
@@ -234,10 +234,12 @@ class Accounts:
         shutil.rmtree(a.home, ignore_errors=True)
 
 
-def _locked_password(account: str) -> bool:
-    r = subprocess.run(["passwd", "--status", account], capture_output=True, text=True,
+def locked(account: str) -> bool:
+    """Whether imaginghub locked the account (expired, no login shell)."""
+    r = subprocess.run(["getent", "shadow", account], capture_output=True, text=True,
                        timeout=30)
-    return r.returncode == 0 and len(r.stdout.split()) > 1 and r.stdout.split()[1] == "L"
+    fields = r.stdout.strip().split(":")
+    return r.returncode == 0 and len(fields) > 7 and fields[7] == "1"
 
 
 def kill_processes_of(uid: int) -> None:

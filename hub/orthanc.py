@@ -1,5 +1,4 @@
-"""The embedded archive: Orthanc with its DICOMweb and GDCM plugins (Debian
-packages).
+"""The embedded archive: Orthanc with its DICOMweb plugin (Debian packages).
 
 Orthanc 1.10 binds HTTP and DICOM on every interface and has no option to
 bind to loopback only, so the configuration written here keeps it safe
@@ -9,9 +8,9 @@ settings, each of which may C-ECHO and C-STORE and nothing else unless the
 admin allows C-FIND, C-MOVE or C-GET for it. In multi-user mode local users'
 processes cannot open either port at all (:mod:`.portguard`). HTTP
 compression is off: with it on, every WADO-RS answer is gzipped on the fly,
-30 times slower on loopback. The GDCM plugin lets Orthanc decode JPEG 2000
-(DCMTK alone cannot), so default WADO-RS requests of such series are
-transcoded instead of failing.
+30 times slower on loopback. The archive is never asked to convert between
+transfer syntaxes (it crashed here doing so, with and without the GDCM
+plugin): the data service converts what it must (services/data/transcode.py).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from .errors import ConfigError
 ORTHANC_CANDIDATES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")
 # The plugins the archive needs, and the Debian package of each.
-PLUGINS = {"libOrthancDicomWeb.so": "orthanc-dicomweb", "libOrthancGdcm.so": "orthanc-gdcm"}
+PLUGINS = {"libOrthancDicomWeb.so": "orthanc-dicomweb"}
 ARCHIVE_USER = "imaginghub"
 # What a modality may do unless the admin says more: echo and store.
 MODALITY_FLAGS = ("AllowFind", "AllowMove", "AllowGet")

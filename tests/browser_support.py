@@ -34,12 +34,12 @@ def notebook_page(stack, browser, user: str, projects: list[str] | None, name: s
         args = [a for p in projects for a in ("--project", p)]
         out = stack.cli("users", "add", user, *args).stdout
         password = re.search(r"password: (\S+)", out).group(1)
-    home = stack.home.path / "users" / user
-    home.mkdir(parents=True, exist_ok=True)
+    home = stack.user_home(user)
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nb.metadata["kernelspec"] = {"name": "imaging", "display_name": "Imaging (Python 3)",
                                  "language": "python"}
     nbformat.write(nb, home / f"{name}.ipynb")
+    stack.give(user, home / f"{name}.ipynb")
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []

@@ -43,13 +43,20 @@ def site_root() -> Path:
     return root
 
 
-def remove_leftovers() -> None:
-    """Accounts and firewall tables of test stacks that a killed run left."""
+def remove_leftovers(folders: bool = True) -> None:
+    """Accounts and firewall tables of test stacks that a killed run left
+    (and, with ``folders``, the folders of an earlier session's stacks)."""
     import pwd
 
     from imaginghub.hub import portguard
     from imaginghub.hub.accounts import kill_processes_of
 
+    import shutil
+
+    root = Path("/tmp/imaginghub-tests")
+    for old in root.glob("*-*") if folders else ():  # an earlier session's stacks
+        if old.is_dir() and Home(old / "home").read_run() is None:
+            shutil.rmtree(old, ignore_errors=True)
     if not MULTI_USER:
         return
     portguard.remove_stale()
@@ -97,7 +104,7 @@ def _clean_machine():
     remove_leftovers()
     site_root()
     yield
-    remove_leftovers()
+    remove_leftovers(folders=False)  # kept for a look after a failure
 
 
 class Archive:
@@ -131,16 +138,30 @@ def archive(tmp_path_factory):
         proc.stop()
 
 
+def as_account(account: str | None) -> list[str]:
+    """The start of a command line that runs as ``account`` (None: as we are)."""
+    if account is None:
+        return []
+    import pwd
+
+    entry = pwd.getpwnam(account)
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
+            "--", "env", f"HOME={entry.pw_dir}", f"USER={account}", f"LOGNAME={account}"]
+
+
 class RunningStack:
-    def __init__(self, home: Path, proc: subprocess.Popen, output: Path):
+    def __init__(self, home: Path, proc: subprocess.Popen, output: Path,
+                 account: str | None = None):
         self.home = Home(home)
         self.proc = proc
         self.output = output
+        self.account = account  # the stack runs as this account (None: as the tests)
         self.run = json.loads((home / "run.json").read_text())
         self.url = self.run["url"]
 
     def cli(self, *args, check=True) -> subprocess.CompletedProcess:
-        r = subprocess.run([IMAGINGHUB, "--home", str(self.home.path), *args],
+        r = subprocess.run([*as_account(self.account), IMAGINGHUB, "--home",
+                            str(self.home.path), *args],
                            capture_output=True, text=True, timeout=120)
         if check and r.returncode != 0:
             raise AssertionError(f"imaginghub {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
@@ -170,14 +191,15 @@ class RunningStack:
         ))
 
 
-def start_stack(home: Path, *extra, port: int | None = None, timeout: float = 180):
-    """Start `imaginghub up` as a child; return (proc, output path) once ready
-    (or once it exited)."""
+def start_stack(home: Path, *extra, port: int | None = None, timeout: float = 180,
+                account: str | None = None):
+    """Start `imaginghub up` as a child (as ``account``, if given); return
+    (proc, output path) once ready (or once it exited)."""
     port = port or free_port()
     output = home.parent / f"{home.name}-up-{int(time.time() * 1000)}.log"
     out = open(output, "w")
     proc = subprocess.Popen(
-        [IMAGINGHUB, "--home", str(home), "up", "--port", str(port),
+        [*as_account(account), IMAGINGHUB, "--home", str(home), "up", "--port", str(port),
          "--dicom-port", str(free_port()), *extra],
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
     )

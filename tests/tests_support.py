@@ -46,9 +46,11 @@ def kernels_as(stack, user: str):
     path) for the kernels that this process starts; yields the token."""
     import pytest
 
+    from imaginghub.hub.hubconfig import data_dir
+
     token = stack.token(user)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(stack.home.jupyter_data_dir))
+        mp.setenv("JUPYTER_PATH", str(data_dir(stack.home)))
         mp.setenv("IMAGINGHUB_DICOMWEB_URL", stack.run["gateway_url"])
         mp.setenv("IMAGINGHUB_DICOMWEB_TOKEN", token)
         mp.setenv("IMAGINGHUB_CACHE_DIR", "off")

@@ -5,6 +5,7 @@ and ``cluster()`` in a user's own server."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 import time
 import warnings
@@ -108,6 +109,10 @@ def test_cluster_lifecycle_and_dashboard_through_the_hub(stack, as_user):
         assert client.submit(sum, [1, 2, 3]).result() == 6
         assert len(client.scheduler_info()["workers"]) == 2
         assert len(cluster_processes(gc.name)) >= 3  # scheduler, 2 workers (and nannies)
+        # dask-gateway-server 2026.3.0 would chown every character of the
+        # certificate's path, "/" included, to the user (backend.py)
+        assert os.stat("/").st_uid == 0 and os.stat("/tmp").st_uid == 0
+        assert stat.S_IMODE(os.stat("/tmp").st_mode) == 0o1777
         gc.scale(1)
         wait_until(lambda: len(client.scheduler_info()["workers"]) == 1)
         # the dashboard through the hub's proxy, at the link the cluster gives
@@ -221,7 +226,7 @@ print(json.dumps(report))
     got = json.loads(out["stdout"].strip().splitlines()[-1])
     assert got["workers"] == 1 and not got["has_dicomweb_token"]  # the server's own token
     assert got["link"] == f"/services/dask-gateway/clusters/{got['name']}/status"
-    assert set(got["home"].values()) == {str(stack.home.users_dir / "bob")}
+    assert set(got["home"].values()) == {str(stack.user_home("bob"))}
     assert f"Dask cluster {got['name']}: 1 worker, ready in" in out["stdout"]
     bob.hub("DELETE", "/users/bob/server")
 

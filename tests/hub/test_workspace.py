@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from hubclient import UserSession
 
@@ -213,3 +215,73 @@ def test_a_stopped_servers_token_stops_working(stack, alice):
         time.sleep(0.5)
     time.sleep(11)
     assert httpx.get(gateway, headers=headers, timeout=30).status_code == 401
+
+
+def test_hub_names_that_cannot_be_accounts_are_refused(stack):
+    """In multi-user mode every hub user gets an account PREFIX+NAME: names
+    too long for useradd, system accounts and accounts imaginghub did not
+    make are refused before anything is written."""
+    import pwd
+    import subprocess
+
+    if not stack.home.multi_user:
+        pytest.skip("accounts exist in multi-user mode only")
+    prefix = stack.home.load_settings()["account_prefix"]
+    long_name = "a" * (33 - len(prefix))
+    r = stack.cli("users", "add", long_name, check=False)
+    assert r.returncode == 1 and "too long for a Unix account" in r.stderr
+    assert "at most 32" in r.stderr and prefix in r.stderr
+    assert stack.cli("users", "add", "b" * (32 - len(prefix))).returncode == 0
+    foreign = prefix + "mallory"
+    subprocess.run(["useradd", "--no-create-home", "--comment", "not imaginghub's", foreign],
+                   check=True)
+    try:
+        r = stack.cli("users", "add", "mallory", check=False)
+        assert r.returncode == 1 and "imaginghub did not make" in r.stderr
+    finally:
+        subprocess.run(["userdel", foreign], check=True)
+    listing = stack.cli("users", "list").stdout
+    assert long_name not in listing and "mallory" not in listing
+    # with no prefix, the system's own accounts are refused by name
+    from imaginghub.hub.accounts import AccountError, Accounts
+
+    bare = Accounts("test", prefix="")
+    for name in ("root", "orthanc", "postgres", "imaginghub", "daemon"):
+        with pytest.raises(AccountError, match="system account|imaginghub did not make"):
+            bare.name(name)
+    assert pwd.getpwnam(prefix + "b" * (32 - len(prefix)))
+
+
+def test_removing_a_user_locks_their_account_and_keeps_their_home(stack):
+    import subprocess
+
+    if not stack.home.multi_user:
+        pytest.skip("accounts exist in multi-user mode only")
+    out = stack.cli("users", "add", "zed", "--project", "oncology").stdout
+    password = re.search(r"password: (\S+)", out).group(1)
+    account = stack.home.accounts().lookup("zed")
+    assert account is not None and f"Unix account: {account.name}" in out
+    zed = UserSession(stack.url, "zed", stack.token("zed"))
+    zed.start_server()
+    (Path(account.home) / "notes.txt").write_text("mine")
+    out = stack.cli("users", "remove", "zed").stdout
+    assert f"locked the Unix account {account.name}" in out and account.home in out
+    from imaginghub.hub.accounts import locked
+
+    assert locked(account.name)
+    shadow = subprocess.run(["getent", "shadow", account.name], capture_output=True,
+                            text=True).stdout.split(":")
+    assert shadow[1].startswith("!") and shadow[7] == "1"  # no password, expired
+    assert (Path(account.home) / "notes.txt").read_text() == "mine"
+    assert not [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == account.uid]
+    assert "zed" not in stack.cli("users", "list").stdout
+    assert _login(stack.url, "zed", password).status_code == 403
+    r = httpx.get(f"{stack.run['hub_api']}/users/zed", timeout=30, headers={
+        "Authorization": f"token {stack.home.secret('admin_service_token')}"})
+    assert r.status_code == 404
+    # added again later: the same account, unlocked, the home as it was
+    stack.cli("users", "add", "zed")
+    again = stack.home.accounts().lookup("zed")
+    assert again.uid == account.uid
+    assert not locked(account.name)
+    assert (Path(account.home) / "notes.txt").exists()

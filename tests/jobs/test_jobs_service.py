@@ -44,7 +44,7 @@ def job_processes(job_id: str) -> list[psutil.Process]:
     """The job's process and its kernel: they work in the job's folder."""
     out = []
     for p in psutil.process_iter(["cwd"]):
-        if (p.info["cwd"] or "").endswith(f"/jobs/runs/{job_id}/work"):
+        if (p.info["cwd"] or "").endswith(f"/{job_id}/work"):
             out.append(p)
     return out
 

@@ -9,12 +9,14 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from imaginghub.hub.hubconfig import data_dir
+
 TUTORIALS = sorted((Path(__file__).parents[2] / "notebooks" / "tutorials").glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
 def test_tutorial_runs(stack, path, monkeypatch, tmp_path):
-    monkeypatch.setenv("JUPYTER_PATH", str(stack.home.jupyter_data_dir))
+    monkeypatch.setenv("JUPYTER_PATH", str(data_dir(stack.home)))
     monkeypatch.setenv("IMAGINGHUB_DICOMWEB_URL", stack.run["gateway_url"])
     monkeypatch.setenv("IMAGINGHUB_DICOMWEB_TOKEN", stack.token("alice"))
     monkeypatch.setenv("IMAGINGHUB_CACHE_DIR", str(tmp_path / "cache"))

@@ -77,7 +77,7 @@ def test_run_follow_and_cancel_jobs(stack, browser):
         tab.close()
         assert row.locator("a.ih-link").inner_text() == path
         assert row.locator("a.ih-link").get_attribute("href") == f"/user/alice/lab/tree/{path}"
-        saved = nbformat.read(stack.home.path / "users" / "alice" / path, as_version=4)
+        saved = nbformat.read(stack.user_home("alice") / path, as_version=4)
         assert any("hello from the widget" in str(c.get("outputs")) for c in saved.cells)
 
         # a long job cancelled from its row

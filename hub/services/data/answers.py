@@ -9,15 +9,10 @@
   :class:`Rewriter`, also for answers too large to hold.
 - **Errors.** The archive's own error bodies never reach a client; its status
   becomes a DICOMweb status with a short reason (:func:`archive_error`).
-- **Transfer syntaxes.** Orthanc 1.10 with the GDCM plugin converts any
-  stored syntax it can decode into explicit or implicit VR little endian,
-  JPEG 2000 lossless and JPEG lossless; asked for JPEG-LS or RLE it crashed
-  here on every input tried (JPEG-LS) or on some (RLE), and lossy targets
-  fail on 16-bit images (measured, see docs/dependencies.md). So the gateway
-  asks the archive only for those safe targets; any other syntax is served
-  only where the series is stored in it (the request becomes
-  ``transfer-syntax=*``), and is refused with 406 otherwise
-  (:func:`negotiate`).
+- **Transfer syntaxes.** The archive is asked only for what it stores;
+  compressed data asked for uncompressed is converted by the service
+  (:mod:`.transcode`), and any other syntax is served only where it is the
+  stored one, else refused with 406 and what can be had (:func:`plan`).
 """
 
 from __future__ import annotations
@@ -26,21 +21,20 @@ import re
 from dataclasses import dataclass
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
-# What the archive is asked to convert into.
-SAFE_TARGETS = {
+IMPLICIT_LE = "1.2.840.10008.1.2"
+# Uncompressed little endian: the same pixel bytes either way.
+UNCOMPRESSED_LE = {EXPLICIT_LE, IMPLICIT_LE}
+NAMES = {
     EXPLICIT_LE: "explicit VR little endian",
-    "1.2.840.10008.1.2": "implicit VR little endian",
+    IMPLICIT_LE: "implicit VR little endian",
     "1.2.840.10008.1.2.4.90": "JPEG 2000 lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000 (lossy)",
     "1.2.840.10008.1.2.4.70": "JPEG lossless (first-order prediction)",
     "1.2.840.10008.1.2.4.57": "JPEG lossless",
-}
-NAMES = {
-    **SAFE_TARGETS,
     "1.2.840.10008.1.2.4.50": "JPEG baseline (lossy)",
     "1.2.840.10008.1.2.4.51": "JPEG extended (lossy)",
     "1.2.840.10008.1.2.4.80": "JPEG-LS lossless",
     "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless",
-    "1.2.840.10008.1.2.4.91": "JPEG 2000 (lossy)",
     "1.2.840.10008.1.2.5": "RLE lossless",
     "1.2.840.10008.1.2.1.99": "deflated explicit VR little endian",
     "1.2.840.10008.1.2.2": "explicit VR big endian",
@@ -69,10 +63,6 @@ class Asked:
     def as_stored(self) -> bool:
         return "*" in self.syntaxes
 
-    @property
-    def safe(self) -> bool:
-        return self.as_stored or bool(self.syntaxes & set(SAFE_TARGETS))
-
 
 def asked(accept: str) -> Asked:
     """The syntaxes of ``accept`` (each media range: its ``transfer-syntax``
@@ -100,6 +90,17 @@ def as_stored(accept: str) -> str:
     return accept + "; transfer-syntax=*"
 
 
+def bulk_accept(accept: str) -> str:
+    """The Accept header for a bulk data request that Orthanc's plugin 1.7
+    takes: it refuses ``multipart/related; type="*/*"``, which dicomweb-client
+    sends, and any media type but octet-stream (its only kind of bulk data)."""
+    inner = _TYPE_PARAM.search(accept or "")
+    if not accept or "*/*" in accept or (inner and inner.group(1).lower() == "*/*") \
+            or accept.strip().lower().startswith("multipart/related") and not inner:
+        return 'multipart/related; type="application/octet-stream"'
+    return accept
+
+
 def name(ts: str) -> str:
     return f"{NAMES[ts]} ({ts})" if ts in NAMES else ts
 
@@ -110,30 +111,49 @@ class Refused(Exception):
         self.status, self.reason = status, reason
 
 
-def negotiate(accept: str, stored: set[str]) -> str:
-    """The Accept header to send the archive for a request that can only be
-    served as stored (``stored``: the syntaxes of the instances asked for),
-    or :class:`Refused` (406) saying what can be had."""
+@dataclass
+class Plan:
+    """How to answer a retrieve: pass it to the archive with ``accept``, or
+    convert the stored instances to ``target`` in the service."""
+    accept: str
+    target: str | None = None
+
+    @property
+    def convert(self) -> bool:
+        return self.target is not None
+
+
+def plan(accept: str, stored: set[str], *, frames: bool = False) -> Plan:
+    """What to do for ``accept`` when the instances asked for are stored as
+    ``stored``: as stored where that is asked for (or the same pixel bytes,
+    for frames), converted by the service to an uncompressed syntax, or
+    :class:`Refused` (406) saying what can be had."""
     wanted = asked(accept).syntaxes
+    if "*" in wanted:
+        return Plan(accept)
     if stored and len(stored) == 1 and stored <= wanted:
-        return as_stored(accept)
+        return Plan(as_stored(accept))
+    if frames and stored and stored <= UNCOMPRESSED_LE and EXPLICIT_LE in wanted:
+        return Plan(as_stored(accept))  # raw little-endian pixels either way
+    target = next((t for t in (EXPLICIT_LE, IMPLICIT_LE) if t in wanted), None)
+    if target is not None and not (frames and target != EXPLICIT_LE):
+        return Plan(accept, target)
     have = ", ".join(sorted(name(s) for s in stored)) or "nothing"
-    can = ", ".join(f"{name(s)}" for s in SAFE_TARGETS)
     raise Refused(406, (
-        f"the archive cannot send this as {' or '.join(sorted(name(s) for s in wanted))}: "
-        f"it is stored as {have}. Ask for transfer-syntax=* (as stored) or one of: {can}"))
+        f"this cannot be sent as {' or '.join(sorted(name(s) for s in wanted))}: it is "
+        f"stored as {have}, and the service converts only to {name(EXPLICIT_LE)}"
+        + ("" if frames else f" or {name(IMPLICIT_LE)}")
+        + ". Ask for one of those or for transfer-syntax=* (as stored)"))
 
 
-def archive_error(status: int, asked_syntax: Asked | None = None) -> Refused:
+def archive_error(status: int) -> Refused:
     """The client's answer for an archive's error ``status`` (its body is
     never passed on)."""
     if status == 400:
         return Refused(400, "the archive refused the request as malformed")
-    if status == 406 or (status >= 500 and asked_syntax is not None
-                         and not asked_syntax.as_stored
-                         and asked_syntax.syntaxes != {EXPLICIT_LE}):
-        return Refused(406, "the archive cannot convert this to the transfer syntax asked "
-                            "for; ask for transfer-syntax=* (as stored)")
+    if status == 406:
+        return Refused(406, "the archive cannot send this in the transfer syntax asked for; "
+                            "ask for transfer-syntax=* (as stored)")
     if status in (401, 403):
         return Refused(502, "the archive refused the data service's credentials")
     if status == 415:

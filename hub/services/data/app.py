@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
@@ -75,6 +76,7 @@ class Context:
         self.cohorts = Cohorts(store)
         # Catalog queries run here (DuckDB works in its own threads, off the loop).
         self.query_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="catalog")
+        self.syntax_cache: dict[str, str] = {}  # archive instance id -> stored syntax
         self.storage = None
         if archive_storage is not None:
             from .storage import StorageReader
@@ -214,48 +216,145 @@ class SeriesHandler(BaseHandler):
         frames = _FRAMES.match(rest)
         if _BINARY.match(rest) or frames:
             sop = frames.group("sop") if frames else rest.rsplit("/", 1)[-1] or None
-            accept = await self.negotiate(accept, {"SeriesInstanceUID": series,
-                                                   **({"SOPInstanceUID": sop} if sop else {})})
-        if not rest and await self._from_storage(study, series):
+            query = {"StudyInstanceUID": study, "SeriesInstanceUID": series,
+                     **({"SOPInstanceUID": sop} if sop else {})}
+            plan, instances = await self.plan(accept, [query], frames=bool(frames))
+            if plan.convert:
+                if frames:
+                    numbers = [int(n) for n in rest.rsplit("/", 1)[-1].split(",") if n]
+                    return await self.send_frames(instances, numbers, study, series, sop)
+                return await self.send_converted(instances, plan.target)
+            accept = plan.accept
+        elif "/bulk/" in rest:
+            accept = answers.bulk_accept(accept)
+        if not rest and await self._from_storage(study, series, accept):
             return
         await self.stream(f"/dicom-web/studies/{study}/series/{series}{rest}", accept,
                           binary=bool(_BINARY.match(rest)))
 
-    async def negotiate(self, accept: str, query: dict) -> str:
-        """The Accept header to send the archive: as asked when the archive
-        can safely produce it, else as stored where that is what was asked
-        for, else a 406 (see :func:`.answers.negotiate`)."""
-        if answers.asked(accept).safe:
-            return accept
-        stored = await self.stored_syntaxes(query)
+    # -- transfer syntaxes (see answers.plan and transcode) ---------------------------
+    async def instances(self, queries: list[dict]) -> list[tuple[str, str]]:
+        """(archive id, stored transfer syntax) of the instances matching any
+        of ``queries``, in instance number order (syntaxes cached per id:
+        a stored instance never changes)."""
+        found = []
+        for query in queries:
+            r = await self.ctx.archive.post(f"{self.ctx.archive_url}/tools/find",
+                                            json={"Level": "Instance", "Query": query,
+                                                  "Expand": True})
+            hits = r.json() if r.status_code == 200 else []
+            hits.sort(key=lambda h: _int(h.get("MainDicomTags", {}).get("InstanceNumber"))
+                      or 0)
+            found += [h["ID"] for h in hits]
+        cache = self.ctx.syntax_cache
+        gate = asyncio.Semaphore(16)
+
+        async def one(instance: str) -> None:
+            async with gate:
+                m = await self.archive_get(f"/instances/{instance}/metadata/TransferSyntax")
+            if m.status_code == 200:
+                cache[instance] = m.text.strip()
+
+        await asyncio.gather(*(one(i) for i in found if i not in cache))
+        if len(cache) > 500_000:
+            cache.clear()
+        return [(i, cache.get(i, "")) for i in found]
+
+    async def plan(self, accept: str, queries: list[dict], *, frames: bool = False):
+        """(answers.Plan, instances) for a retrieve of what ``queries`` match;
+        a 406 when the syntax asked for cannot be had."""
+        if answers.asked(accept).as_stored:
+            return answers.Plan(accept), []
+        instances = await self.instances(queries)
         try:
-            return answers.negotiate(accept, stored)
+            return answers.plan(accept, {ts for _, ts in instances}, frames=frames), instances
         except answers.Refused as e:
             self.refuse(e)
 
-    async def stored_syntaxes(self, query: dict) -> set[str]:
-        """The transfer syntaxes the instances matching ``query`` are stored in."""
-        r = await self.ctx.archive.post(f"{self.ctx.archive_url}/tools/find",
-                                        json={"Level": "Instance", "Query": query})
-        ids = r.json() if r.status_code == 200 else []
-        gate = asyncio.Semaphore(16)
+    async def _archive_file(self, instance: str) -> bytes:
+        r = await self.archive_get(f"/instances/{instance}/file")
+        if r.status_code != 200:
+            self.refuse(answers.archive_error(r.status_code))
+        return r.content
 
-        async def one(instance: str) -> str | None:
-            async with gate:
-                m = await self.archive_get(f"/instances/{instance}/metadata/TransferSyntax")
-            return m.text.strip() if m.status_code == 200 else None
+    async def send_converted(self, instances: list[tuple[str, str]], target: str) -> None:
+        """The instances, converted by the service to the uncompressed syntax
+        ``target``, as one multipart answer (a few at a time, on the workers)."""
+        from . import transcode
 
-        return {ts for ts in await asyncio.gather(*(one(i) for i in ids[:10_000])) if ts}
+        if not instances:
+            self.not_found()
+        loop = asyncio.get_running_loop()
+        boundary = uuid.uuid4().hex
+        window = 4
+        started = False
+        for i in range(0, len(instances), window):
+            batch = instances[i:i + window]
+            files = await asyncio.gather(*(self._archive_file(a) for a, _ in batch))
+            try:
+                done = await asyncio.gather(*(
+                    loop.run_in_executor(transcode.pool(), transcode.convert, data, target)
+                    for data in files))
+            except Exception as e:
+                if started:  # cut off: a client must not take it for the whole answer
+                    self.request.connection.close()
+                    return
+                raise web.HTTPError(406, reason=(
+                    f"an instance cannot be converted to {answers.name(target)} ({e}); ask "
+                    "for transfer-syntax=* (as stored)")) from None
+            if not started:
+                self.set_header("Content-Type", 'multipart/related; type="application/dicom";'
+                                f" boundary={boundary}")
+                started = True
+            for data in done:
+                self.write(f"--{boundary}\r\nContent-Type: application/dicom; "
+                           f"transfer-syntax={target}\r\nContent-Length: {len(data)}"
+                           "\r\n\r\n".encode())
+                self.write(data)
+                self.write(b"\r\n")
+            await self.flush()
+        self.finish(f"--{boundary}--\r\n".encode())
 
-    async def _from_storage(self, study: str, series: str) -> bool:
+    async def send_frames(self, instances, numbers, study, series, sop) -> None:
+        """Frames of a compressed instance, decoded by the service, as
+        uncompressed little-endian pixels."""
+        from . import transcode
+
+        if not instances:
+            self.not_found()
+        data = await self._archive_file(instances[0][0])
+        try:
+            pixels = await asyncio.get_running_loop().run_in_executor(
+                transcode.pool(), transcode.frames, data, numbers)
+        except IndexError as e:
+            raise web.HTTPError(404, reason=str(e)) from None
+        except Exception as e:
+            raise web.HTTPError(406, reason=(
+                f"these frames cannot be decoded ({type(e).__name__}); ask for "
+                "transfer-syntax=* (as stored)")) from None
+        boundary = uuid.uuid4().hex
+        ts = answers.EXPLICIT_LE
+        self.set_header("Content-Type", 'multipart/related; type="application/octet-stream"; '
+                        f"transfer-syntax={ts}; boundary={boundary}")
+        base = self.rewriter().new.decode()
+        for n, frame in zip(numbers, pixels):
+            location = f"{base}/studies/{study}/series/{series}/instances/{sop}/frames/{n}"
+            self.write(f"--{boundary}\r\nContent-Type: application/octet-stream; "
+                       f"transfer-syntax={ts}\r\nContent-Location: {location}\r\n"
+                       f"Content-Length: {len(frame)}\r\n\r\n".encode())
+            self.write(frame)
+            self.write(b"\r\n")
+        self.finish(f"--{boundary}--\r\n".encode())
+
+    async def _from_storage(self, study: str, series: str, accept: str) -> bool:
         """Answer a whole series in its stored transfer syntax from the
         archive's files (see :mod:`.storage`); False when that does not apply."""
         from . import storage
 
         reader = self.ctx.storage
-        accept = self.request.headers.get("Accept", "").replace(" ", "").lower()
+        accept = accept.replace(" ", "").replace('"', "").lower()
         if (reader is None or "range" in self.request.headers or self.request.query
-                or accept != 'multipart/related;type="application/dicom";transfer-syntax=*'):
+                or accept != "multipart/related;type=application/dicom;transfer-syntax=*"):
             return False
         paths = await reader.series_files(series)
         if not paths:
@@ -280,13 +379,13 @@ class SeriesHandler(BaseHandler):
                                    etag)
         return True
 
-    def _headers(self, accept: str) -> dict:
+    def _archive_headers(self, accept: str) -> dict:
         headers = {"Accept": accept} if accept else {}
         if "range" in self.request.headers:
             headers["Range"] = self.request.headers["range"]
         return headers
 
-    def _pass(self, rheaders: dict, rewriter: answers.Rewriter) -> dict:
+    def _passed_headers(self, rheaders: dict, rewriter: answers.Rewriter) -> dict:
         return {k: (rewriter.all(v.encode("latin-1")).decode("latin-1")
                     if k == "content-location" else v)
                 for k, v in rheaders.items() if k in _PASS_HEADERS}
@@ -301,8 +400,7 @@ class SeriesHandler(BaseHandler):
         its addresses rewritten, and answered on the kept-alive connection.
         Other large or chunked answers are streamed through httpx, rewritten
         as they pass."""
-        headers = self._headers(accept)
-        asked = answers.asked(accept)
+        headers = self._archive_headers(accept)
         query = self.request.query
         target = f"/{path.lstrip('/')}" + (f"?{query}" if query else "")
         loop = asyncio.get_running_loop()
@@ -320,10 +418,10 @@ class SeriesHandler(BaseHandler):
             if status == 404:
                 self.not_found()
             if status >= 400:
-                self.refuse(answers.archive_error(status, asked))
+                self.refuse(answers.archive_error(status))
             return await self._stream_httpx(path, headers, rewrite=not binary)
         rewriter = self.rewriter()
-        passed = self._pass(rheaders, rewriter)
+        passed = self._passed_headers(rheaders, rewriter)
         if status == 200 and (length < 0 or length > SMALL_ANSWER):
             head = "HTTP/1.1 200 OK\r\n" + "".join(
                 f"{k}: {v}\r\n" for k, v in passed.items()) + "Connection: close\r\n\r\n"
@@ -354,10 +452,9 @@ class SeriesHandler(BaseHandler):
             if r.status_code == 404:
                 self.not_found()
             if r.status_code >= 400:
-                self.refuse(answers.archive_error(r.status_code,
-                                                  answers.asked(headers.get("Accept", ""))))
+                self.refuse(answers.archive_error(r.status_code))
             self.set_status(r.status_code)
-            for k, v in self._pass({k.lower(): v for k, v in r.headers.items()},
+            for k, v in self._passed_headers({k.lower(): v for k, v in r.headers.items()},
                                    rewriter).items():
                 if not (rewrite and k == "content-length"):
                     self.set_header(k, v)
@@ -387,14 +484,19 @@ class StudyHandler(SeriesHandler):
         self._uids = [study]
         scope = self.caller.scope
         accept = self.request.headers.get("Accept", "")
+        visible = None if scope is None else self.ctx.store.series_of_study(scope, study)
+        if visible is not None and not visible:
+            self.not_found()
         if not rest:
-            accept = await self.negotiate(accept, {"StudyInstanceUID": study})
+            queries = ([{"StudyInstanceUID": study}] if visible is None else
+                       [{"StudyInstanceUID": study, "SeriesInstanceUID": s} for s in visible])
+            plan, instances = await self.plan(accept, queries)
+            if plan.convert:
+                return await self.send_converted(instances, plan.target)
+            accept = plan.accept
         if scope is None:
             return await self.stream(f"/dicom-web/studies/{study}{rest}", accept,
                                      binary=not rest)
-        visible = self.ctx.store.series_of_study(scope, study)
-        if not visible:
-            self.not_found()
         r = await self.archive_get(f"/dicom-web/studies/{study}/series",
                                    headers={"Accept": "application/dicom+json"})
         in_archive = {_v(rec, "0020000E") for rec in (r.json() if r.status_code == 200 else [])}
