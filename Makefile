@@ -1,6 +1,6 @@
 # imaginghub: `make up` runs the workspace, `make test` runs every test.
-# Both set up what they need first (a venv, the archive from Debian packages,
-# the hub's proxy from npm) and are fast when it is already there.
+# Both set up what they need first (a venv, the archive from Debian packages)
+# and are fast when it is already there.
 #
 # As root, `make up` runs a multi-user site: every user's code runs as their
 # own Unix account, so what their processes run must be readable by them.
@@ -29,8 +29,6 @@ EXTRAS ?= hub,kernel,ml,dev
 ORTHANC := /usr/sbin/Orthanc
 PLUGINS := /usr/share/orthanc/plugins
 APT_PACKAGES := orthanc orthanc-dicomweb nftables
-PROXY_DIR := $(VENV)/lib/imaginghub-proxy
-PROXY := $(PROXY_DIR)/node_modules/.bin/configurable-http-proxy
 PIP := $(VENV)/bin/pip --disable-pip-version-check
 SOURCES := $(shell find hub kernels widgets notebooks -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
@@ -42,7 +40,7 @@ up: setup
 test: setup test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-setup: system-deps $(STAMP) $(CODE_STAMP) $(PROXY)
+setup: system-deps $(STAMP) $(CODE_STAMP)
 
 # The project's dependencies in a venv. Reinstalled when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -62,15 +60,6 @@ ifeq ($(EDITABLE),)
 	@rm -rf build imaginghub.egg-info
 endif
 	touch $(CODE_STAMP)
-
-# The hub's proxy: JupyterHub's configurable-http-proxy from npm (it streams;
-# see docs/architecture.md), at the versions and hashes of its lock file.
-$(PROXY): hub/proxy/package.json hub/proxy/package-lock.json $(STAMP)
-	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory apt-install PKGS="nodejs npm"
-	mkdir -p $(PROXY_DIR)
-	cp hub/proxy/package.json hub/proxy/package-lock.json $(PROXY_DIR)/
-	cd $(PROXY_DIR) && npm ci --omit=dev --no-audit --no-fund --loglevel=error
-	touch $(PROXY)
 
 # The archive: Orthanc with its DICOMweb plugin, and nftables, which closes
 # the archive's ports to users' processes, from Debian's packages.

@@ -41,6 +41,34 @@ def site_folder():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def start_up(home: Path, log_path: Path, *extra: str, before: list[str] = ()):
+    """`imaginghub up` on ``home`` (command line prefixed with ``before``),
+    once it is ready: (process, run.json)."""
+    with open(log_path, "w") as log:
+        up = subprocess.Popen([*before, IMAGINGHUB, "--home", str(home), "up", "--port",
+                               str(free_port()), "--dicom-port", str(free_port()), *extra],
+                              stdout=log, stderr=subprocess.STDOUT)
+    while "Press Ctrl-C" not in log_path.read_text():
+        if up.poll() is not None:
+            sys.exit(log_path.read_text())
+        time.sleep(0.5)
+    return up, json.loads((home / "run.json").read_text())
+
+
+def at_once(calls, timeout: float = 900) -> float:
+    """Run every zero-argument callable in ``calls`` in a thread of its own,
+    all at once; the wall time until the last ended."""
+    import threading
+
+    threads = [threading.Thread(target=c) for c in calls]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout)
+    return time.perf_counter() - t
+
+
 def site_settings(d: Path, settings: dict | None = None) -> dict:
     return {"homes_dir": str(d / "homes"), "account_prefix": "ihb-", **(settings or {})}
 
@@ -54,16 +82,8 @@ def running_stack(settings: dict | None = None, **gateway_options):
         log_path = Path(d) / "up.log"
         home.mkdir()
         (home / "settings.json").write_text(json.dumps(site_settings(d, settings)))
-        with open(log_path, "w") as log:
-            up = subprocess.Popen([IMAGINGHUB, "--home", str(home), "up", "--demo", "--port",
-                                   str(free_port()), "--dicom-port", str(free_port())],
-                                  stdout=log, stderr=subprocess.STDOUT)
+        up, run = start_up(home, log_path, "--demo")
         try:
-            while "Press Ctrl-C" not in log_path.read_text():
-                if up.poll() is not None:
-                    sys.exit(log_path.read_text())
-                time.sleep(0.5)
-            run = json.loads((home / "run.json").read_text())
             run["home"] = str(home)
             token = subprocess.run([IMAGINGHUB, "--home", str(home), "token", "alice"],
                                    capture_output=True, text=True, check=True).stdout.strip()

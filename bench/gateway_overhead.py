@@ -1,8 +1,13 @@
 """What the data service's gateway costs: pacs.load_series of the 300-slice
 demo CT and QIDO-RS series searches, through the gateway (hub token, project
-filtering, audit) and straight from the archive, in one run on one stack.
+filtering, audit) and straight from the archive, in one run on one stack;
+then the same series as raw bytes through the hub's public URL (the proxy,
+for clients outside the hub) against the data service's own port (target:
+at least 0.8x its throughput), one at a time and 20 at once.
 
-    .venv/bin/python bench/gateway_overhead.py [--repeat 5] [--queries 50]
+    VENV/bin/python bench/gateway_overhead.py [--repeat 15] [--queries 50]
+
+(VENV: /opt/imaginghub/venv as root, .venv otherwise; `make bench` runs all.)
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stack import running_stack  # noqa: E402
+from _stack import at_once, running_stack  # noqa: E402
 
 from imaginghub.hub import demo  # noqa: E402
 from imaginghub.kernels.dicomweb import MULTIPART_DICOM, PACS  # noqa: E402
@@ -34,8 +39,6 @@ def public_url(gateway: PACS, run: dict, args) -> None:
     """The same series through the hub's public URL (the proxy: what clients
     outside the hub use) and from the data service's own port (what kernels
     use), raw bytes, alternating; then 20 clients at once."""
-    import threading
-
     s = demo.series("ct-head")
     path = f"/studies/{s.study_uid}/series/{s.series_uid}"
     urls = {"service port": run["gateway_url"] + path,
@@ -68,13 +71,7 @@ def public_url(gateway: PACS, run: dict, args) -> None:
     print(f"  public URL / service port throughput: {ratio:.2f} (target at least 0.80)")
     for k, u in urls.items():
         got = []
-        threads = [threading.Thread(target=lambda: got.append(fetch(u))) for _ in range(20)]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(900)
-        wall = time.perf_counter() - t
+        wall = at_once([lambda: got.append(fetch(u))] * 20)
         complete = sum(n == size for _, n in got)
         print(f"  20 clients at once, {k:13}: {complete}/20 complete, {wall:5.1f} s, "
               f"{20 * size / wall / 1e6:5.0f} MB/s in all")

@@ -16,23 +16,21 @@ accounts).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pwd
 import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stack import IMAGINGHUB, site_folder, site_settings  # noqa: E402
+from _stack import IMAGINGHUB, at_once, site_folder, site_settings, start_up  # noqa: E402
 
-from imaginghub.hub.state import Home, free_port  # noqa: E402
+from imaginghub.hub.state import Home  # noqa: E402
 
 
 def as_account(name: str | None) -> list[str]:
@@ -57,16 +55,8 @@ def measure(label: str, d: Path, account: str | None, users: int, repeat: int) -
         return subprocess.run([*as_account(account), IMAGINGHUB, "--home", str(home), *args],
                               capture_output=True, text=True, check=True).stdout
 
-    with open(log_path, "w") as log:
-        up = subprocess.Popen([*as_account(account), IMAGINGHUB, "--home", str(home), "up",
-                               "--port", str(free_port()), "--dicom-port", str(free_port())],
-                              stdout=log, stderr=subprocess.STDOUT)
+    up, run = start_up(home, log_path, before=as_account(account))
     try:
-        while "Press Ctrl-C" not in log_path.read_text():
-            if up.poll() is not None:
-                sys.exit(log_path.read_text())
-            time.sleep(0.5)
-        run = json.loads((home / "run.json").read_text())
         names = [f"u{i:02d}" for i in range(users)]
         t = time.perf_counter()
         for n in names:
@@ -97,13 +87,7 @@ def measure(label: str, d: Path, account: str | None, users: int, repeat: int) -
             spawn(names[0], one)
             stop(names[0])
         together: list[float] = []
-        threads = [threading.Thread(target=spawn, args=(n, together)) for n in names]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(600)
-        wall = time.perf_counter() - t
+        wall = at_once([lambda n=n: spawn(n, together) for n in names], timeout=600)
         for n in names:
             admin.delete(f"/users/{n}/server")
         q = statistics.quantiles(together, n=20)

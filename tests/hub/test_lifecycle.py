@@ -108,3 +108,77 @@ def subprocess_token(home, user):
 
     return subprocess.run([IMAGINGHUB, "--home", str(home), "token", user], check=True,
                           capture_output=True, text=True).stdout.strip()
+
+
+def test_multi_user_up_refuses_what_users_cannot_reach():
+    """A folder users' processes need (here a workflow folder) inside a
+    private one: up refuses to start and names the folder in the way."""
+    import os
+
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("multi-user mode needs root")
+    home = new_home("reach")
+    private = home.parent / "private"
+    (private / "flows").mkdir(parents=True)
+    private.chmod(0o700)
+    Home(home).save_settings({**Home(home).load_settings(),
+                              "jobs_workflow_dirs": [str(private / "flows")]})
+    try:
+        proc, output = start_stack(home, timeout=60)
+        assert proc.wait(30) != 0
+        text = output.read_text()
+        assert f"is not reachable for users' accounts: {private} is closed to them" in text
+        assert "Traceback" not in text
+        assert not processes_using(home)
+    finally:
+        remove_site(home)
+
+
+def test_firewall_rules_of_a_killed_up_are_removed():
+    """A table left by an up that no longer runs goes at the next up (and in
+    the tests' set-up); a running up's table stays."""
+    import os
+
+    import pytest
+
+    from imaginghub.hub import portguard
+
+    if os.geteuid() != 0:
+        pytest.skip("nftables needs root")
+    home = new_home("stale")
+    portguard.install("deadbeef", str(home), [1], [0])
+    try:
+        assert portguard.tables()["imaginghub_deadbeef"] == str(home)
+        proc, output = start_stack(home, timeout=180)
+        try:
+            assert proc.poll() is None, output.read_text()
+            tables = portguard.tables()
+            assert "imaginghub_deadbeef" not in tables
+            own = portguard.table_name(Home(home).site_id())
+            assert tables[own] == str(home)
+            assert portguard.remove_stale() == []  # a running up's table stays
+        finally:
+            assert stop_stack(proc) == 0
+        assert own not in portguard.tables()
+    finally:
+        portguard.remove("deadbeef")
+        remove_site(home)
+
+
+def test_roots_old_state_directory_is_moved(tmp_path, monkeypatch):
+    from imaginghub.hub import state
+
+    old, new = tmp_path / "root-share" / "imaginghub", tmp_path / "var-lib" / "imaginghub"
+    old.mkdir(parents=True)
+    (old / "settings.json").write_text("{}")
+    (old / "users.json").write_text("{}")
+    monkeypatch.setattr(state, "OLD_ROOT_HOME", old)
+    monkeypatch.setattr(state, "SYSTEM_HOME", new)
+    monkeypatch.delenv("IMAGINGHUB_HOME", raising=False)
+    monkeypatch.setattr(state.os, "geteuid", lambda: 0)
+    said = state.migrate_root_home()
+    assert said and str(old) in said and str(new) in said
+    assert (new / "users.json").exists() and not old.exists()
+    assert state.migrate_root_home() is None  # once

@@ -2,7 +2,7 @@
 outside the hub reaches it (dicomweb-client on a laptop, 3D Slicer, a web
 viewer): whole series of any size, uploads over 100 MB, many clients at
 once. The pure-Python configurable-http-proxy held every answer whole and
-broke off after 100 MB; the Node.js one streams."""
+broke off after 100 MB; traefik (imaginghub.hub.proxy) streams."""
 
 from __future__ import annotations
 
