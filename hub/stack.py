@@ -215,6 +215,14 @@ class Stack:
                 os.chown(d, 0, 0)
             os.chmod(d, 0o711)  # passable, not listable: nobody sees others' folders
         make_dir(home.homes_dir(), 0o755)
+        from .accounts import SOCKET_PATH_MAX, _KERNEL_SOCKET
+
+        longest = len(f"{home.runtime_dir()}/{2**32 - 1}{_KERNEL_SOCKET}")
+        if longest > SOCKET_PATH_MAX:
+            raise StackError(
+                f"kernels' sockets under {home.runtime_dir()} would be up to {longest} bytes "
+                f"long, over the {SOCKET_PATH_MAX} a Unix socket's path may have: set a "
+                "shorter spool_dir in settings.json")
         need = {
             "Python (run)": sys.executable,
             "the Python environment": sys.prefix,

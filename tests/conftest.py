@@ -29,15 +29,16 @@ from imaginghub.kernels.dicomweb import PACS
 REPO = Path(__file__).resolve().parents[1]
 IMAGINGHUB = str(Path(sys.executable).parent / "imaginghub")
 # The tests' workflows, copied where the job service's account can read them.
-TEST_WORKFLOWS = Path("/tmp/imaginghub-tests") / "workflows"
+TEST_WORKFLOWS = Path("/tmp/iht") / "workflows"
 MULTI_USER = os.geteuid() == 0
 TEST_PREFIX = "iht"  # every test stack's accounts start with it: iht + a letter + "-"
 _prefixes = iter("abcdefghijklmnopqrstuvwxyz")
 
 
 def site_root() -> Path:
-    """The folder of this session's stacks: passable by accounts (0711)."""
-    root = Path("/tmp/imaginghub-tests")
+    """The folder of this session's stacks: passable by accounts (0711), and
+    short (kernels' socket paths must stay under 107 bytes)."""
+    root = Path("/tmp/iht")
     root.mkdir(mode=0o711, exist_ok=True)
     os.chmod(root, 0o711)
     return root
@@ -53,7 +54,7 @@ def remove_leftovers(folders: bool = True) -> None:
 
     import shutil
 
-    root = Path("/tmp/imaginghub-tests")
+    root = Path("/tmp/iht")
     for old in root.glob("*-*") if folders else ():  # an earlier session's stacks
         if old.is_dir() and Home(old / "home").read_run() is None:
             shutil.rmtree(old, ignore_errors=True)
@@ -74,7 +75,7 @@ def new_home(name: str, settings: dict | None = None) -> Path:
     import shutil
     import tempfile
 
-    base = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=site_root()))
+    base = Path(tempfile.mkdtemp(prefix=f"{name[:6]}-", dir=site_root()))
     os.chmod(base, 0o711)
     home = base / "home"
     home.mkdir()

@@ -215,9 +215,17 @@ def test_revoked_token_is_refused(gw, stack):
     assert gw.get(None, "/series", token=token).status_code == 401
 
 
-def test_many_series_downloads_at_once(gw):
+@pytest.fixture(scope="module")
+def gw_main(main_stack):
+    """The gateway of the session's stack only: for what does not depend on
+    the service's database."""
+    return Gateway(main_stack.run["gateway_url"], {"alice": main_stack.token("alice")})
+
+
+def test_many_series_downloads_at_once(gw_main):
     """Series answers are relayed by threads: more transfers in flight than a
     default thread pool holds must all start (none queued behind the others)."""
+    gw = gw_main
     n = 12
     path, headers = _wado_paths(CT, demo.uid("instance", "ct-head/0"))["series"]
     started = threading.Barrier(n, timeout=60)

@@ -148,6 +148,7 @@ def test_attacks_from_alices_job(stack, targets, secrets):
     # the job's kernel talked to papermill over IPC, in her private runtime folder
     kernel = json.loads(job.read("out/kernel.json"))
     assert kernel["transport"] == "ipc"
+    assert (kernel["uid"], kernel["umask"]) == (_account(stack, "alice").uid, "0077")
     assert kernel["ip"].startswith(f"{stack.home.runtime_dir()}/{_account(stack, 'alice').uid}/")
 
 

@@ -4,6 +4,7 @@ killed archive, stops everything on Ctrl-C, and resumes with all state."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
@@ -73,9 +74,26 @@ def _restart(home):
     assert not processes_using(home), processes_using(home)
     assert not (home / "run.json").exists()
 
+    # A firewall table that a killed `up` left (multi-user mode) goes at the
+    # next `up`; the running one's stays.
+    from imaginghub.hub import portguard
+
+    multi = os.geteuid() == 0
+    if multi:
+        portguard.install("deadbeef", str(home.parent / "gone"), [1], [0])
+        assert portguard.tables()["imaginghub_deadbeef"] == str(home.parent / "gone")
     # A second `up` on the same home resumes: data, users and tokens intact,
     # and the admin password is not printed again.
     proc, output = start_stack(home)
+    if multi:
+        try:
+            tables = portguard.tables()
+            assert "imaginghub_deadbeef" not in tables
+            own = portguard.table_name(h.site_id())
+            assert tables[own] == str(home)
+            assert portguard.remove_stale() == []  # a running up's table stays
+        finally:
+            portguard.remove("deadbeef")
     try:
         again = output.read_text()
         assert "imaginghub is running" in again
@@ -92,6 +110,8 @@ def _restart(home):
     finally:
         assert stop_stack(proc) == 0
     assert not processes_using(home)
+    if multi:
+        assert portguard.table_name(h.site_id()) not in portguard.tables()
 
 
 def test_second_up_on_a_running_home_is_refused(stack):
@@ -136,37 +156,6 @@ def test_multi_user_up_refuses_what_users_cannot_reach():
         remove_site(home)
 
 
-def test_firewall_rules_of_a_killed_up_are_removed():
-    """A table left by an up that no longer runs goes at the next up (and in
-    the tests' set-up); a running up's table stays."""
-    import os
-
-    import pytest
-
-    from imaginghub.hub import portguard
-
-    if os.geteuid() != 0:
-        pytest.skip("nftables needs root")
-    home = new_home("stale")
-    portguard.install("deadbeef", str(home), [1], [0])
-    try:
-        assert portguard.tables()["imaginghub_deadbeef"] == str(home)
-        proc, output = start_stack(home, timeout=180)
-        try:
-            assert proc.poll() is None, output.read_text()
-            tables = portguard.tables()
-            assert "imaginghub_deadbeef" not in tables
-            own = portguard.table_name(Home(home).site_id())
-            assert tables[own] == str(home)
-            assert portguard.remove_stale() == []  # a running up's table stays
-        finally:
-            assert stop_stack(proc) == 0
-        assert own not in portguard.tables()
-    finally:
-        portguard.remove("deadbeef")
-        remove_site(home)
-
-
 def test_roots_old_state_directory_is_moved(tmp_path, monkeypatch):
     from imaginghub.hub import state
 
@@ -182,3 +171,15 @@ def test_roots_old_state_directory_is_moved(tmp_path, monkeypatch):
     assert said and str(old) in said and str(new) in said
     assert (new / "users.json").exists() and not old.exists()
     assert state.migrate_root_home() is None  # once
+
+
+def test_multi_user_mode_without_nftables_is_refused(monkeypatch):
+    """No way to close the archive's ports: multi-user mode is refused, and
+    the message says what to install (checked before anything starts)."""
+    import pytest
+
+    from imaginghub.hub import portguard
+
+    monkeypatch.setattr(portguard.shutil, "which", lambda name: None)
+    with pytest.raises(portguard.PortGuardUnavailable, match="apt-get install nftables"):
+        portguard.check_available()

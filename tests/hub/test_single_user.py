@@ -13,7 +13,8 @@ import pytest
 from conftest import RunningStack, new_home, processes_using, start_stack, stop_stack
 from hubclient import UserSession
 
-from imaginghub.hub import demo
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="makes an ordinary account")
 
@@ -38,7 +39,7 @@ def ordinary_account():
 
 def test_up_as_an_ordinary_account_is_single_user(ordinary_account):
     name, home, entry = ordinary_account
-    proc, output = start_stack(home, "--demo", account=name)
+    proc, output = start_stack(home, account=name)
     try:
         text = output.read_text()
         assert proc.poll() is None, text
@@ -47,10 +48,12 @@ def test_up_as_an_ordinary_account_is_single_user(ordinary_account):
         assert f"({name})" in notice[0]
         stack = RunningStack(home, proc, output, account=name)
         assert stack.run["mode"] == "single-user"
+        stack.cli("users", "add", "alice", "--project", "solo")
+        stack.cli("ingest", get_testdata_file("CT_small.dcm"), "--project", "solo")
+        uid = dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True).SeriesInstanceUID
         alice = UserSession(stack.url, "alice", stack.token("alice"))
         alice.start_server()
         kernel = alice.start_kernel()
-        uid = demo.series("ct-small").series_uid
         out = alice.execute(kernel["id"], "import json, os\n"
                             f"vol = pacs.load_series({uid!r}, progress=False)\n"
                             "print(json.dumps([os.getuid(), vol.shape, os.environ['HOME']]))")

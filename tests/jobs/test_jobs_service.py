@@ -19,7 +19,8 @@ from imaginghub.kernels.catalog import Catalog
 from imaginghub.kernels.errors import NotFound
 from imaginghub.kernels.jobs import Jobs
 
-from conftest import TEST_WORKFLOWS, RunningStack, start_stack, stop_stack
+from conftest import (TEST_WORKFLOWS, RunningStack, new_home, remove_site, start_stack,
+                      stop_stack)
 
 SMALL = ["ct-head-reversed", "ct-slice", "ct-small"]  # oncology
 
@@ -365,13 +366,18 @@ def _refreshed(job) -> bool:
         return False
 
 
-def test_whole_stack_restart(tmp_path):
+def test_whole_stack_restart():
     """Queued jobs start after the workspace restarts; a job that was running
     is marked interrupted, with the reason, and can be rerun."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "settings.json").write_text(json.dumps({
-        "jobs_workflow_dirs": [str(TEST_WORKFLOWS)], "jobs_max_running": 1}))
+    home = new_home("jobrestart", {"jobs_workflow_dirs": [str(TEST_WORKFLOWS)],
+                                   "jobs_max_running": 1})
+    try:
+        _whole_stack_restart(home)
+    finally:
+        remove_site(home)
+
+
+def _whole_stack_restart(home):
     proc, output = start_stack(home)
 
     s = RunningStack(home, proc, output)

@@ -59,11 +59,20 @@ def share_outputs(work: Path) -> None:
 def ipc_kernel_manager():
     """jupyter_client's kernel manager with the kernel's channels on Unix
     sockets in JUPYTER_RUNTIME_DIR (0700) instead of loopback TCP."""
+    import uuid
+
     from jupyter_client import AsyncKernelManager
-    from traitlets import CaselessStrEnum
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import CaselessStrEnum, default
 
     class IPCKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _ip_in_runtime_dir(self):
+            # jupyter_client's default is "kernel-ipc" in the working folder
+            # when no connection file is named yet: the job's work/ folder
+            return os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}-ipc")
 
     return IPCKernelManager
 

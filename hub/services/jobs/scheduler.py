@@ -345,6 +345,7 @@ class Scheduler:
             raise
         except Exception as e:
             await self._delete_token(job.user, token_id)
+            log.warning("job %s could not start: %s", job.id, e)
             self.store.update(job.id, only_if=[QUEUED], status=FAILED, ended_at=now(),
                               reason=f"could not start: {e}")
             return False
