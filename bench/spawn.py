@@ -65,24 +65,35 @@ def measure(label: str, d: Path, account: str | None, users: int, repeat: int) -
         admin = httpx.Client(base_url=run["url"] + "/hub/api", timeout=120, headers={
             "Authorization": f"token {cli('token', 'admin').strip()}"})
 
-        def ready(n: str) -> bool:
-            s = admin.get(f"/users/{n}").json().get("servers", {}).get("")
-            return bool(s and s.get("ready"))
+        def state(n: str) -> str:
+            """ready, starting, or failed (no server and none pending)."""
+            model = admin.get(f"/users/{n}").json()
+            s = model.get("servers", {}).get("")
+            if s and s.get("ready"):
+                return "ready"
+            return "starting" if s or model.get("pending") else "failed"
 
         def stop(n: str) -> None:
             admin.delete(f"/users/{n}/server")
             while admin.get(f"/users/{n}").json().get("servers"):
                 time.sleep(0.2)
 
+        failed: list[str] = []
+
         def spawn(n: str, out: list) -> None:
             t = time.perf_counter()
             r = admin.post(f"/users/{n}/server")
-            assert r.status_code in (201, 202), r.text
-            while not ready(n):
-                time.sleep(0.1)
-            out.append(time.perf_counter() - t)
+            if r.status_code not in (201, 202):
+                failed.append(n)
+                return
+            while (now := state(n)) == "starting" and time.perf_counter() - t < 600:
+                time.sleep(0.2)
+            if now == "ready":
+                out.append(time.perf_counter() - t)
+            else:
+                failed.append(n)
 
-        one = []
+        one: list[float] = []
         for _ in range(repeat):  # one user alone: the first has its tutorials copied
             spawn(names[0], one)
             stop(names[0])
@@ -90,6 +101,8 @@ def measure(label: str, d: Path, account: str | None, users: int, repeat: int) -
         wall = at_once([lambda n=n: spawn(n, together) for n in names], timeout=600)
         for n in names:
             admin.delete(f"/users/{n}/server")
+        if len(together) < 2:
+            sys.exit(f"{label}: only {len(together)} of {users} servers started ({failed})")
         q = statistics.quantiles(together, n=20)
         return {"label": label, "one": statistics.median(one), "first": one[0],
                 "p50": statistics.median(together), "p95": q[18], "max": max(together),

@@ -148,13 +148,16 @@ c.JupyterHub.spawner_class = "imaginghub.hub.spawner.ImagingSpawner"
 c.ImagingSpawner.site_home = str(HOME)
 c.ImagingSpawner.multi_user = {multi_user!r}
 c.ImagingSpawner.runtime_root = {runtime_root!r}
-c.Spawner.cmd = [{singleuser!r}]
+# jupyterhub-singleuser, without a 2 s import each start (see imaginghub.hub.singleuser)
+c.Spawner.cmd = [{python!r}, "-m", "imaginghub.hub.singleuser"]
 c.Spawner.default_url = "/lab"
 # Kernels over IPC (Unix sockets in the account's private runtime folder),
 # the imaging kernel by default, JupyterLab settings that fetch nothing.
 c.Spawner.args = {spawner_args!r}
-c.Spawner.start_timeout = 60
-c.Spawner.http_timeout = 60
+# Generous: a class of 20 starting at once on a small server takes a while
+# (bench/spawn.py), and a slow start must not become a failed one.
+c.Spawner.start_timeout = 300
+c.Spawner.http_timeout = 300
 # How often the hub looks whether servers and managed services (data, jobs)
 # still run: a service that stopped is restarted within this time.
 c.Spawner.poll_interval = 10
@@ -260,7 +263,6 @@ def write_config(home: Home, settings: HubSettings) -> Path:
                       else "all as this account, homes under the state directory"),
         multi_user=multi,
         runtime_root=str(home.runtime_dir()),
-        singleuser=venv_bin("jupyterhub-singleuser"),
         spawner_args=args,
         jupyter_path=str(share),
         data_port=settings.data_port,

@@ -261,7 +261,7 @@ def test_processes_run_as_the_right_accounts(stack, alice):
              and str(stack.home.hub_dir) in " ".join(p.info["cmdline"] or [])]
     assert proxy and {p.info["uids"].real for p in proxy} == {service.uid}
     servers = [p for p in psutil.process_iter(["uids", "cmdline"])
-               if "jupyterhub-singleuser" in " ".join(p.info["cmdline"] or [])
+               if "imaginghub.hub.singleuser" in " ".join(p.info["cmdline"] or [])
                and p.info["uids"].real == alice_account.uid]
     assert servers
     # the state directory is the service account's alone
