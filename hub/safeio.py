@@ -125,3 +125,19 @@ def walk_files(root: Path, relative: str | PurePosixPath = ".") -> list[tuple[st
     finally:
         os.close(top)
     return out
+
+
+def chmod_file(path: str | os.PathLike, mode: int) -> bool:
+    """``chmod`` of a regular file that a user may have replaced by a link:
+    the file itself or nothing (False)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        os.fchmod(fd, mode)
+        return True
+    finally:
+        os.close(fd)

@@ -28,16 +28,22 @@ from .state import Home
 
 def give_tutorials(source: Path, home: Path, account: Account | None) -> None:
     """Copy the tutorials into ``home/tutorials`` once; the copies are the
-    user's to change (and, in multi-user mode, belong to their account)."""
+    user's to change. In multi-user mode the copy is made by the account
+    itself (umask 077): root never writes into a folder the user controls,
+    where a link could send its writes elsewhere."""
+    import subprocess
+
     target = home / "tutorials"
-    if target.exists() or not source.is_dir():
+    if os.path.lexists(target) or not source.is_dir():
         return
-    shutil.copytree(source, target)
-    if account is not None and os.geteuid() == 0:
-        for root, dirs, files in os.walk(target):
-            for name in [root, *(os.path.join(root, f) for f in files)]:
-                os.lchown(name, account.uid, account.gid)
-                os.chmod(name, 0o700 if os.path.isdir(name) else 0o600)
+    if account is None or os.geteuid() != 0:
+        shutil.copytree(source, target)
+        return
+    r = subprocess.run(["cp", "-R", "--no-preserve=mode,ownership,timestamps", str(source),
+                        str(target)], preexec_fn=preexec(account), capture_output=True,
+                       text=True, timeout=120)
+    if r.returncode:
+        raise RuntimeError(f"could not copy the tutorials into {home}: {r.stderr.strip()}")
 
 
 def tutorials_dir() -> Path:

@@ -310,3 +310,41 @@ def test_her_terminal_runs_as_her(stack, alice):
     seen = asyncio.run(run())
     assert f"UID={account.uid} MASK=0077 DONE" in seen, seen
     alice.server("DELETE", f"/terminals/{term}")
+
+
+def test_links_in_her_folders_never_lead_root_astray(stack, alice):
+    """Root acts in folders alice controls: it copies the tutorials into a
+    new home and keeps a stopped cluster's logs. Links she left there must
+    not make it touch anything else."""
+    import shutil
+
+    victim = Path("/tmp/iht/victim-" + os.urandom(4).hex())
+    victim.mkdir()
+    (victim / "system.conf").write_text("root's")
+    (victim / "system.conf").chmod(0o644)
+    try:
+        # a cluster whose logs folder she swaps for a link, then stops
+        kernel = alice.start_kernel()
+        code = ("import os\nclient = cluster(1)\n"
+                "def swap():\n"
+                "    import os\n"
+                "    os.rename('logs', 'logs.mine')\n"
+                f"    os.symlink({str(victim)!r}, 'logs')\n"
+                "    return os.getcwd()\n"
+                "print(client.run_on_scheduler(swap))\nclient.shutdown()")
+        out = alice.execute(kernel["id"], code, timeout=180)
+        assert out["error"] is None, out
+        time.sleep(3)  # the gateway cleans up after the cluster stopped
+        assert (victim / "system.conf").read_text() == "root's"
+        assert stat.S_IMODE((victim / "system.conf").stat().st_mode) == 0o644
+        assert victim.stat().st_uid == 0 and not victim.is_symlink()
+        # a new user whose tutorials folder is a link to elsewhere before the first start
+        stack.cli("users", "add", "lena", "--project", "oncology")
+        account = stack.home.accounts().lookup("lena")
+        os.symlink(victim / "tutorials", Path(account.home) / "tutorials")
+        lena = UserSession(stack.url, "lena", stack.token("lena"))
+        lena.start_server()
+        assert not (victim / "tutorials").exists()
+        lena.hub("DELETE", "/users/lena/server")
+    finally:
+        shutil.rmtree(victim, ignore_errors=True)

@@ -27,6 +27,7 @@ from dask_gateway_server.options import Float, Integer, Options
 from traitlets import Bool, Dict, Integer as IntegerTrait, Unicode, default
 
 from ...accounts import Account, preexec
+from ...safeio import chmod_file
 from ...process import die_with_parent
 from .limits import limits_for
 
@@ -243,14 +244,27 @@ class HubLocalBackend(LocalBackend):
         return workdir
 
     def cleanup_working_directory(self, workdir):
-        if self.logs_directory and os.path.isdir(self.get_logs_directory(workdir)):
+        """Keep a stopped cluster's logs in the state directory. The cluster's
+        folder is its user's: a link there is never followed (as root, a
+        ``logs`` link to /etc would have us chmod the system's files)."""
+        import stat
+
+        logs = self.get_logs_directory(workdir)
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(logs).st_mode)
+        except OSError:
+            is_dir = False
+        if self.logs_directory and is_dir:
             keep = os.path.join(self.logs_directory, os.path.basename(workdir.rstrip("/")))
             try:
                 os.makedirs(self.logs_directory, 0o700, exist_ok=True)
                 shutil.rmtree(keep, ignore_errors=True)
-                shutil.move(self.get_logs_directory(workdir), keep)
-                for name in os.listdir(keep):
-                    os.chmod(os.path.join(keep, name), 0o600)
+                shutil.move(logs, keep)
+                if os.path.islink(keep):  # swapped for a link meanwhile
+                    os.unlink(keep)
+                else:
+                    for name in os.listdir(keep):  # the user's files: never follow a link
+                        chmod_file(os.path.join(keep, name), 0o600)
                 self._prune_logs()
             except OSError:
                 self.log.warning("could not keep the logs of %s", workdir, exc_info=True)
