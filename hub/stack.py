@@ -242,7 +242,7 @@ class Stack:
     def _reconcile_accounts(self, registry: Registry) -> None:
         """Every registered user has their account; accounts of users removed
         from the registry are locked (their homes stay)."""
-        from .accounts import AccountError
+        from .accounts import AccountError, locked
 
         accounts = self.home.accounts()
         users = registry.load()
@@ -252,7 +252,7 @@ class Stack:
             except AccountError as e:
                 self.say(f"warning: {name} cannot log in: {e}")
         for name, account in accounts.ours().items():
-            if name not in users:
+            if name not in users and not locked(account.name):
                 accounts.lock(name)
                 log.info("locked %s (%s is no longer a user of this hub)", account.name, name)
 
