@@ -32,13 +32,18 @@ APT_PACKAGES := orthanc orthanc-dicomweb nftables
 PIP := $(VENV)/bin/pip --disable-pip-version-check
 SOURCES := $(shell find hub kernels widgets notebooks -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: up test setup system-deps test-deps apt-install bench clean
+.PHONY: up test test-fast setup system-deps test-deps apt-install bench clean
 
 up: setup
 	$(VENV)/bin/imaginghub up --demo
 
 test: setup test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests that start no service (no archive, stack, PostgreSQL or browser):
+# configuration, parameters, the queue, decoding, geometry, widget logic.
+test-fast: setup
+	$(PY) -m pytest -m "not stack" -q $(PYTEST_ARGS)
 
 setup: system-deps $(STAMP) $(CODE_STAMP)
 

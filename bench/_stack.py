@@ -34,7 +34,7 @@ def site_folder():
         yield d
     finally:
         home = Home(d / "home")
-        if os.geteuid() == 0 and home.settings_file.exists():
+        if os.geteuid() == 0 and home.state_file.exists():
             accounts = home.accounts()
             for name in accounts.ours():
                 accounts.remove(name)
@@ -69,19 +69,27 @@ def at_once(calls, timeout: float = 900) -> float:
     return time.perf_counter() - t
 
 
-def site_settings(d: Path, settings: dict | None = None) -> dict:
-    return {"homes_dir": str(d / "homes"), "account_prefix": "ihb-", **(settings or {})}
+def write_site_config(d: Path, sections: dict | None = None) -> None:
+    """The bench site's imaginghub_config.py: its homes folder, the accounts'
+    prefix ihb-, and ``sections`` ({"Class": {"setting": value}})."""
+    from imaginghub.hub import config
+
+    values = {"Site": {"homes_dir": str(d / "homes"), "account_prefix": "ihb-"}}
+    for cls, more in (sections or {}).items():
+        values.setdefault(cls, {}).update(more)
+    config.write_file(Home(d / "home").config_file,
+                      "c = get_config()  # noqa\n" + config.render(values))
 
 
 @contextlib.contextmanager
-def running_stack(settings: dict | None = None, **gateway_options):
+def running_stack(sections: dict | None = None, **gateway_options):
     """Yields (direct PACS, gateway PACS, run.json plus "home" and alice's
-    "token"); ``settings`` go into settings.json before the start."""
+    "token"); ``sections`` go into imaginghub_config.py before the start."""
     with site_folder() as d:
         home = Path(d) / "home"
         log_path = Path(d) / "up.log"
         home.mkdir()
-        (home / "settings.json").write_text(json.dumps(site_settings(d, settings)))
+        write_site_config(Path(d), sections)
         up, run = start_up(home, log_path, "--demo")
         try:
             run["home"] = str(home)

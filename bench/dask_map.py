@@ -97,8 +97,8 @@ def main():
     ct = demo.series("ct-head-reversed")
     uids = [ct.series_uid] * args.series
     with running_stack() as (_, gateway, run):
-        settings = Home(run["home"]).load_settings()
-        os.environ.update(client_environment(run["url"], settings["dask_gateway_port"]))
+        state = Home(run["home"]).load_state()
+        os.environ.update(client_environment(run["url"], state["dask_gateway_port"]))
         os.environ.update(IMAGINGHUB_DICOMWEB_URL=gateway.url,
                           IMAGINGHUB_DICOMWEB_TOKEN=gateway._token, IMAGINGHUB_CACHE_DIR="off")
         from imaginghub.kernels.cluster import cluster, gateway as dask_gateway, map_series

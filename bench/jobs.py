@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--queue", type=int, default=50)
     args = ap.parse_args()
-    with running_stack({"jobs_workflow_dirs": [str(WORKFLOWS)]}) as (_, _, run):
+    with running_stack({"JobService": {"workflow_dirs": [str(WORKFLOWS)]}}) as (_, _, run):
         home = Path(run["home"])
         # the environment a user's kernel gets, for the plain papermill runs
         env = dict(os.environ, JUPYTER_PATH=str(home / "share" / "jupyter"),

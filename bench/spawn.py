@@ -28,9 +28,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _stack import IMAGINGHUB, at_once, site_folder, site_settings, start_up  # noqa: E402
+from _stack import IMAGINGHUB, at_once, site_folder, start_up, write_site_config  # noqa: E402
 
-from imaginghub.hub.state import Home  # noqa: E402
 
 
 def as_account(name: str | None) -> list[str]:
@@ -44,7 +43,7 @@ def as_account(name: str | None) -> list[str]:
 def measure(label: str, d: Path, account: str | None, users: int, repeat: int) -> dict:
     home = d / "home"
     home.mkdir(exist_ok=True)
-    Home(home).save_settings(site_settings(d))
+    write_site_config(d)
     if account:
         e = pwd.getpwnam(account)
         for p in [home, *home.rglob("*")]:

@@ -5,9 +5,9 @@ terminals (the spawner), their jobs (the job starter) and their Dask
 schedulers and workers (the Dask backend), all through :class:`Accounts`.
 
 Naming scheme: the hub user NAME runs as the account ``PREFIX + NAME``,
-where PREFIX is the site's ``account_prefix`` in settings.json (empty by
-default: alice runs as ``alice``). An account is created with its home in
-the site's ``homes_dir`` (default ``/home``), mode 0700, a group of its own,
+where PREFIX is the site's ``c.Site.account_prefix`` (empty by default:
+alice runs as ``alice``). An account is created with its home in the
+site's ``c.Site.homes_dir`` (default ``/home``), mode 0700, a group of its own,
 and the comment ``imaginghub site SITE user NAME``, which is how imaginghub
 knows the accounts it made. A hub name is refused when its account name
 would not fit ``useradd`` (at most 32 characters, lower-case letters, digits,
@@ -142,8 +142,8 @@ class Accounts:
                     else "an account that imaginghub did not make for this site")
             raise AccountError(
                 f"user name {hub_name!r} would run as {account!r}, which is {what}: choose "
-                "another name (or set a prefix for this site's accounts, account_prefix in "
-                "settings.json)")
+                "another name (or set a prefix for this site's accounts, "
+                "c.Site.account_prefix in imaginghub_config.py)")
         return account
 
     def comment(self, hub_name: str) -> str:

@@ -14,7 +14,34 @@ log = logging.getLogger("imaginghub")
 
 
 def _home(args) -> Home:
-    return Home(args.home)
+    """The state directory, its older settings.json moved to the
+    configuration file once (see :func:`.config.migrate`)."""
+    from . import config
+
+    home = Home(args.home)
+    if args.command != "up" and os.access(home.path, os.W_OK):  # up says it itself
+        moved = config.migrate(home)
+        if moved:
+            print(moved, file=sys.stderr)
+    return home
+
+
+def cmd_config(args) -> int:
+    """The reference of every setting; with --check, the site's file checked."""
+    from . import config
+
+    if args.check:
+        home = _home(args)
+        cfg = home.config()
+        ours = {c.__name__ for c in config.classes()}
+        mine = sum(len(v) for k, v in cfg.items() if k in ours)
+        theirs = sorted(k for k in config.foreign(cfg))
+        print(f"{home.config_file}: {mine} imaginghub setting{'s' * (mine != 1)}, all known "
+              "and of the right type"
+              + (f"; passed to their programs: {', '.join(theirs)}" if theirs else ""))
+        return 0
+    print(config.commented() if args.file else config.reference(), end="")
+    return 0
 
 
 def cmd_up(args) -> int:
@@ -336,7 +363,7 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_modalities(args) -> int:
-    """DICOM peers of the archive (kept in settings.json, applied to the
+    """DICOM peers of the archive (kept in modalities.json, applied to the
     running archive at once). A modality may C-ECHO and C-STORE; C-FIND,
     C-MOVE and C-GET only when the admin allows each for it."""
     import httpx
@@ -344,8 +371,7 @@ def cmd_modalities(args) -> int:
     from . import orthanc
 
     home = _home(args)
-    settings = home.load_settings()
-    modalities = settings.setdefault("modalities", {})
+    modalities = home.load_modalities()
     if args.modalities_command == "list":
         for name, spec in sorted(modalities.items()):
             m = orthanc.modality_entry(name, spec)
@@ -382,7 +408,7 @@ def cmd_modalities(args) -> int:
         if client:
             client.delete(f"/modalities/{name}")
         print(f"removed {name}")
-    home.save_settings(settings)
+    home.save_modalities(modalities)
     return 0
 
 
@@ -401,17 +427,28 @@ def cmd_kernelspec(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="imaginghub", description=__doc__)
-    p.add_argument("--home", help="state directory (default: $IMAGINGHUB_HOME or "
-                                  "~/.local/share/imaginghub)")
+    p.add_argument("--home", help="state directory (default: $IMAGINGHUB_HOME, else "
+                                  "/var/lib/imaginghub for root, ~/.local/share/imaginghub "
+                                  "for anyone else)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the workspace (archive and hub) until Ctrl-C")
     up.add_argument("--demo", action="store_true",
                     help="add demo users alice and bob and, if the archive is empty, demo data")
-    up.add_argument("--port", type=int, help="the hub's port on 127.0.0.1 (default 8000)")
-    up.add_argument("--dicom-port", type=int, help="the archive's DICOM port (default 4242)")
+    up.add_argument("--port", type=int, help="the hub's port on 127.0.0.1 for this start "
+                                         "(default c.Stack.port, 8000)")
+    up.add_argument("--dicom-port", type=int, help="the archive's DICOM port for this start "
+                                               "(default c.Archive.dicom_port, 4242)")
     up.set_defaults(fn=cmd_up)
+
+    cfg = sub.add_parser("config", help="every setting of imaginghub_config.py, with its help "
+                                        "and default")
+    cfg.add_argument("--check", action="store_true",
+                     help="check this site's imaginghub_config.py instead")
+    cfg.add_argument("--file", action="store_true",
+                     help="print a configuration file with every setting commented out")
+    cfg.set_defaults(fn=cmd_config)
 
     users = sub.add_parser("users", help="manage users and their projects")
     us = users.add_subparsers(dest="users_command", required=True)

@@ -12,9 +12,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import write_file
 from .errors import ConfigError
 from .services import dask_gateway
-from .state import Home, write_private
+from .state import Home
 
 ADMIN_SERVICE = "imaginghub-admin"
 
@@ -22,13 +23,16 @@ TEMPLATE = """\
 # JupyterHub configuration of the imaginghub workspace in {home}
 #
 # Written by `imaginghub up` at every start: change the site with the
-# `imaginghub` command (users, projects) or settings.json, not here.
+# `imaginghub` command (users, projects) or in {config_file}
+# (c.JupyterHub, c.Spawner, ...: loaded at the end of this file), not here.
 # Secrets are read from {home}/secrets (0600); none is written in this file.
 #
 # Mode: {mode}. {mode_line}
 
 import json
 from pathlib import Path
+
+from imaginghub.hub.config import load_site_config
 
 HOME = Path({home!r})
 SECRETS = HOME / "secrets"
@@ -178,6 +182,10 @@ c.Spawner.environment = {{
     **{dask_gateway_env!r},
 }}
 
+# -- The site's own settings of JupyterHub's classes ---------------------------
+# (c.Spawner.environment.update({{...}}) adds to what is above)
+load_site_config(c, {config_file!r})
+
 # -- Jobs run as their user, with what the user's server gets -----------------
 for _service in c.JupyterHub.services:
     if _service["name"] == "jobs":
@@ -273,7 +281,8 @@ def write_config(home: Home, settings: HubSettings) -> Path:
                                                          gateway.port),
         python=sys.executable,
         admin_service=ADMIN_SERVICE,
+        config_file=str(home.config_file),
     )
     path = home.hub_dir / "jupyterhub_config.py"
-    write_private(path, text)
+    write_file(path, text)  # executed by the hub, as root in multi-user mode
     return path

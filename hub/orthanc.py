@@ -3,8 +3,8 @@
 Orthanc 1.10 binds HTTP and DICOM on every interface and has no option to
 bind to loopback only, so the configuration written here keeps it safe
 otherwise: HTTP only from localhost (``RemoteAccessAllowed`` false) and
-behind generated credentials, DIMSE only from the modalities listed in the
-settings, each of which may C-ECHO and C-STORE and nothing else unless the
+behind generated credentials, DIMSE only from the modalities listed in
+modalities.json, each of which may C-ECHO and C-STORE and nothing else unless the
 admin allows C-FIND, C-MOVE or C-GET for it. In multi-user mode local users'
 processes cannot open either port at all (:mod:`.portguard`). HTTP
 compression is off: with it on, every WADO-RS answer is gzipped on the fly,
@@ -19,6 +19,9 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from traitlets import Integer, Unicode
+from traitlets.config import Configurable
 
 from .errors import ConfigError
 
@@ -51,8 +54,23 @@ def find_orthanc() -> tuple[str, list[str]]:
     return exe, plugins
 
 
+class Archive(Configurable):
+    """The embedded archive (Orthanc): its DICOM side. Its DICOM peers are
+    managed with 'imaginghub modalities' (kept in modalities.json)."""
+
+    aet = Unicode("IMAGINGHUB", help="""
+        The archive's own AE title (what modalities call; a called AE title
+        that names a project, such as ONCOLOGY, stores into that
+        project).""").tag(config=True)
+    dicom_port = Integer(4242, help="""
+        The archive's DICOM (DIMSE) port, on every interface: modalities
+        store to it. Only the modalities listed with 'imaginghub modalities
+        add' may use it. 'imaginghub up --dicom-port N' overrides it for one
+        start.""").tag(config=True)
+
+
 def modality_entry(name: str, spec) -> dict:
-    """Orthanc's entry of a modality from settings.json: ``{"AET", "Host",
+    """Orthanc's entry of a modality from modalities.json: ``{"AET", "Host",
     "Port"}`` plus ``AllowFind``, ``AllowMove`` and ``AllowGet`` (false unless
     given; the old form ``[AET, host, port]`` allows echo and store only)."""
     if isinstance(spec, list) and len(spec) == 3:
@@ -60,7 +78,7 @@ def modality_entry(name: str, spec) -> dict:
     if not (isinstance(spec, dict) and {"AET", "Host", "Port"} <= set(spec)):
         raise ConfigError(f"modality {name!r} must be {{\"AET\", \"Host\", \"Port\"}} with "
                           f"optional AllowFind, AllowMove, AllowGet; got {spec!r}: fix "
-                          "settings.json or use 'imaginghub modalities add'")
+                          "modalities.json or use 'imaginghub modalities add'")
     entry = {"AET": str(spec["AET"]), "Host": str(spec["Host"]), "Port": int(spec["Port"]),
              "AllowEcho": True, "AllowStore": True}
     for flag in MODALITY_FLAGS:
@@ -120,7 +138,7 @@ def write_config(settings: OrthancSettings, directory: Path, plugins: list[str])
         "DicomAlwaysAllowGet": False,
         "DicomCheckModalityHost": True,
         "DicomModalities": modalities,
-        # Modalities added through the REST API are kept in settings.json
+        # Modalities added through the REST API are kept in modalities.json
         # (written into this file at every start), not in the database.
         "DicomModalitiesInDatabase": False,
         "ExecuteLuaEnabled": False,

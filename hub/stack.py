@@ -22,9 +22,12 @@ import time
 from pathlib import Path
 
 import httpx
+from traitlets import Integer
+from traitlets.config import Configurable
 
+from . import config as site_config
 from . import hubconfig, orthanc, portguard
-from .errors import StackError
+from .errors import ConfigError, StackError
 from .process import Managed, kill_tree
 from .state import (MULTI_USER, SINGLE_USER, Home, free_port, make_dir, migrate_root_home,
                     port_in_use, write_private)
@@ -33,19 +36,31 @@ from .users import Registry
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8000
-DEFAULT_DICOM_PORT = 4242
 # Restarts of a crashed archive allowed within a minute before `up` gives up.
 MAX_RESTARTS_PER_MINUTE = 3
 
 
-class Stack:
-    """Start, watch and stop the embedded stack on one state directory."""
+class Stack(Configurable):
+    """The embedded stack that ``imaginghub up`` starts, watches and stops on
+    one state directory: the archive, the job starter, the hub with its proxy
+    and services."""
+
+    port = Integer(DEFAULT_PORT, help="""
+        The hub's public port, on 127.0.0.1 (users, and tools such as
+        dicomweb-client or 3D Slicer, reach everything through it). 'imaginghub
+        up --port N' overrides it for one start.""").tag(config=True)
 
     def __init__(self, home: Home, *, port: int | None = None, dicom_port: int | None = None,
                  demo: bool = False, out=None):
         self.home = home
-        self.demo = demo
         self.out = out or sys.stdout
+        moved = migrate_root_home() if home.path == Home().path else None
+        if moved:
+            self.say(moved)
+            self.home = Home(home.path)
+        self._migrate()
+        super().__init__(config=self.home.config())
+        self.demo = demo
         self._port_arg = port
         self._dicom_port_arg = dicom_port
         self.archive: Managed | None = None
@@ -61,14 +76,35 @@ class Stack:
         print(text, file=self.out, flush=True)
 
     # -- settings -----------------------------------------------------------
+    def _migrate(self) -> None:
+        """An older state directory's settings.json, split once (see
+        :func:`.config.migrate`)."""
+        moved = site_config.migrate(self.home)
+        if moved:
+            self.say(moved)
+
     def _settings(self) -> dict:
-        s = self.home.load_settings()
-        s["port"] = self._port_arg or s.get("port") or DEFAULT_PORT
-        s["dicom_port"] = self._dicom_port_arg or s.get("dicom_port") or DEFAULT_DICOM_PORT
-        s.setdefault("modalities", {})
-        if not s.get("orthanc_http_port") or port_in_use(s["orthanc_http_port"]):
+        """This start's ports and the archive's settings; the ports the
+        machine chose are kept in state.json."""
+        archive = orthanc.Archive(config=self.home.config())
+        state = self.home.load_state()
+        s = {"port": self._port_arg or self.port,
+             "dicom_port": self._dicom_port_arg or archive.dicom_port,
+             "aet": archive.aet,
+             "modalities": self.home.load_modalities(),
+             "orthanc_http_port": state.get("orthanc_http_port")}
+        if not s["orthanc_http_port"] or port_in_use(s["orthanc_http_port"]):
             s["orthanc_http_port"] = free_port()
         return s
+
+    def _check_workflow_dirs(self) -> None:
+        from .services.jobs.config import JobService
+
+        for folder in JobService(config=self.home.config()).workflow_dirs:
+            if not Path(folder).is_dir():
+                raise ConfigError(
+                    f"c.JobService.workflow_dirs names {folder}, which is not a folder: create "
+                    f"it, or remove it from {self.home.config_file}")
 
     def _check_ports(self, s: dict) -> None:
         if port_in_use(s["port"]):
@@ -85,10 +121,6 @@ class Stack:
     # -- start ----------------------------------------------------------------
     def start(self) -> dict:
         """Start everything and return what run.json records."""
-        moved = migrate_root_home() if self.home.path == Home().path else None
-        if moved:
-            self.say(moved)
-            self.home = Home(self.home.path)
         home = self.home
         running = home.read_run()
         if running:
@@ -108,11 +140,19 @@ class Stack:
                      f"({_me()}), so projects are a convenience here, not a security "
                      "boundary; run 'imaginghub up' as root for a multi-user site")
         home.create()
+        written = site_config.write_default(home)
+        if written:
+            log.info("wrote the site's configuration file %s (every setting commented out)",
+                     written)
+        if self.multi_user:
+            site_config.share_with_services(home, self.service.gid)
+        self._check_workflow_dirs()
         first_run = not home.users_file.exists()
         s = self._settings()
         s["mode"] = MULTI_USER if self.multi_user else SINGLE_USER
         self._check_ports(s)
-        home.save_settings(s)
+        home.save_state({**home.load_state(), "mode": s["mode"],
+                         "orthanc_http_port": s["orthanc_http_port"]})
         home.site_id()
         if self.multi_user:
             self._prepare_site()
@@ -136,7 +176,7 @@ class Stack:
 
         self.orthanc_settings = orthanc.OrthancSettings(
             http_port=s["orthanc_http_port"], dicom_port=s["dicom_port"],
-            password=archive_password, modalities=s["modalities"],
+            password=archive_password, aet=s["aet"], modalities=s["modalities"],
         )
         if self.multi_user:
             home.claim(self.service.uid, self.service.gid, skip=[home.orthanc_dir / "db"])
@@ -222,7 +262,7 @@ class Stack:
             raise StackError(
                 f"kernels' sockets under {home.runtime_dir()} would be up to {longest} bytes "
                 f"long, over the {SOCKET_PATH_MAX} a Unix socket's path may have: set a "
-                "shorter spool_dir in settings.json")
+                "shorter c.Site.spool_dir in imaginghub_config.py")
         need = {
             "Python (run)": sys.executable,
             "the Python environment": sys.prefix,
@@ -235,7 +275,9 @@ class Stack:
             "the spool folder (pass)": spool,
             "the users' homes (pass)": home.homes_dir(),
         }
-        for i, folder in enumerate(home.load_settings().get("jobs_workflow_dirs") or []):
+        from .services.jobs.config import JobService
+
+        for folder in JobService(config=home.config()).workflow_dirs:
             need[f"workflow folder {folder}"] = folder
         check_reachable(need)
 

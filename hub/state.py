@@ -1,10 +1,13 @@
-"""The state directory of one site: settings, generated secrets, data.
+"""The state directory of one site: configuration, state, generated secrets, data.
 
 Layout under the home (``--home``, ``$IMAGINGHUB_HOME``, else
 ``/var/lib/imaginghub`` for root (a multi-user site) and
 ``~/.local/share/imaginghub`` for anyone else)::
 
-    settings.json            ports and names chosen on the first ``up`` (kept)
+    imaginghub_config.py     the site's configuration (:mod:`.config`), written
+                             commented out on the first ``up``, then the admin's
+    state.json               what the machine chose: ports, the site's id, its mode
+    modalities.json          the archive's DICOM peers (``imaginghub modalities``)
     users.json               the user registry: names, projects, password hashes (0600)
     secrets/                 generated once, 0600: cookie secret, tokens, archive password
     orthanc/orthanc.json     the archive's configuration, written at every ``up`` (0600)
@@ -30,6 +33,9 @@ import os
 import secrets
 import socket
 from pathlib import Path
+
+from traitlets import Unicode
+from traitlets.config import Config, Configurable
 
 from .errors import ConfigError
 
@@ -101,17 +107,25 @@ def make_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str, *, owner: tuple[int, int] | None = None,
+                  mode: int = 0o600) -> None:
     """Write ``text`` to ``path`` readable by the owner only, atomically.
 
     The file is created 0600 before any byte is written, and replaces the old
-    one only when complete: a crash never leaves a half-written secret.
+    one only when complete: a crash never leaves a half-written secret. Its
+    owner is that of the file it replaces (or of its folder), or ``owner``
+    (uid, gid); ``mode`` is applied once the owner is set.
     """
     make_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        _same_owner(fd, path)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        else:
+            _same_owner(fd, path)
+        if mode != 0o600:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -144,11 +158,32 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+class Site(Configurable):
+    """Where a multi-user site keeps its users' accounts and what their
+    processes write (the state directory itself is the service account's)."""
+
+    account_prefix = Unicode("", help="""
+        Put before each hub user's name to make their Unix account's name
+        (alice runs as PREFIX + alice). With a prefix, accounts of the hub
+        cannot collide with the machine's own; names stay within 32
+        characters.""").tag(config=True)
+    homes_dir = Unicode("/home", help="""
+        Where the accounts of hub users get their homes (0700, one per
+        user).""").tag(config=True)
+    spool_dir = Unicode("", help="""
+        Job runs, Dask clusters' folders and kernels' sockets of a multi-user
+        site: passable by users, each run's or cluster's folder its user's.
+        Empty: /var/spool/imaginghub for the system's state directory, else
+        the state directory's path + '.spool'. Keep it short: a kernel's
+        socket path must stay under 107 bytes.""").tag(config=True)
+
+
 class Home:
-    """Paths, settings and secrets of one state directory."""
+    """Paths, configuration, state and secrets of one state directory."""
 
     def __init__(self, path: Path | str | None = None):
         self.path = Path(path).expanduser().resolve() if path else default_home().resolve()
+        self._config: Config | None = None
 
     # paths -----------------------------------------------------------------
     @property
@@ -177,8 +212,16 @@ class Home:
         return self.path / "run.json"
 
     @property
-    def settings_file(self) -> Path:
-        return self.path / "settings.json"
+    def config_file(self) -> Path:
+        return self.path / "imaginghub_config.py"
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def modalities_file(self) -> Path:
+        return self.path / "modalities.json"
 
     @property
     def users_file(self) -> Path:
@@ -201,8 +244,8 @@ class Home:
         """``multi-user`` (``up`` runs as root: every user has an account of their
         own) or ``single-user`` (everyone runs as the invoking account); what
         the last ``up`` recorded, else what this process would start."""
-        return self.load_settings().get("mode") or (MULTI_USER if os.geteuid() == 0
-                                                     else SINGLE_USER)
+        return self.load_state().get("mode") or (MULTI_USER if os.geteuid() == 0
+                                                  else SINGLE_USER)
 
     @property
     def multi_user(self) -> bool:
@@ -211,29 +254,27 @@ class Home:
     def site_id(self) -> str:
         """A random name of this site, chosen once (it marks the site's
         accounts and firewall rules)."""
-        s = self.load_settings()
+        s = self.load_state()
         if not s.get("site_id"):
             s["site_id"] = secrets.token_hex(4)
-            self.save_settings(s)
+            self.save_state(s)
         return s["site_id"]
 
     def spool_dir(self) -> Path:
         """Job runs, Dask clusters' folders and kernels' sockets of a
         multi-user site: outside the private state, traversable by users
-        (each run or cluster folder is its user's). ``spool_dir`` in
-        settings.json; default ``/var/spool/imaginghub`` for the system's
-        state directory, else ``<home>.spool`` beside it."""
-        s = self.load_settings()
-        if s.get("spool_dir"):
-            return Path(s["spool_dir"])
+        (each run or cluster folder is its user's): ``c.Site.spool_dir``;
+        default ``/var/spool/imaginghub`` for the system's state directory,
+        else ``<home>.spool`` beside it."""
+        if self.site.spool_dir:
+            return Path(self.site.spool_dir)
         if self.path == SYSTEM_HOME:
             return SYSTEM_SPOOL
         return self.path.with_name(self.path.name + ".spool")
 
     def homes_dir(self) -> Path:
-        """Where a multi-user site's accounts get their homes (``homes_dir``
-        in settings.json, default ``/home``)."""
-        return Path(self.load_settings().get("homes_dir") or "/home")
+        """Where a multi-user site's accounts get their homes (``c.Site.homes_dir``)."""
+        return Path(self.site.homes_dir or "/home")
 
     def runs_dir(self) -> Path:
         """One folder per job run."""
@@ -253,21 +294,29 @@ class Home:
         """The mapping of this site's hub users to Unix accounts."""
         from .accounts import Accounts
 
-        s = self.load_settings()
-        return Accounts(self.site_id(), prefix=s.get("account_prefix", ""),
+        return Accounts(self.site_id(), prefix=self.site.account_prefix,
                         homes_dir=self.homes_dir(), lock_path=self.path / "accounts.lock")
+
+    def root_files(self) -> list[Path]:
+        """The files that processes running as root execute (the site's
+        configuration, the hub's and Dask Gateway's): root's, never the
+        service account's, which could otherwise have its code run as root."""
+        return [self.config_file, self.hub_dir / "jupyterhub_config.py",
+                self.hub_dir / "dask_gateway_config.py"]
 
     def claim(self, uid: int, gid: int, *, skip=()) -> None:
         """Make the whole state directory ``uid``'s (the service account's),
-        except the folders in ``skip`` that already belong to it."""
+        except the folders in ``skip`` that already belong to it and the
+        :meth:`root_files`."""
         skip = {Path(p) for p in skip}
+        keep = set(self.root_files())
         for root, dirs, files in os.walk(self.path):
             here = Path(root)
             for name in list(dirs):
                 d = here / name
                 if d in skip and d.stat().st_uid == uid:
                     dirs.remove(name)
-            for p in [here, *(here / f for f in files)]:
+            for p in [here, *(here / f for f in files if here / f not in keep)]:
                 st = os.lstat(p)
                 if (st.st_uid, st.st_gid) != (uid, gid):
                     os.lchown(p, uid, gid)
@@ -290,17 +339,42 @@ class Home:
         write_private(path, value + "\n")
         return value
 
-    # settings --------------------------------------------------------------
-    def load_settings(self) -> dict:
-        if not self.settings_file.exists():
+    # configuration and state -------------------------------------------------
+    def config(self) -> Config:
+        """The site's configuration (``imaginghub_config.py``), checked; read
+        once per Home."""
+        if self._config is None:
+            from .config import site_config
+
+            self._config = site_config(self)
+        return self._config
+
+    @property
+    def site(self) -> Site:
+        return Site(config=self.config())
+
+    def load_state(self) -> dict:
+        """What the machine chose (``state.json``): ports, the site's id, its mode."""
+        return self._load_json(self.state_file)
+
+    def save_state(self, state: dict) -> None:
+        write_private(self.state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+    def load_modalities(self) -> dict:
+        return self._load_json(self.modalities_file)
+
+    def save_modalities(self, modalities: dict) -> None:
+        write_private(self.modalities_file,
+                      json.dumps(modalities, indent=2, sort_keys=True) + "\n")
+
+    @staticmethod
+    def _load_json(path: Path) -> dict:
+        if not path.exists():
             return {}
         try:
-            return json.loads(self.settings_file.read_text())
+            return json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{self.settings_file} is not valid JSON ({e}); fix or remove it") from e
-
-    def save_settings(self, settings: dict) -> None:
-        write_private(self.settings_file, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+            raise ConfigError(f"{path} is not valid JSON ({e}); fix or remove it") from e
 
     # the running stack -----------------------------------------------------
     def read_run(self) -> dict | None:

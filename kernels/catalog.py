@@ -13,7 +13,6 @@ projects; the total number of matches is in ``df.attrs["total"]``.
 
 from __future__ import annotations
 
-import os
 
 from .service import ServiceClient
 
@@ -51,12 +50,10 @@ class Catalog(ServiceClient):
 
     @classmethod
     def from_env(cls, environ=None) -> Catalog:
-        from .dicomweb import ENV_TOKEN, ENV_URL
+        from .environment import kernel_environment
 
-        env = os.environ if environ is None else environ
-        url = env.get(ENV_URL, "")
-        return cls(url.rsplit("/dicom-web", 1)[0] + "/api" if url else "",
-                   env.get(ENV_TOKEN) or env.get("JUPYTERHUB_API_TOKEN"))
+        env = kernel_environment(environ)
+        return cls(env.data_api, env.token)
 
     def __repr__(self) -> str:
         return f"<catalog {self.api or '(not configured)'}>"

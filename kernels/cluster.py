@@ -42,30 +42,31 @@ import traceback
 import uuid
 from collections.abc import Iterable, Mapping
 
+from .environment import TOKEN_ENV, kernel_environment
+from .errors import PACSError, ServiceUnavailable
+
 log = logging.getLogger(__name__)
 
 ENV_ADDRESS = "DASK_GATEWAY__ADDRESS"
 ENV_PROXY = "DASK_GATEWAY__PROXY_ADDRESS"
 ENV_PUBLIC = "DASK_GATEWAY__PUBLIC_ADDRESS"
-# Where the token comes from, first found (as for ``pacs``).
-TOKEN_ENV = ("IMAGINGHUB_DICOMWEB_TOKEN", "JUPYTERHUB_API_TOKEN")
 DEFAULT_WORKERS = 2
 
 
-class ClusterError(RuntimeError):
+class ClusterError(PACSError, RuntimeError):
     """A cluster could not be had: no token, the gateway refused (limits,
-    an unknown option) or did not answer."""
+    an unknown option) or did not answer (:class:`ClusterUnavailable`)."""
+
+
+class ClusterUnavailable(ClusterError, ServiceUnavailable):
+    """The hub's Dask Gateway did not answer."""
 
 
 # -- the token ---------------------------------------------------------------
 def token_from_env(environ=None) -> str | None:
     """Your JupyterHub token: ``IMAGINGHUB_DICOMWEB_TOKEN`` (set for jobs and
     tests), else ``JUPYTERHUB_API_TOKEN`` (every user server)."""
-    env = os.environ if environ is None else environ
-    for name in TOKEN_ENV:
-        if env.get(name):
-            return env[name]
-    return None
+    return kernel_environment(environ).token
 
 
 class HiddenToken:
@@ -266,7 +267,8 @@ def _gateway_error(exc: Exception, address: str) -> Exception:
                             f"token ({name}: {exc}); in a user server it needs the scope "
                             "access:services!service=dask-gateway")
     if isinstance(exc, OSError) or "Connect" in name:
-        return ClusterError(f"the Dask Gateway at {address} did not answer ({name}: {exc})")
+        return ClusterUnavailable(f"the Dask Gateway at {address} did not answer ({name}: "
+                                  f"{exc})")
     return ClusterError(f"the Dask Gateway at {address} failed: {name}: {exc}")
 
 
@@ -318,7 +320,8 @@ def _as_client(where):
 
 def _data_access(pacs) -> tuple[str, str]:
     """(DICOMweb URL of the data service, token) for the workers."""
-    from .dicomweb import ENV_URL, PACS
+    from .dicomweb import PACS
+    from .environment import ENV_URL
 
     pacs = pacs if pacs is not None else PACS.from_env()
     if getattr(pacs, "_username", None):
@@ -427,14 +430,14 @@ def run_one(fn, series_uid: str, url: str, token: HiddenToken) -> dict:
     """The task run on a worker for one series: load it through the data
     service, call ``fn``; every failure but an unreachable archive (which
     Dask retries) is returned as the series' error."""
-    from .errors import ArchiveUnavailable
+    from .errors import Unavailable
 
     row = {"series_uid": series_uid}
     if isinstance(fn, ShippedFunction):
         fn = fn.load()
     try:
         volume = _worker_pacs(url, token).load_series(series_uid, progress=False, cache=False)
-    except ArchiveUnavailable:
+    except Unavailable:
         raise  # transient: Dask runs the task again (retries=)
     except Exception as e:
         row["error"] = f"loading the series: {_error_text(e)}"

@@ -29,15 +29,13 @@ import logging
 import os
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ArchiveUnavailable, AuthenticationFailed, Forbidden, NotFound, PACSError
+from .errors import (REFUSED, ArchiveUnavailable, AuthenticationFailed, Forbidden, NotFound,
+                     PACSError, Refused, ServiceUnavailable, Unavailable)
 from .query import archive_filters, keep, plain_query
 
 log = logging.getLogger(__name__)
 
-ENV_URL = "IMAGINGHUB_DICOMWEB_URL"
-ENV_USER = "IMAGINGHUB_DICOMWEB_USER"
-ENV_PASSWORD = "IMAGINGHUB_DICOMWEB_PASSWORD"
-ENV_TOKEN = "IMAGINGHUB_DICOMWEB_TOKEN"
+from .environment import ENV_PASSWORD, ENV_URL, ENV_USER, kernel_environment
 
 # (connect, read) seconds: a dead archive fails fast, a big answer may stream.
 DEFAULT_TIMEOUT = (5.0, 120.0)
@@ -104,15 +102,9 @@ class PACS:
 
     @classmethod
     def from_env(cls, environ=None) -> "PACS":
-        env = os.environ if environ is None else environ
-        return cls(
-            env.get(ENV_URL, ""),
-            username=env.get(ENV_USER) or None,
-            password=env.get(ENV_PASSWORD) or None,
-            token=env.get(ENV_TOKEN) or env.get("JUPYTERHUB_API_TOKEN") or None,
-            cache_dir=_cache_dir(env),
-            cache_gb=float(env.get("IMAGINGHUB_CACHE_GB") or 5.0),
-        )
+        env = kernel_environment(environ)
+        return cls(env.dicomweb_url, username=env.username, password=env.password,
+                   token=env.token, cache_dir=env.cache_dir, cache_gb=env.cache_gb)
 
     @property
     def cache(self):
@@ -185,10 +177,20 @@ class PACS:
                 ) from None
             raise
 
-    def _unreachable(self, exc) -> ArchiveUnavailable:
+    @property
+    def _through_gateway(self) -> bool:
+        """Whether this client talks to the data service (a token) rather
+        than to an archive with its own credentials."""
+        return not self._username
+
+    def _unreachable(self, exc) -> Unavailable:
+        """ServiceUnavailable when the data service did not answer,
+        ArchiveUnavailable when an archive reached directly did not."""
         kind = "timed out" if "timeout" in type(exc).__name__.lower() else "is not reachable"
-        return ArchiveUnavailable(
-            f"the archive at {self.url} {kind}: check that the workspace is running "
+        what, cls = (("the data service", ServiceUnavailable) if self._through_gateway
+                     else ("the archive", ArchiveUnavailable))
+        return cls(
+            f"{what} at {self.url} {kind}: check that the workspace is running "
             f"('imaginghub up') and that {ENV_URL} is right"
         )
 
@@ -202,6 +204,14 @@ class PACS:
             )
         if status == 404:
             return NotFound(f"{what}: not found in the archive at {self.url}")
+        if status in REFUSED:
+            return Refused(f"{what}: refused by {self.url} (HTTP {status})")
+        if status in (502, 504) or (status == 503 and not self._through_gateway):
+            return ArchiveUnavailable(f"{what}: the archive behind {self.url} did not answer "
+                                      f"(HTTP {status}); try again later")
+        if status == 503:
+            return ServiceUnavailable(f"{what}: {self.url} cannot answer now (HTTP 503); try "
+                                      "again later")
         return PACSError(f"{what}: the archive at {self.url} answered HTTP {status}")
 
     # -- QIDO-RS ----------------------------------------------------------
@@ -457,14 +467,6 @@ def _add_decoded(builder, future, bar) -> None:
         for frame, p in zip(*decoded):
             builder.add(frame, p)
     bar.update(1)
-
-
-def _cache_dir(env) -> str | None:
-    """$IMAGINGHUB_CACHE_DIR, ``off`` for none, else ~/.cache/imaginghub/volumes."""
-    where = env.get("IMAGINGHUB_CACHE_DIR")
-    if where is not None:
-        return None if where.strip().lower() in ("", "off", "none") else where
-    return os.path.join(os.path.expanduser("~"), ".cache", "imaginghub", "volumes")
 
 
 def _merge_stow_answer(answer, r) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 from .errors import PACSError
 from .service import ServiceClient
 
-ENV_URL = "IMAGINGHUB_JOBS_URL"
 ACTIVE = ("queued", "running")
 
 
@@ -42,10 +41,10 @@ class Jobs(ServiceClient):
 
     @classmethod
     def from_env(cls, environ=None) -> Jobs:
-        from .dicomweb import ENV_TOKEN
+        from .environment import kernel_environment
 
-        env = os.environ if environ is None else environ
-        return cls(env.get(ENV_URL, ""), env.get(ENV_TOKEN) or env.get("JUPYTERHUB_API_TOKEN"))
+        env = kernel_environment(environ)
+        return cls(env.jobs_url, env.token)
 
     def __repr__(self) -> str:
         return f"<jobs {self.url or '(not configured)'}>"

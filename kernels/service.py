@@ -4,7 +4,8 @@ errors that say what was wrong."""
 
 from __future__ import annotations
 
-from .errors import ArchiveUnavailable, AuthenticationFailed, Forbidden, NotFound, PACSError
+from .errors import (REFUSED, AuthenticationFailed, Forbidden, NotFound, PACSError, Refused,
+                     ServiceUnavailable)
 
 
 class ServiceClient:
@@ -24,7 +25,7 @@ class ServiceClient:
         self._client = None
 
     def _raw(self, method: str, path: str, body=None):
-        """The answer whatever its status; ArchiveUnavailable when none came."""
+        """The answer whatever its status; ServiceUnavailable when none came."""
         import httpx
 
         if not self.api:
@@ -35,11 +36,12 @@ class ServiceClient:
         try:
             return self._client.request(method, f"{self.api}/{path}", json=body)
         except httpx.TransportError as e:
-            raise ArchiveUnavailable(f"{self.name} at {self.api} did not answer ({e})") from None
+            raise ServiceUnavailable(f"{self.name} at {self.api} did not answer ({e})") from None
 
     def _send(self, method: str, path: str, body=None):
-        """The answer; a 4xx or 5xx raises: ValueError for a 400 (the request
-        was wrong), AuthenticationFailed, Forbidden, NotFound or PACSError."""
+        """The answer; a 4xx or 5xx raises: Refused (a ValueError) for a
+        request refused as made, AuthenticationFailed, Forbidden, NotFound,
+        ServiceUnavailable (502, 503, 504) or PACSError."""
         r = self._raw(method, path, body)
         if r.status_code < 400:
             return r
@@ -48,8 +50,11 @@ class ServiceClient:
             reason = r.json().get("message") or reason
         except ValueError:
             pass
-        if r.status_code == 400:
-            raise ValueError(f"{self.refused}: {reason}")
+        if r.status_code in REFUSED:
+            raise Refused(f"{self.refused}: {reason}")
+        if r.status_code in (502, 503, 504):
+            raise ServiceUnavailable(f"{self.name} cannot answer now: {reason} (HTTP "
+                                     f"{r.status_code}); try again later")
         if r.status_code == 404 and reason == "Not Found":
             reason = self.not_found
         kind = {401: AuthenticationFailed, 403: Forbidden, 404: NotFound}.get(r.status_code,

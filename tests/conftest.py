@@ -33,6 +33,9 @@ TEST_WORKFLOWS = Path("/tmp/iht") / "workflows"
 MULTI_USER = os.geteuid() == 0
 TEST_PREFIX = "iht"  # every test stack's accounts start with it: iht + a letter + "-"
 _prefixes = iter("abcdefghijklmnopqrstuvwxyz")
+# The session's stacks trust a checked token this long (the default is 10 s):
+# tests of revoked tokens wait for it to pass.
+AUTH_CACHE = 2
 
 
 def site_root() -> Path:
@@ -55,23 +58,28 @@ def remove_leftovers(folders: bool = True) -> None:
     import shutil
 
     root = Path("/tmp/iht")
-    for old in root.glob("*-*") if folders else ():  # an earlier session's stacks
-        if old.is_dir() and Home(old / "home").read_run() is None:
+    live = set()  # the sites of stacks that run (another pytest session's): kept
+    for old in root.glob("*-*"):
+        home = Home(old / "home")
+        if home.read_run() is not None:
+            live.add(home.load_state().get("site_id"))
+        elif folders and old.is_dir():  # an earlier session's stack
             shutil.rmtree(old, ignore_errors=True)
     if not MULTI_USER:
         return
     portguard.remove_stale()
     for entry in pwd.getpwall():
         if entry.pw_name.startswith(TEST_PREFIX) and entry.pw_gecos.startswith(
-                "imaginghub site "):
+                "imaginghub site ") and entry.pw_gecos.split()[2] not in live:
             kill_processes_of(entry.pw_uid)
             subprocess.run(["userdel", "--remove", "--force", entry.pw_name],
                            capture_output=True)
 
 
-def new_home(name: str, settings: dict | None = None) -> Path:
-    """A fresh state directory for a stack (its settings written), with its
-    own account prefix and homes folder."""
+def new_home(name: str, config: dict[str, dict] | None = None, extra: str = "") -> Path:
+    """A fresh state directory for a stack, with its own account prefix and
+    homes folder, and ``config`` (``{"Class": {"setting": value}}``) and
+    ``extra`` lines in its imaginghub_config.py."""
     import shutil
     import tempfile
 
@@ -79,13 +87,22 @@ def new_home(name: str, settings: dict | None = None) -> Path:
     os.chmod(base, 0o711)
     home = base / "home"
     home.mkdir()
-    values = {"homes_dir": str(base / "homes"),
-              "account_prefix": f"{TEST_PREFIX}{next(_prefixes)}-"}
-    values.update(settings or {})
-    Home(home).save_settings(values)
+    sections = {"Site": {"homes_dir": str(base / "homes"),
+                         "account_prefix": f"{TEST_PREFIX}{next(_prefixes)}-"}}
+    for cls, values in (config or {}).items():
+        sections.setdefault(cls, {}).update(values)
+    write_config(home, sections, extra)
     (base / "homes").mkdir(mode=0o755)
     shutil.copytree(REPO / "tests" / "jobs" / "workflows", TEST_WORKFLOWS, dirs_exist_ok=True)
     return home
+
+
+def write_config(home: Path, sections: dict[str, dict], extra: str = "") -> None:
+    """The site's imaginghub_config.py: ``sections`` and any ``extra`` lines."""
+    from imaginghub.hub import config
+
+    config.write_file(Home(home).config_file,
+                      "c = get_config()  # noqa\n" + config.render(sections) + extra)
 
 
 def remove_site(home: Path) -> None:
@@ -93,11 +110,22 @@ def remove_site(home: Path) -> None:
     import shutil
 
     h = Home(home)
-    if MULTI_USER and h.settings_file.exists():
+    if MULTI_USER and h.state_file.exists():
         accounts = h.accounts()
         for name in accounts.ours():
             accounts.remove(name)
     shutil.rmtree(h.spool_dir(), ignore_errors=True)
+
+
+# Fixtures that start real services: a test that uses one (directly or
+# through another fixture) is marked ``stack``; ``make test-fast`` runs the rest.
+SERVICE_FIXTURES = {"archive", "main_stack", "data_stack", "postgres", "browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -253,7 +281,11 @@ def stack(main_stack):
 @pytest.fixture(scope="session")
 def main_stack():
     # the job service also offers the tests' workflows (tests/jobs/workflows)
-    home = new_home("stack", {"jobs_workflow_dirs": [str(TEST_WORKFLOWS)]})
+    home = new_home("stack", {"JobService": {"workflow_dirs": [str(TEST_WORKFLOWS)]},
+                              "HubService": {"auth_cache_seconds": AUTH_CACHE}},
+                    # another program's class, passed to the hub (test_config.py)
+                    'c.Spawner.environment.update({"IMAGINGHUB_TEST_SITE": '
+                    '"from-the-site-config"})\n')
     proc, output = start_stack(home, "--demo")
     if proc.poll() is not None:
         remove_site(home)
@@ -341,7 +373,8 @@ def data_stack(request, tmp_path_factory):
         yield request.getfixturevalue("main_stack")
         return
     pg = request.getfixturevalue("postgres")
-    home = new_home("pgstack", {"data_db_url": pg.create_database("imaginghub_data")})
+    home = new_home("pgstack", {"DataService": {"db_url": pg.create_database("imaginghub_data")},
+                                "HubService": {"auth_cache_seconds": AUTH_CACHE}})
     proc, output = start_stack(home, "--demo")
     if proc.poll() is not None:
         remove_site(home)

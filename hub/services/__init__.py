@@ -7,6 +7,20 @@ import asyncio
 import logging
 import signal
 
+from traitlets import Integer
+from traitlets.config import Configurable
+
+
+class HubService(Configurable):
+    """What every hub service of imaginghub shares (its settings apply to
+    DataService and JobService alike, unless set on one of them)."""
+
+    auth_cache_seconds = Integer(10, help="""
+        How long a checked token's identity and a user's projects are
+        trusted: a series load does not ask the hub per request, and a revoked
+        token, a stopped server's token or a change of projects takes effect
+        within this time.""").tag(config=True)
+
 
 async def until_stopped() -> None:
     """Return on SIGTERM or SIGINT: how the hub stops a managed service."""

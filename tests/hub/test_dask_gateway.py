@@ -16,14 +16,14 @@ import pytest
 from hubclient import UserSession
 
 from imaginghub.hub.services.dask_gateway import client_environment
-from imaginghub.hub.services.dask_gateway.limits import Limits
+from imaginghub.hub.services.dask_gateway.limits import DaskLimits
 from imaginghub.kernels.cluster import ClusterError, cluster, gateway
 
 
 @pytest.fixture(scope="module")
 def env(stack):
     """dask-gateway's settings as the hub gives them to user servers."""
-    port = stack.home.load_settings()["dask_gateway_port"]
+    port = stack.home.load_state()["dask_gateway_port"]
     return client_environment(stack.url, port)
 
 
@@ -86,11 +86,11 @@ def test_config_is_written_readable_and_holds_no_secret(stack):
     token_file = home.secrets_dir / "dask_gateway_proxy_token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     # on loopback, routed by the hub, authenticated by JupyterHub, limits from settings
-    port = home.load_settings()["dask_gateway_port"]
+    port = home.load_state()["dask_gateway_port"]
     assert f'c.Proxy.address = "127.0.0.1:{port}"' in text
     assert "c.Proxy.prefix = '/services/dask-gateway'" in text
     assert "dask_gateway_server.auth.JupyterHubAuthenticator" in text
-    assert f"LIMITS = {Limits().as_dict()!r}" in text
+    assert f"LIMITS = {DaskLimits().as_dict()!r}" in text
     hub = (home.hub_dir / "jupyterhub_config.py").read_text()
     assert '"name": "dask-gateway"' in hub and f"http://127.0.0.1:{port}" in hub
     assert "access:services!service=dask-gateway" in hub
@@ -167,7 +167,7 @@ def test_a_user_cannot_see_use_scale_or_stop_another_users_cluster(as_user):
 
 def test_limits_are_enforced_with_a_clear_message(as_user):
     as_user("alice")
-    lim = Limits()
+    lim = DaskLimits()
     with pytest.raises(ClusterError, match=rf"workers=9 is over this hub's limit for you: "
                                            rf"at most {lim.max_workers_per_cluster}"):
         cluster(9)
@@ -232,17 +232,18 @@ print(json.dumps(report))
 
 
 def test_per_user_limits_from_settings():
-    """settings.json's dask_* keys and dask_user_limits become each user's
-    options and bounds (no stack needed: the functions the config uses)."""
+    """c.DaskLimits and its user_limits become each user's options and
+    bounds (no stack needed: the functions the config uses)."""
     from dask_gateway_server.models import User
+    from traitlets.config import Config
 
     from imaginghub.hub.services.dask_gateway import site_limits
     from imaginghub.hub.services.dask_gateway.backend import cluster_options
 
     alice = {"max_workers_per_cluster": 8, "max_memory_gb_per_cluster": 32}
-    limits, per_user = site_limits({"dask_max_workers_per_cluster": 3,
-                                    "dask_idle_timeout_seconds": 600,
-                                    "dask_user_limits": {"alice": alice}})
+    limits, per_user = site_limits(Config({"DaskLimits": {
+        "max_workers_per_cluster": 3, "idle_timeout_seconds": 600,
+        "user_limits": {"alice": alice}}}))
     options = cluster_options(limits, per_user)
     spec = {u: {f["field"]: f for f in options(User(u)).get_specification()}
             for u in ("alice", "bob")}
@@ -258,4 +259,4 @@ def test_per_user_limits_from_settings():
     with pytest.raises(ValueError, match="workers=4 is over this hub's limit for you: at most 3"):
         bob.parse_options({"workers": 4})
     with pytest.raises(ValueError, match=r"unknown Dask limits \['max_gpus'\]"):
-        site_limits({"dask_user_limits": {"bob": {"max_gpus": 1}}})
+        site_limits(Config({"DaskLimits": {"user_limits": {"bob": {"max_gpus": 1}}}}))

@@ -10,6 +10,8 @@ import time
 import httpx
 import pytest
 
+from conftest import AUTH_CACHE
+
 from imaginghub.hub import demo
 from imaginghub.hub.services.data.__main__ import db_url
 from imaginghub.hub.services.data.db import Store
@@ -211,7 +213,7 @@ def test_revoked_token_is_refused(gw, stack):
     for t in tokens:
         if t["note"] == "to be revoked":
             api.delete(f"/users/alice/tokens/{t['id']}")
-    time.sleep(11)  # the gateway trusts a checked token for 10 s
+    time.sleep(AUTH_CACHE + 1)  # the gateway trusts a checked token for a while
     assert gw.get(None, "/series", token=token).status_code == 401
 
 

@@ -85,7 +85,7 @@ def targets(stack, bob):
     bob_files = sorted(str(p) for p in runtime.iterdir())
     stack.cli("modalities", "add", "attackable", "--aet", "SCANNERF", "--host", "127.0.0.1",
               "--port", "11119", "--allow-find")
-    settings = home.load_settings()
+    settings = {**home.load_state(), "dicom_port": stack.run["dicom_port"]}
     yield {
         "state_dir": str(home.path), "state_files": state_files,
         "service_pids": service_pids, "bob_pids": bob_pids, "bob_uid": bob_account.uid,

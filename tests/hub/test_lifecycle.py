@@ -11,13 +11,16 @@ import time
 
 import httpx
 import psutil
-from conftest import Archive, new_home, processes_using, remove_site, start_stack, stop_stack
+import pytest
+from conftest import (Archive, new_home, processes_using, remove_site, start_stack, stop_stack,
+                      write_config)
 from tests_support import in_memory_ct
 
 from imaginghub.hub import orthanc
 from imaginghub.hub.state import Home, free_port
 
 
+@pytest.mark.stack
 def test_busy_port_is_refused_without_leftovers():
     home = new_home("busy")
     with socket.socket() as busy:
@@ -34,6 +37,7 @@ def test_busy_port_is_refused_without_leftovers():
     remove_site(home)
 
 
+@pytest.mark.stack
 def test_killed_archive_is_restarted_and_state_survives_a_restart():
     home = new_home("restart")
     try:
@@ -130,6 +134,7 @@ def subprocess_token(home, user):
                           capture_output=True, text=True).stdout.strip()
 
 
+@pytest.mark.stack
 def test_multi_user_up_refuses_what_users_cannot_reach():
     """A folder users' processes need (here a workflow folder) inside a
     private one: up refuses to start and names the folder in the way."""
@@ -143,8 +148,10 @@ def test_multi_user_up_refuses_what_users_cannot_reach():
     private = home.parent / "private"
     (private / "flows").mkdir(parents=True)
     private.chmod(0o700)
-    Home(home).save_settings({**Home(home).load_settings(),
-                              "jobs_workflow_dirs": [str(private / "flows")]})
+    sections = {"Site": {"homes_dir": Home(home).site.homes_dir,
+                         "account_prefix": Home(home).site.account_prefix},
+                "JobService": {"workflow_dirs": [str(private / "flows")]}}
+    write_config(home, sections)
     try:
         proc, output = start_stack(home, timeout=60)
         assert proc.wait(30) != 0

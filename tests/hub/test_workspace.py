@@ -12,6 +12,8 @@ import psutil
 import pytest
 from hubclient import UserSession
 
+from conftest import AUTH_CACHE
+
 from imaginghub.hub import demo
 
 
@@ -213,7 +215,7 @@ def test_a_stopped_servers_token_stops_working(stack, alice):
     while alice.hub("GET", "/users/alice").json().get("servers"):
         assert time.monotonic() < deadline, "the server did not stop"
         time.sleep(0.5)
-    time.sleep(11)
+    time.sleep(AUTH_CACHE + 1)  # the gateway trusts a checked token for a while
     assert httpx.get(gateway, headers=headers, timeout=30).status_code == 401
 
 
@@ -226,7 +228,7 @@ def test_hub_names_that_cannot_be_accounts_are_refused(stack):
 
     if not stack.home.multi_user:
         pytest.skip("accounts exist in multi-user mode only")
-    prefix = stack.home.load_settings()["account_prefix"]
+    prefix = stack.home.site.account_prefix
     long_name = "a" * (33 - len(prefix))
     r = stack.cli("users", "add", long_name, check=False)
     assert r.returncode == 1 and "too long for a Unix account" in r.stderr

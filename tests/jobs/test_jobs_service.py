@@ -366,11 +366,12 @@ def _refreshed(job) -> bool:
         return False
 
 
+@pytest.mark.stack
 def test_whole_stack_restart():
     """Queued jobs start after the workspace restarts; a job that was running
     is marked interrupted, with the reason, and can be rerun."""
-    home = new_home("jobrestart", {"jobs_workflow_dirs": [str(TEST_WORKFLOWS)],
-                                   "jobs_max_running": 1})
+    home = new_home("jobrestart", {"JobService": {"workflow_dirs": [str(TEST_WORKFLOWS)],
+                                                  "max_running": 1}})
     try:
         _whole_stack_restart(home)
     finally:

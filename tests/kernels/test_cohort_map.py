@@ -41,7 +41,7 @@ def alice(stack):
     """A kernel's environment for alice: the gateway, the data service, her token."""
     token = stack.token("alice")
     with pytest.MonkeyPatch.context() as mp:
-        env = client_environment(stack.url, stack.home.load_settings()["dask_gateway_port"])
+        env = client_environment(stack.url, stack.home.load_state()["dask_gateway_port"])
         for k, v in env.items():
             mp.setenv(k, v)
         mp.setenv("IMAGINGHUB_DICOMWEB_URL", stack.run["gateway_url"])
@@ -163,7 +163,7 @@ def test_unreachable_data_service_is_retried_then_reported(alice, client):
     arguments), then the series' error; the token stays hidden."""
     nowhere = PACS("http://127.0.0.1:9/services/data/dicom-web", token=alice)
     df = map_series(measure, UIDS[:2], pacs=nowhere, retries=1, progress=False)
-    assert df["error"].str.startswith("ArchiveUnavailable").all(), df["error"].tolist()
+    assert df["error"].str.startswith("ServiceUnavailable").all(), df["error"].tolist()
     # Dask logs a failed task as its repr, arguments included when short: the
     # token shows as <token> (a plain string would show itself)
     from dask._task_spec import Task
@@ -194,7 +194,7 @@ def test_no_token_or_password_in_any_log(stack, alice, client):
     assert sum(n.startswith("worker-") for n in cluster_logs) >= 2
     text = "\n".join(cluster_logs.values())
     # the failed attempts of the unreachable map were logged, with their task
-    assert text.count("Compute Failed") >= 2 and "ArchiveUnavailable" in text
+    assert text.count("Compute Failed") >= 2 and "ServiceUnavailable" in text
     logs = [stack.home.path / "logs" / name for name in ("dask-gateway.log", "jupyterhub.log")]
     text += "\n".join(p.read_text() for p in logs)
     secrets = {p.name: p.read_text().strip() for p in stack.home.secrets_dir.iterdir()

@@ -11,17 +11,11 @@ user's API token, which needs ``access:services!service=dask-gateway``.
 ``imaginghub up`` writes the gateway's configuration at every start
 (:func:`write_config`, ``hub/dask_gateway_config.py``): a plain file a person
 can read, with no secret in it (the proxy's token is read from ``secrets/``
-when the gateway loads it). The admin sets the limits in ``settings.json``
-(see :class:`~.limits.Limits`; every key is ``dask_`` plus the field name):
-
-``dask_max_clusters_per_user`` (2), ``dask_max_workers_per_cluster`` (4),
-``dask_max_cores_per_cluster`` (4, all workers of a cluster),
-``dask_max_memory_gb_per_cluster`` (8 GiB, all workers of a cluster),
-``dask_worker_cores`` (1) and ``dask_max_worker_cores`` (2),
-``dask_worker_memory_gb`` (2) and ``dask_max_worker_memory_gb`` (4),
-``dask_idle_timeout_seconds`` (1800; 0: never); ``dask_user_limits``:
-``{"alice": {"max_workers_per_cluster": 8}}`` for one user's own limits;
-``dask_gateway_port``: the proxy's port on 127.0.0.1 (chosen once, kept).
+when the gateway loads it). The admin sets the limits in the site's
+configuration (``c.DaskLimits``, see :class:`~.limits.DaskLimits`), and
+dask-gateway's own classes there too (``c.DaskGateway``, ``c.ClusterConfig``,
+...: loaded after this file). The proxy's port on 127.0.0.1 is chosen once
+and kept in state.json (``dask_gateway_port``).
 """
 
 from __future__ import annotations
@@ -31,24 +25,26 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...state import Home, free_port, make_dir, port_in_use, write_private
-from .limits import Limits
+from ...config import write_file
+from ...errors import ConfigError
+from ...state import Home, free_port, make_dir, port_in_use
+from .limits import DaskLimits
 
 SERVICE = "dask-gateway"
 PREFIX = f"/services/{SERVICE}"
-SETTINGS_PREFIX = "dask_"
 
 TEMPLATE = '''\
 # Dask Gateway configuration of the imaginghub workspace in {home}
 #
-# Written by `imaginghub up` at every start: change the limits in
-# settings.json (keys dask_*, see imaginghub.hub.services.dask_gateway), not
-# here. Secrets are read from {home}/secrets (0600); none is written in this
+# Written by `imaginghub up` at every start: change the limits (c.DaskLimits)
+# and dask-gateway's own settings in {config_file}, which
+# is loaded at the end of this file, not here. Secrets are read from {home}/secrets (0600); none is written in this
 # file. JupyterHub runs the gateway as its service "{service}" and gives it
 # JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN.
 
 from pathlib import Path
 
+from imaginghub.hub.config import load_site_config
 from imaginghub.hub.services.dask_gateway.backend import cluster_options
 
 HOME = Path({home!r})
@@ -91,7 +87,7 @@ c.ClusterConfig.scheduler_cmd = [{dask!r}, "scheduler"]
 c.ClusterConfig.worker_cmd = [{dask!r}, "worker"]
 c.ClusterConfig.environment = {environment!r}
 
-# -- Limits: settings.json dask_* (every user) and dask_user_limits -----------
+# -- Limits: c.DaskLimits of the site's configuration --------------------------
 LIMITS = {limits!r}
 USER_LIMITS = {user_limits!r}
 c.HubLocalBackend.limits = LIMITS
@@ -100,6 +96,9 @@ c.ClusterConfig.idle_timeout = {idle_timeout!r}
 # What users choose (workers, cores and memory per worker, idle timeout),
 # bounded by their limits.
 c.Backend.cluster_options = cluster_options(LIMITS, USER_LIMITS)
+
+# -- The site's own settings of dask-gateway's classes ------------------------
+load_site_config(c, {config_file!r})
 '''
 
 # Environment of every scheduler and worker (on top of PATH, VIRTUAL_ENV and
@@ -128,15 +127,11 @@ class GatewayConfig:
         return f"http://127.0.0.1:{self.port}"
 
 
-def site_limits(settings: dict) -> tuple[dict, dict]:
-    """(limits of every user, per-user changes) from settings.json, checked."""
-    limits = {name: settings[SETTINGS_PREFIX + name] for name in Limits.names()
-              if SETTINGS_PREFIX + name in settings}
-    limits = Limits.from_dict(limits).as_dict()
-    user_limits = settings.get(SETTINGS_PREFIX + "user_limits") or {}
-    for user, changes in user_limits.items():
-        Limits.from_dict({**limits, **changes})  # a clear error before anything starts
-    return limits, user_limits
+def site_limits(cfg) -> tuple[dict, dict]:
+    """(limits of every user, per-user changes) of the site's configuration
+    ``cfg``, checked."""
+    limits = DaskLimits(config=cfg).check()
+    return limits.as_dict(), dict(limits.user_limits)
 
 
 def client_environment(hub_url: str, port: int, public_url: str = PREFIX) -> dict[str, str]:
@@ -155,14 +150,16 @@ def client_environment(hub_url: str, port: int, public_url: str = PREFIX) -> dic
 
 def write_config(home: Home) -> GatewayConfig:
     """Write ``hub/dask_gateway_config.py`` for this start; choose the proxy's
-    port once (``dask_gateway_port`` in settings.json) and the API's each time."""
-    settings = home.load_settings()
-    limits, user_limits = site_limits(settings)
-    port = settings.get(SETTINGS_PREFIX + "gateway_port")
+    port once (``dask_gateway_port`` in state.json) and the API's each time."""
+    try:
+        limits, user_limits = site_limits(home.config())
+    except ValueError as e:
+        raise ConfigError(f"{home.config_file}: c.DaskLimits.user_limits: {e}") from None
+    state = home.load_state()
+    port = state.get("dask_gateway_port")
     if not port or port_in_use(port):
         port = free_port()
-        settings[SETTINGS_PREFIX + "gateway_port"] = port
-        home.save_settings(settings)
+        home.save_state({**state, "dask_gateway_port": port})
     home.secret("dask_gateway_proxy_token")
     clusters_dir = home.clusters_dir()
     logs_dir = home.path / "dask-gateway" / "logs"
@@ -192,7 +189,8 @@ def write_config(home: Home) -> GatewayConfig:
         limits=limits,
         user_limits=json.loads(json.dumps(user_limits)),
         idle_timeout=float(limits["idle_timeout_seconds"]),
+        config_file=str(home.config_file),
     )
     path = home.hub_dir / "dask_gateway_config.py"
-    write_private(path, text)
+    write_file(path, text)  # executed by the gateway, as root in multi-user mode
     return GatewayConfig(path, port, api_port)

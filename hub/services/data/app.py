@@ -26,8 +26,10 @@ from tornado import web
 
 from ....kernels.query import archive_filters, keep
 from ..identity import Caller, Users, identify
+from ..web import ServiceHandler
 from . import answers, splice
 from .db import Store
+from .errors import CohortError
 
 log = logging.getLogger("imaginghub.data")
 
@@ -84,7 +86,7 @@ class Context:
             self.storage = StorageReader(archive_storage, self.archive, self.archive_url)
 
 
-class BaseHandler(web.RequestHandler):
+class BaseHandler(ServiceHandler):
     ctx: Context
 
     def initialize(self, ctx: Context):
@@ -93,17 +95,12 @@ class BaseHandler(web.RequestHandler):
         self._action = ""
         self._uids: list[str] = []
 
-    def set_default_headers(self):
-        self.clear_header("Server")
-
     async def prepare(self):
         self.caller = await identify(self, self.ctx.users, "data")
 
-    def write_error(self, status_code, **kwargs):
+    def error_body(self, status: int) -> dict:
         # One body per status: a forbidden UID reads exactly as an unknown one.
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(NOT_FOUND if status_code == 404 else
-                               {"message": self._reason}))
+        return NOT_FOUND if status == 404 else super().error_body(status)
 
     def on_finish(self):
         user = self.caller.name if self.caller else getattr(self, "_audit_user", "-")
@@ -759,8 +756,6 @@ class CatalogHandler(BaseHandler):
     """
 
     async def post(self, action: str):
-        from .catalog import QueryError
-
         self._action = f"catalog-{action}"
         if self.ctx.catalog is None:
             raise web.HTTPError(503, reason="this data service runs without a catalog")
@@ -769,23 +764,20 @@ class CatalogHandler(BaseHandler):
         except ValueError:
             raise web.HTTPError(400, reason="the body must be JSON") from None
         loop = asyncio.get_running_loop()
-        try:
-            if action == "query":
-                answer = await loop.run_in_executor(self.ctx.query_pool, self._query, body)
-            elif action == "tags":
-                answer = await loop.run_in_executor(self.ctx.query_pool, self._tag, body)
-            elif action == "import-idc":
-                answer = await self._import_idc(body)
-            elif action == "sync":
-                if not self.caller.admin:
-                    raise web.HTTPError(403, reason="only admins re-crawl the archive")
-                if self.ctx.catalog_sync is None:
-                    raise web.HTTPError(503, reason="the catalog does not follow an archive")
-                answer = await self.ctx.catalog_sync.full()
-            else:
-                self.not_found()
-        except QueryError as e:
-            raise web.HTTPError(400, reason=str(e)) from None
+        if action == "query":
+            answer = await loop.run_in_executor(self.ctx.query_pool, self._query, body)
+        elif action == "tags":
+            answer = await loop.run_in_executor(self.ctx.query_pool, self._tag, body)
+        elif action == "import-idc":
+            answer = await self._import_idc(body)
+        elif action == "sync":
+            if not self.caller.admin:
+                raise web.HTTPError(403, reason="only admins re-crawl the archive")
+            if self.ctx.catalog_sync is None:
+                raise web.HTTPError(503, reason="the catalog does not follow an archive")
+            answer = await self.ctx.catalog_sync.full()
+        else:
+            self.not_found()
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(answer, default=str))
 
@@ -795,7 +787,7 @@ class CatalogHandler(BaseHandler):
         return self.ctx.catalog.search(Query.parse(body), self.caller.scope)
 
     def _tag(self, body) -> dict:
-        from .catalog import QueryError
+        from .errors import QueryError
 
         project = str(body.get("project") or "")
         if project not in self.caller.projects:
@@ -850,21 +842,13 @@ class CohortHandler(BaseHandler):
         self._json(found)
 
     def _get(self, scope, project, ref):
-        from .cohorts import CohortError
-
-        try:
-            return self.ctx.cohorts.get(scope, project, ref)
-        except CohortError as e:
-            raise web.HTTPError(400, reason=str(e)) from None
+        return self.ctx.cohorts.get(scope, project, ref)
 
     async def post(self, project: str, ref: str):
-        from .cohorts import CohortError, parse_ref
+        from .cohorts import parse_ref
 
         self._action = "cohort-save"
-        try:
-            parse_ref(ref)
-        except CohortError as e:
-            raise web.HTTPError(400, reason=str(e)) from None
+        parse_ref(ref)
         if project not in self.caller.projects:
             raise web.HTTPError(403, reason=f"you are not a member of project {project!r}")
         try:
@@ -877,31 +861,28 @@ class CohortHandler(BaseHandler):
         self._json(answer)
 
     def _save(self, project: str, ref: str, body: dict) -> dict:
-        from .catalog import Query, QueryError
-        from .cohorts import MAX_SERIES, CohortError
+        from .catalog import Query
+        from .cohorts import MAX_SERIES
 
-        try:
-            query = body.get("query") or {}
-            if "series" in body:
-                series = sorted({str(u) for u in body["series"]})
-                seen = self.ctx.catalog.visible_uids(series, {project})
-                if len(seen) != len(series):
-                    raise CohortError(f"{len(series) - len(seen)} of the series are not in "
-                                      f"project {project}")
-            elif query:
-                series = self.ctx.catalog.matching_uids(Query.parse(
-                    {k: v for k, v in query.items() if k not in ("sort", "limit", "offset",
-                                                                 "facets")}),
-                    {project}, MAX_SERIES)
-            else:
-                raise CohortError("give the cohort's 'series' (UIDs) or the 'query' that "
-                                  "selects them")
-            if not series:
-                raise CohortError("the cohort would be empty")
-            return self.ctx.cohorts.save(project, ref, series, query, self.caller.name,
-                                         str(body.get("note") or ""))
-        except (CohortError, QueryError) as e:
-            raise web.HTTPError(400, reason=str(e)) from None
+        query = body.get("query") or {}
+        if "series" in body:
+            series = sorted({str(u) for u in body["series"]})
+            seen = self.ctx.catalog.visible_uids(series, {project})
+            if len(seen) != len(series):
+                raise CohortError(f"{len(series) - len(seen)} of the series are not in "
+                                  f"project {project}")
+        elif query:
+            series = self.ctx.catalog.matching_uids(Query.parse(
+                {k: v for k, v in query.items() if k not in ("sort", "limit", "offset",
+                                                             "facets")}),
+                {project}, MAX_SERIES)
+        else:
+            raise CohortError("give the cohort's 'series' (UIDs) or the 'query' that "
+                              "selects them")
+        if not series:
+            raise CohortError("the cohort would be empty")
+        return self.ctx.cohorts.save(project, ref, series, query, self.caller.name,
+                                     str(body.get("note") or ""))
 
     def _json(self, data):
         self.set_header("Content-Type", "application/json")

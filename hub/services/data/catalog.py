@@ -29,6 +29,7 @@ from pathlib import Path
 import duckdb
 
 from ....kernels.catalog import FIELDS, KEYWORDS
+from .errors import QueryError
 
 MISSING = "(missing)"
 # the columns of a row in an answer, and the SQL that makes one row's JSON
@@ -39,10 +40,6 @@ MAX_PAGE = 1000
 MAX_FACET_VALUES = 200
 
 ALIASES = {**KEYWORDS, **{kw.lower(): name for kw, name in KEYWORDS.items()}}
-
-
-class QueryError(ValueError):
-    """A query the catalog cannot answer; the message says what to change."""
 
 
 def field_name(name: str) -> str:

@@ -15,13 +15,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ....kernels.workflow import series_hash
 from .db import Base, Store, _now
+from .errors import CohortError
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 MAX_SERIES = 200_000
-
-
-class CohortError(ValueError):
-    """A cohort request that cannot be done; the message says why."""
 
 
 class CohortVersion(Base):

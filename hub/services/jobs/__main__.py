@@ -9,11 +9,8 @@ user's server gets in its environment, and so what a job gets;
 the service account in multi-user mode; the job starter (:mod:`.starter`,
 run by ``imaginghub up``) starts each job as its user.
 
-Settings (settings.json): ``jobs_max_running`` (all jobs at once; default
-the number of CPUs), ``jobs_max_running_per_user`` (default 2),
-``jobs_time_limit_minutes`` (the longest a job may run; default 360),
-``jobs_workflow_dirs`` (more folders of workflow notebooks), ``jobs_runner``
-(``local``), ``jobs_db_url``.
+Its settings are ``c.JobService`` of the site's configuration (see
+:class:`.config.JobService`).
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from ...state import Home
 from .. import run, until_stopped
 from ..identity import Users
 from .app import Context, make_app
+from .config import JobService
 from .db import JobStore
 from .runner import runner
 from .scheduler import Scheduler
@@ -37,7 +35,7 @@ from .workflows import Registry
 
 
 def db_url(home: Home) -> str:
-    return (os.environ.get("IMAGINGHUB_JOBS_DB_URL") or home.load_settings().get("jobs_db_url")
+    return (os.environ.get("IMAGINGHUB_JOBS_DB_URL") or JobService(config=home.config()).db_url
             or f"sqlite:///{home.path / 'jobs' / 'jobs.sqlite'}")
 
 
@@ -46,22 +44,21 @@ async def serve() -> None:
     home = Home(os.environ["IMAGINGHUB_HOME"])
     root = home.path / "jobs"
     root.mkdir(mode=0o700, exist_ok=True)
-    settings = home.load_settings()
-    hub_auth = HubAuth(cache_max_age=int(settings.get("data_auth_cache_seconds", 10)))
+    conf = JobService(config=home.config())
+    hub_auth = HubAuth(cache_max_age=conf.auth_cache_seconds)
     user_env = json.loads(os.environ.get("IMAGINGHUB_USER_ENV") or "{}")
     scopes = json.loads(os.environ.get("IMAGINGHUB_JOB_SCOPES") or
                         '["access:services!service=data"]')
     data_api = user_env.get("IMAGINGHUB_DICOMWEB_URL", "").rsplit("/dicom-web", 1)[0] + "/api"
     scheduler = Scheduler(
-        JobStore(db_url(home)), Registry(settings.get("jobs_workflow_dirs") or []),
-        runner(settings.get("jobs_runner", "local"), home), root,
+        JobStore(db_url(home)), Registry(conf.workflow_dirs),
+        runner(conf.runner, home), root,
         hub_api=hub_auth.api_url, service_token=hub_auth.api_token, data_api=data_api,
         users_dir=home.users_dir, user_env=user_env, token_scopes=scopes,
-        max_running=int(settings.get("jobs_max_running") or os.cpu_count() or 2),
-        max_per_user=int(settings.get("jobs_max_running_per_user") or 2),
-        time_limit=int(float(settings.get("jobs_time_limit_minutes") or 360) * 60),
+        max_running=conf.running_limit(), max_per_user=conf.max_running_per_user,
+        time_limit=int(conf.time_limit_minutes * 60),
         tick=0.25)
-    users = Users(hub_auth, int(settings.get("data_auth_cache_seconds", 10)))
+    users = Users(hub_auth, conf.auth_cache_seconds)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/jobs/")
     bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8891"))
     app = make_app(Context(scheduler, users), prefix)

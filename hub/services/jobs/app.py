@@ -27,8 +27,9 @@ import mimetypes
 from tornado import web
 
 from ..identity import Caller, Users, identify, request_token
+from ..web import ServiceHandler
 from .db import Job
-from .scheduler import Scheduler, SubmitError
+from .scheduler import Scheduler
 
 log = logging.getLogger("imaginghub.jobs")
 
@@ -42,20 +43,13 @@ class Context:
         self.users = users
 
 
-class BaseHandler(web.RequestHandler):
+class BaseHandler(ServiceHandler):
     def initialize(self, ctx: Context):
         self.ctx = ctx
         self.caller: Caller | None = None
 
-    def set_default_headers(self):
-        self.clear_header("Server")
-
     async def prepare(self):
         self.caller = await identify(self, self.ctx.users, "jobs")
-
-    def write_error(self, status_code, **kwargs):
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"message": self._reason}))
 
     def body(self) -> dict:
         try:
@@ -144,12 +138,9 @@ class JobsHandler(BaseHandler):
             projects = await self.ctx.users.projects(user)
         elif body.get("user") not in (None, user):
             raise web.HTTPError(403, reason="you can submit jobs only as yourself")
-        try:
-            job = await self.ctx.scheduler.submit(
-                user, workflow, params, token=token, projects=projects,
-                shared=bool(body.get("shared", False)), time_limit=body.get("time_limit"))
-        except SubmitError as e:
-            raise web.HTTPError(e.status, reason=str(e)) from None
+        job = await self.ctx.scheduler.submit(
+            user, workflow, params, token=token, projects=projects,
+            shared=bool(body.get("shared", False)), time_limit=body.get("time_limit"))
         self.send(self.model(self.ctx.scheduler.store.get(job.id)), 201)
 
 
@@ -188,11 +179,8 @@ class ActionHandler(BaseHandler):
         if self.caller.kind == "service":
             user, token = job.user, None
             projects = await self.ctx.users.projects(user)
-        try:
-            new = await sched.submit(user, job.workflow, {}, token=token, projects=projects,
-                                     shared=job.shared, time_limit=job.time_limit, rerun_of=job)
-        except SubmitError as e:
-            raise web.HTTPError(e.status, reason=str(e)) from None
+        new = await sched.submit(user, job.workflow, {}, token=token, projects=projects,
+                                 shared=job.shared, time_limit=job.time_limit, rerun_of=job)
         self.send(self.model(sched.store.get(new.id)), 201)
 
 

@@ -29,16 +29,14 @@ import socket
 import threading
 from pathlib import Path
 
+from .errors import RunnerUnavailable
+
 log = logging.getLogger("imaginghub.jobs")
 
 
 # what poll answers for a process that is gone when its exit code cannot be known
 # (it was started by an earlier run of the starter)
 GONE = -(2**16)
-
-
-class RunnerUnavailable(RuntimeError):
-    """The runner cannot start jobs now (queued jobs wait)."""
 
 
 class Runner:

@@ -28,20 +28,13 @@ import httpx
 from ... import safeio
 from .db import (ACTIVE, CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED,
                  TIMED_OUT, Job, JobStore, now)
-from .runner import GONE, Runner, RunnerUnavailable, base_environment
-from .workflows import ParameterError, Registry, Workflow
+from .errors import ParameterError, RunnerUnavailable, SubmitError
+from .runner import GONE, Runner, base_environment
+from .workflows import Registry, Workflow
 
 log = logging.getLogger("imaginghub.jobs")
 
 MAX_CHILDREN = 10_000  # series of one per-series run
-
-
-class SubmitError(ValueError):
-    """A submission that cannot be queued; ``status`` is the HTTP answer."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 def package_versions() -> dict[str, str]:

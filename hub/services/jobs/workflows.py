@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ....kernels.workflow import sha256_of
+from .errors import ParameterError
 
 log = logging.getLogger("imaginghub.jobs")
 
@@ -35,10 +36,6 @@ def project_workflows() -> Path:
 
 # what the selection parameters of a workflow are called (see kernels/workflow.py)
 SELECTION = ("cohort", "project", "series")
-
-
-class ParameterError(ValueError):
-    """Submitted parameters that do not fit the workflow."""
 
 
 @dataclass
@@ -133,7 +130,12 @@ class Registry:
     when a notebook changes (by its modification time)."""
 
     def __init__(self, folders: list[Path] | None = None):
-        self.folders = [project_workflows(), *(Path(f) for f in folders or [])]
+        own = project_workflows()
+        if not own.is_dir():
+            raise FileNotFoundError(f"imaginghub's own workflows are not installed at {own}: "
+                                    "reinstall imaginghub (make setup)")
+        self.folders = [own, *(Path(f) for f in folders or [])]
+        self._missing: set[Path] = set()
         self._cache: dict[Path, tuple[float, Workflow | None]] = {}
         self._entry_points = self._from_packages()  # installed packages change with a restart
 
@@ -154,6 +156,11 @@ class Registry:
         for folder in self.folders:
             if folder.is_dir():
                 paths += sorted(folder.glob("*.ipynb"))
+                self._missing.discard(folder)
+            elif folder not in self._missing:  # said once, again if it comes and goes
+                self._missing.add(folder)
+                log.error("the workflow folder %s (c.JobService.workflow_dirs) is not a "
+                          "folder: its workflows cannot run", folder)
         return paths + self._entry_points
 
     def all(self) -> dict[str, Workflow]:

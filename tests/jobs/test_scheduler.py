@@ -1,0 +1,228 @@
+"""The job service's queue without a stack: parameter checks against a
+workflow's typed parameters, and the scheduler's queue and limits driven
+through the runner contract.
+
+The runner here is a fake that records what it was asked and reports exits
+when the test says so: the real runners (the local job starter) are tested
+on the stack in test_jobs_service.py. So is minting the job's token, which
+the real hub does; here it is replaced by a stub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from imaginghub.hub.services.jobs.db import (CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED,
+                                             TIMED_OUT, JobStore)
+from imaginghub.hub.services.jobs.errors import ParameterError, RunnerUnavailable, SubmitError
+from imaginghub.hub.services.jobs.runner import GONE, Runner
+from imaginghub.hub.services.jobs.scheduler import Scheduler
+from imaginghub.hub.services.jobs.workflows import Registry, fits, load
+
+WORKFLOWS = Path(__file__).parent / "workflows"
+
+
+# -- parameters --------------------------------------------------------------------
+@pytest.mark.parametrize("kind, value, ok", [
+    ("str", "x", True), ("str", 1, False),
+    ("int", 3, True), ("int", True, False), ("int", 3.0, False),
+    ("float", 3, True), ("float", 2.5, True), ("float", float("nan"), False),
+    ("float", True, False),
+    ("bool", False, True), ("bool", 0, False),
+    ("list[str]", ["a", "b"], True), ("list[str]", ["a", 1], False), ("list", [1, "a"], True),
+    ("list[str]", "a", False),
+    ("dict", {"a": 1}, True), ("dict", [], False),
+    ("Optional[int]", None, True), ("Optional[int]", 2, True), ("Optional[int]", "2", False),
+    ("int | None", None, True),
+    ("None", {"anything": 1}, True),  # no annotation: any JSON value
+])
+def test_parameter_types(kind, value, ok):
+    assert fits(kind, value) is ok
+
+
+def test_a_workflow_checks_what_is_submitted():
+    echo = load(WORKFLOWS / "echo.ipynb")
+    assert {n: p["type"] for n, p in echo.parameters.items()} == {
+        "message": "str", "times": "int", "scale": "float", "flag": "bool",
+        "items": "list[str]"}
+    assert echo.check({"times": 2, "scale": 3}) == {"times": 2, "scale": 3.0}
+    with pytest.raises(ParameterError, match="has no parameter colour; its parameters are "
+                                             "message, times"):
+        echo.check({"colour": "red"})
+    with pytest.raises(ParameterError, match="parameter times of workflow echo takes int, not "
+                                             "str '2'"):
+        echo.check({"times": "2"})
+    assert ParameterError("x").status == 400
+
+
+# -- the queue -------------------------------------------------------------------------
+class FakeRunner(Runner):
+    """Records starts and stops; a job ends when the test calls end()."""
+
+    name = "fake"
+
+    def __init__(self, runs_dir: Path):
+        self.runs_dir = runs_dir
+        self.started: list[str] = []     # job ids, in order
+        self.stopped: list[str] = []
+        self.cleaned: list[str] = []
+        self.exits: dict[str, int] = {}  # handle: exit code, once ended
+        self.unavailable = False
+
+    def start(self, job_id, user, spec, notebook, env):
+        if self.unavailable:
+            raise RunnerUnavailable("the fake runner is down")
+        assert notebook.exists() and env["JUPYTERHUB_USER"] == user
+        assert env["JUPYTERHUB_API_TOKEN"] == f"token-of-{user}"
+        (self.runs_dir / job_id).mkdir(parents=True)
+        self.started.append(job_id)
+        return f"handle-{job_id}"
+
+    def poll(self, handle):
+        return self.exits.get(handle)
+
+    def stop(self, handle, grace=5.0):
+        self.stopped.append(handle)
+        self.exits[handle] = -15
+
+    def clean_up(self, job_id):
+        self.cleaned.append(job_id)
+
+    def end(self, job_id: str, status: str | None = SUCCEEDED, code: int = 0):
+        if status:
+            (self.runs_dir / job_id / "result.json").write_text(json.dumps({"status": status}))
+        self.exits[f"handle-{job_id}"] = code
+
+
+@pytest.fixture
+def queue(tmp_path):
+    runner = FakeRunner(tmp_path / "runs")
+    sched = Scheduler(JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}"), Registry([WORKFLOWS]),
+                      runner, tmp_path / "jobs", hub_api="http://127.0.0.1:9/hub/api",
+                      service_token="t", data_api="http://127.0.0.1:9/api",
+                      users_dir=tmp_path / "users", user_env={}, token_scopes=[],
+                      max_running=3, max_per_user=2, time_limit=3600)
+    minted = []
+
+    async def mint(user, note, seconds):
+        minted.append(user)
+        return f"token-of-{user}", f"id-{len(minted)}"
+
+    async def delete(user, token_id):
+        minted.append(f"deleted {token_id}")
+
+    sched._mint, sched._delete_token = mint, delete
+    sched.minted = minted
+    yield sched, runner
+    asyncio.run(sched.aclose())
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def submit(sched, user, n=1, **kw):
+    return [run(sched.submit(user, "echo", {}, token=None, projects={"p"}, **kw))
+            for _ in range(n)]
+
+
+def status(sched, job):
+    return sched.store.get(job.id).status
+
+
+def test_oldest_first_within_the_limits(queue):
+    sched, runner = queue
+    alice = submit(sched, "alice", 3)
+    bob = submit(sched, "bob", 2)
+    run(sched.step())
+    # at most 3 at once, at most 2 of one user: alice's third waits, bob's first runs
+    assert runner.started == [alice[0].id, alice[1].id, bob[0].id]
+    assert [status(sched, j) for j in alice + bob] == [RUNNING, RUNNING, QUEUED, RUNNING,
+                                                       QUEUED]
+    runner.end(alice[0].id)
+    run(sched.step())
+    assert status(sched, alice[0]) == SUCCEEDED
+    assert runner.started[3:] == [alice[2].id]  # alice's turn again, oldest first
+    assert runner.cleaned == [alice[0].id] and "deleted id-1" in sched.minted
+
+
+def test_how_a_job_ends(queue):
+    sched, runner = queue
+    ok, bad, crashed = submit(sched, "alice", 1) + submit(sched, "bob", 1) + \
+        submit(sched, "carol", 1)
+    run(sched.step())
+    runner.end(ok.id)
+    runner.end(bad.id, status=FAILED, code=1)
+    runner.end(crashed.id, status=None, code=-9)
+    run(sched.step())
+    assert status(sched, ok) == SUCCEEDED
+    assert status(sched, bad) == FAILED
+    got = sched.store.get(crashed.id)
+    assert got.status == FAILED and "signal 9" in got.reason and "log" in got.reason
+
+
+def test_a_job_over_its_time_limit_is_stopped(queue):
+    sched, runner = queue
+    job, = submit(sched, "alice", 1, time_limit=1)
+    run(sched.step())
+    import datetime as dt
+
+    from imaginghub.hub.services.jobs.db import now
+
+    sched.store.update(job.id, started_at=now() - dt.timedelta(seconds=5))
+    run(sched.step())
+    assert runner.stopped == [f"handle-{job.id}"]
+    run(sched.step())
+    got = sched.store.get(job.id)
+    assert got.status == TIMED_OUT and "time limit of 1 s" in got.reason
+
+
+def test_jobs_wait_while_the_runner_is_unavailable(queue):
+    sched, runner = queue
+    runner.unavailable = True
+    job, = submit(sched, "alice", 1)
+    run(sched.step())
+    assert status(sched, job) == QUEUED and "deleted id-1" in sched.minted
+    runner.unavailable = False
+    run(sched.step())
+    assert status(sched, job) == RUNNING
+
+
+def test_cancel_before_and_while_running(queue):
+    sched, runner = queue
+    first, second, third = submit(sched, "alice", 3)
+    run(sched.step())
+    run(sched.cancel(sched.store.get(third.id)))  # queued: never starts
+    run(sched.cancel(sched.store.get(first.id)))  # running: stopped
+    run(sched.step())
+    assert status(sched, third) == CANCELLED and third.id not in runner.started
+    assert status(sched, first) == CANCELLED and f"handle-{first.id}" in runner.stopped
+
+
+def test_a_restarted_service_adopts_or_ends_what_ran(queue):
+    sched, runner = queue
+    alive, gone = submit(sched, "alice", 2)
+    run(sched.step())
+    runner.exits[f"handle-{gone.id}"] = GONE  # its process went with the old service
+    run(sched.recover())
+    assert status(sched, alive) == RUNNING
+    got = sched.store.get(gone.id)
+    assert got.status == "interrupted" and "rerun it" in got.reason
+
+
+def test_submissions_that_cannot_be_queued(queue):
+    sched, _ = queue
+    with pytest.raises(SubmitError, match="no workflow called 'nope'") as e:
+        run(sched.submit("alice", "nope", {}, token=None, projects={"p"}))
+    assert e.value.status == 404
+    with pytest.raises(SubmitError, match="takes int") as e:
+        run(sched.submit("alice", "echo", {"times": "x"}, token=None, projects={"p"}))
+    assert e.value.status == 400
+    with pytest.raises(SubmitError, match="a shared job needs a project"):
+        run(sched.submit("alice", "echo", {}, token=None, projects={"p", "r"}, shared=True))
+    with pytest.raises(SubmitError, match="above this site's limit"):
+        run(sched.submit("alice", "echo", {}, token=None, projects={"p"}, time_limit=7200))
+    assert not sched.store.with_status(QUEUED)
