@@ -101,7 +101,8 @@ def main():
         os.environ.update(client_environment(run["url"], state["dask_gateway_port"]))
         os.environ.update(IMAGINGHUB_DICOMWEB_URL=gateway.url,
                           IMAGINGHUB_DICOMWEB_TOKEN=gateway._token, IMAGINGHUB_CACHE_DIR="off")
-        from imaginghub.kernels.cluster import cluster, gateway as dask_gateway, map_series
+        from imaginghub.kernels.cluster import cluster, gateway as dask_gateway
+        from imaginghub.kernels.mapping import map_series
         from imaginghub.kernels.dicomweb import PACS
 
         pacs = PACS(gateway.url, token=gateway._token)  # no local cache: every load is real

@@ -54,6 +54,28 @@ def classes() -> list[type[Configurable]]:
     return [Stack, Site, Archive, HubService, DataService, JobService, DaskLimits]
 
 
+# The entry-point groups of plugins whose classes take settings of their own.
+PLUGIN_GROUPS = ("imaginghub.job_runners",)
+
+
+def plugin_classes() -> list[type[Configurable]]:
+    """The installed plugins' classes (job runners), imaginghub's own and
+    third parties'; one that cannot be loaded is left out (choosing it is
+    the error that names it)."""
+    import importlib.metadata
+
+    out = []
+    for group in PLUGIN_GROUPS:
+        for ep in importlib.metadata.entry_points(group=group):
+            try:
+                cls = ep.load()
+            except Exception:
+                continue
+            if isinstance(cls, type) and issubclass(cls, Configurable) and cls not in out:
+                out.append(cls)
+    return out
+
+
 # -- reading ------------------------------------------------------------------
 def read_file(path: Path, *, owner: int | None = None) -> Config:
     """The configuration in ``path`` (a traitlets Python config file).
@@ -116,7 +138,7 @@ def check(cfg: Config, source: str = CONFIG_FILE) -> Config:
     """``cfg`` when every setting of imaginghub's classes in it exists and has
     a value of the right type; else a ConfigError naming the first wrong one
     (and what was probably meant)."""
-    ours = {cls.__name__: cls for cls in classes()}
+    ours = {cls.__name__: cls for cls in [*classes(), *plugin_classes()]}
     for section in list(cfg):
         if not isinstance(cfg[section], Config) or not section[:1].isupper():
             continue

@@ -7,7 +7,6 @@ admins and projects.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,12 +151,13 @@ c.JupyterHub.spawner_class = "imaginghub.hub.spawner.ImagingSpawner"
 c.ImagingSpawner.site_home = str(HOME)
 c.ImagingSpawner.multi_user = {multi_user!r}
 c.ImagingSpawner.runtime_root = {runtime_root!r}
-# jupyterhub-singleuser, without a 2 s import each start (see imaginghub.hub.singleuser)
-c.Spawner.cmd = [{python!r}, "-m", "imaginghub.hub.singleuser"]
+# What every server gets (imaginghub.hub.servers, which the Kubernetes chart
+# applies too): jupyterhub-singleuser without a 2 s import each start,
+c.Spawner.cmd = {server_cmd!r}
 c.Spawner.default_url = "/lab"
-# Kernels over IPC (Unix sockets in the account's private runtime folder),
+# kernels over IPC (Unix sockets in the account's private runtime folder),
 # the imaging kernel by default, JupyterLab settings that fetch nothing.
-c.Spawner.args = {spawner_args!r}
+c.Spawner.args = {server_args!r}
 # Generous: a class of 20 starting at once on a small server takes a while
 # (bench/spawn.py), and a slow start must not become a failed one.
 c.Spawner.start_timeout = 300
@@ -168,19 +168,11 @@ c.Spawner.poll_interval = 10
 # Kernels reach the archive through the data service with the server's own
 # token (JUPYTERHUB_API_TOKEN), never with the archive's credentials. The
 # imaging kernelspec lives in JUPYTER_PATH and is the default kernel.
-c.Spawner.server_token_scopes = [
-    "users:activity!user", "access:servers!server", "access:services!service=data",
-    "access:services!service=jobs",
-    "access:services!service=dask-gateway",
-]
-c.Spawner.environment = {{
-    "JUPYTER_PATH": {jupyter_path!r},
-    "IMAGINGHUB_DICOMWEB_URL": "http://127.0.0.1:{data_port}/services/data/dicom-web",
-    "IMAGINGHUB_JOBS_URL": "http://127.0.0.1:{jobs_port}/services/jobs",
-    # cluster() (and a plain dask_gateway.Gateway()): the gateway's API through
-    # the hub, the schedulers on the gateway's proxy, dashboards through the hub
-    **{dask_gateway_env!r},
-}}
+# cluster() (and a plain dask_gateway.Gateway()) reaches the gateway's API
+# through the hub, the schedulers on the gateway's proxy, dashboards through
+# the hub.
+c.Spawner.server_token_scopes = {server_scopes!r}
+c.Spawner.environment = {server_env!r}
 
 # -- The site's own settings of JupyterHub's classes ---------------------------
 # (c.Spawner.environment.update({{...}}) adds to what is above)
@@ -235,27 +227,21 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-# JupyterLab settings for every user: sites are often offline, and nothing is
-# fetched from the internet at run time (no news, no update checks).
-LAB_OVERRIDES = {
-    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false",
-                                                    "checkForUpdates": False},
-}
-
-
 def write_config(home: Home, settings: HubSettings) -> Path:
     from .accounts import SERVICE_ACCOUNT
 
+    from .servers import ServerSettings, write_lab_settings
+
     multi = home.multi_user
     share = data_dir(home)
-    lab_settings = share / "lab" / "settings"
-    lab_settings.mkdir(parents=True, exist_ok=True)
-    (lab_settings / "overrides.json").write_text(json.dumps(LAB_OVERRIDES, indent=2) + "\n")
-    args = ["--MultiKernelManager.default_kernel_name=imaging",
-            "--KernelManager.transport=ipc",
-            f"--LabApp.app_settings_dir={lab_settings}"]
     find_proxy()
     gateway = dask_gateway.write_config(home)
+    servers = ServerSettings(
+        data_url=f"http://127.0.0.1:{settings.data_port}/services/data",
+        jobs_url=f"http://127.0.0.1:{settings.jobs_port}/services/jobs",
+        jupyter_path=str(share), lab_settings=str(write_lab_settings(share)),
+        dask_environment=dask_gateway.client_environment(f"http://127.0.0.1:{settings.port}",
+                                                         gateway.port))
     text = TEMPLATE.format(
         home=str(home.path),
         mode=home.mode,
@@ -271,14 +257,14 @@ def write_config(home: Home, settings: HubSettings) -> Path:
                       else "all as this account, homes under the state directory"),
         multi_user=multi,
         runtime_root=str(home.runtime_dir()),
-        spawner_args=args,
-        jupyter_path=str(share),
+        server_cmd=servers.cmd(),
+        server_args=servers.args(),
+        server_scopes=servers.token_scopes(),
+        server_env=servers.environment(),
         data_port=settings.data_port,
         jobs_port=settings.jobs_port,
         dask_gateway_url=gateway.url,
         dask_gateway_config=str(gateway.path),
-        dask_gateway_env=dask_gateway.client_environment(f"http://127.0.0.1:{settings.port}",
-                                                         gateway.port),
         python=sys.executable,
         admin_service=ADMIN_SERVICE,
         config_file=str(home.config_file),

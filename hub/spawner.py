@@ -26,6 +26,7 @@ from traitlets import Bool, Unicode
 from .accounts import Account, preexec, runtime_dir
 from .state import Home
 
+
 def give_tutorials(source: Path, home: Path, account: Account | None) -> None:
     """Copy the tutorials into ``home/tutorials`` once; the copies are the
     user's to change. In multi-user mode the copy is made by the account
@@ -61,8 +62,8 @@ class ImagingSpawner(LocalProcessSpawner):
     account and umask 077), :meth:`user_env` (HOME, USER, the runtime folder)."""
 
     site_home = Unicode(
-        help="The site's state directory: its settings say how hub users map to accounts "
-             "(account_prefix) and where their homes are (homes_dir).",
+        help="The site's state directory: its configuration says how hub users map to "
+             "accounts (c.Site.account_prefix) and where their homes are (c.Site.homes_dir).",
     ).tag(config=True)
     multi_user = Bool(
         False, help="Run each user's server as their own Unix account (the hub runs as root).",

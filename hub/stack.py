@@ -98,9 +98,16 @@ class Stack(Configurable):
         return s
 
     def _check_workflow_dirs(self) -> None:
+        """The job service's plugins and folders, named when they are missing."""
         from .services.jobs.config import JobService
+        from .services.jobs.runner import runner_class
 
-        for folder in JobService(config=self.home.config()).workflow_dirs:
+        jobs = JobService(config=self.home.config())
+        try:
+            runner_class(jobs.runner)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        for folder in jobs.workflow_dirs:
             if not Path(folder).is_dir():
                 raise ConfigError(
                     f"c.JobService.workflow_dirs names {folder}, which is not a folder: create "

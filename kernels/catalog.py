@@ -228,8 +228,8 @@ class Cohort:
         """Run ``fn(volume, series_metadata)`` once per series of the cohort on
         a Dask cluster, each worker loading its series through the data service
         as you; a DataFrame, one row per series, errors in its ``error``
-        column. See :func:`imaginghub.kernels.cluster.map_series`."""
-        from .cluster import map_cohort
+        column. See :func:`imaginghub.kernels.mapping.map_series`."""
+        from .mapping import map_cohort
 
         return map_cohort(self, fn, cluster=cluster, retries=retries, **kwargs)
 

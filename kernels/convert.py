@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .volume import Volume
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # type hints only: volume.py imports this module, not the reverse
     import nibabel
     import SimpleITK
     from monai.data import MetaTensor
+
+    from .volume import Volume
 
 # diag(-1, -1, 1, 1): LPS <-> RAS for 4x4 affines (its own inverse).
 _FLIP_XY = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -51,15 +51,15 @@ def lps_to_ras(affine: np.ndarray) -> np.ndarray:
 ras_to_lps = lps_to_ras
 
 
-def _from_lps_affine(array_ijk: np.ndarray, affine_lps, metadata) -> Volume:
-    """A Volume from an ``(i, j, k)`` array and its affine to LPS; the array
+def _from_lps_affine(array_ijk: np.ndarray, affine_lps, metadata, cls) -> Volume:
+    """A ``cls`` (Volume) from an ``(i, j, k)`` array and its affine to LPS; the array
     becomes C-contiguous ``[k, j, i]`` (copied only if it is not already)."""
     if array_ijk.ndim != 3:
         raise ValueError(f"expected a 3D image, got shape {array_ijk.shape}")
     affine_lps = np.asarray(affine_lps, float)
     m = affine_lps[:3, :3]
     spacing = np.linalg.norm(m, axis=0)
-    return Volume(
+    return cls(
         array=np.ascontiguousarray(array_ijk.transpose(2, 1, 0)),
         spacing=tuple(float(s) for s in spacing),
         origin=tuple(float(o) for o in affine_lps[:3, 3]),
@@ -81,13 +81,13 @@ def to_sitk(volume: Volume) -> SimpleITK.Image:
     return image
 
 
-def from_sitk(image: SimpleITK.Image, metadata: dict | None = None) -> Volume:
+def from_sitk(image: SimpleITK.Image, metadata: dict | None, cls) -> Volume:
     """A Volume from a 3D scalar ``SimpleITK.Image`` (LPS); the pixels are copied."""
     import SimpleITK as sitk
 
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError("expected a 3D image with one value per voxel")
-    return Volume(
+    return cls(
         array=sitk.GetArrayFromImage(image),
         spacing=tuple(image.GetSpacing()),
         origin=tuple(image.GetOrigin()),
@@ -111,15 +111,15 @@ def to_nifti(volume: Volume) -> nibabel.Nifti1Image:
     return img
 
 
-def from_nifti(img: nibabel.Nifti1Image | str | os.PathLike,
-               metadata: dict | None = None) -> Volume:
+def from_nifti(img: nibabel.Nifti1Image | str | os.PathLike, metadata: dict | None,
+               cls) -> Volume:
     """A Volume from a 3D NIfTI image (or its path): its affine (nibabel's
     best of sform and qform, RAS) is converted to LPS."""
     import nibabel as nib
 
     if isinstance(img, (str, os.PathLike)):
         img = nib.load(img)
-    return _from_lps_affine(np.asanyarray(img.dataobj), ras_to_lps(img.affine), metadata)
+    return _from_lps_affine(np.asanyarray(img.dataobj), ras_to_lps(img.affine), metadata, cls)
 
 
 def save_nifti(volume: Volume, path: str | os.PathLike) -> None:
@@ -152,7 +152,7 @@ def to_monai(volume: Volume, space: str = "RAS") -> MetaTensor:
     return MetaTensor(convert_to_tensor(volume.array.transpose(2, 1, 0)[None]), meta=meta)
 
 
-def from_monai(tensor: MetaTensor, metadata: dict | None = None) -> Volume:
+def from_monai(tensor: MetaTensor, metadata: dict | None, cls) -> Volume:
     """A Volume from a ``MetaTensor`` ``(1, i, j, k)`` or ``(i, j, k)``; its
     affine is read as RAS or LPS according to ``meta["space"]`` (RAS if unset,
     as MONAI assumes)."""
@@ -164,4 +164,4 @@ def from_monai(tensor: MetaTensor, metadata: dict | None = None) -> Volume:
     affine = tensor.affine.detach().cpu().numpy()
     if tensor.meta.get(MetaKeys.SPACE, SpaceKeys.RAS) != SpaceKeys.LPS:
         affine = ras_to_lps(affine)
-    return _from_lps_affine(data, affine, metadata)
+    return _from_lps_affine(data, affine, metadata, cls)

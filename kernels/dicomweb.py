@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .errors import (REFUSED, ArchiveUnavailable, AuthenticationFailed, Forbidden, NotFound,
                      PACSError, Refused, ServiceUnavailable, Unavailable)
-from .query import archive_filters, keep, plain_query
+from .query import archive_filters, first_value, keep, plain_query
 
 log = logging.getLogger(__name__)
 
@@ -368,8 +368,8 @@ class PACS:
         from .volume import VolumeBuilder
 
         record = self.find_series(series_instance_uid)
-        study_instance_uid = study_instance_uid or _value(record, "0020000D")
-        count = int(_value(record, "00201209") or 0)
+        study_instance_uid = study_instance_uid or first_value(record, "0020000D")
+        count = int(first_value(record, "00201209") or 0)
         url = f"{self.url}/studies/{study_instance_uid}/series/{series_instance_uid}"
         store = self.cache if cache else None
         headers = {"Accept": MULTIPART_DICOM}
@@ -485,11 +485,6 @@ def _merge_stow_answer(answer, r) -> None:
             getattr(answer, keyword).extend(items)
     if "RetrieveURL" in part and "RetrieveURL" not in answer:
         answer.RetrieveURL = part.RetrieveURL
-
-
-def _value(record: dict, tag: str):
-    v = record.get(tag, {}).get("Value")
-    return v[0] if v else None
 
 
 _META_KEYWORDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",

@@ -7,7 +7,8 @@ viewer only when called.
 
 from ..widgets import cohort_builder, jobs_widget, view
 from .catalog import Catalog
-from .cluster import cluster, map_series
+from .cluster import cluster
+from .mapping import map_series
 from .dicomweb import PACS
 from .errors import NotAVolume, PACSError
 from .jobs import Jobs

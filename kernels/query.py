@@ -67,3 +67,9 @@ def keep(record: dict, exact: list[tuple[str, str]]) -> bool:
     return True
 
 
+
+
+def first_value(record: dict, tag: str):
+    """The first value of ``tag`` (8 hex digits) in a DICOM JSON record, or None."""
+    v = record.get(tag, {}).get("Value")
+    return v[0] if v else None

@@ -102,7 +102,7 @@ def load_segmentation(pacs, seg_uid: str, *, series=None) -> tuple[Volume, dict[
 
 def _retrieve_segmentation(pacs, uid: str):
     """The SEG dataset: ``uid`` is its series UID or its SOP instance UID."""
-    from .dicomweb import _value
+    from .query import first_value
 
     try:
         record = pacs.find_series(uid)
@@ -112,22 +112,22 @@ def _retrieve_segmentation(pacs, uid: str):
             raise NotFound(
                 f"no segmentation series or instance {uid} in the archive at {pacs.url}"
             ) from None
-        study, series = _value(found[0], "0020000D"), _value(found[0], "0020000E")
+        study, series = first_value(found[0], "0020000D"), first_value(found[0], "0020000E")
         datasets = [pacs.retrieve_instance(study, series, uid)]
     else:
-        modality = _value(record, "00080060")
+        modality = first_value(record, "00080060")
         if modality != "SEG":
             raise NotASegmentation(
                 f"series {uid} is not a segmentation (Modality {modality or 'unknown'}, not "
                 "SEG): load images with pacs.load_series"
             )
-        count = int(_value(record, "00201209") or 0)
+        count = int(first_value(record, "00201209") or 0)
         if count > 1:
             raise NotASegmentation(
                 f"series {uid} holds {count} segmentation instances: load one of them by "
                 "its SOPInstanceUID (pacs.search_for_instances lists them)"
             )
-        datasets = pacs.retrieve_series(_value(record, "0020000D"), uid)
+        datasets = pacs.retrieve_series(first_value(record, "0020000D"), uid)
     ds = datasets[0]
     if ds.get("SOPClassUID") not in (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE):
         raise NotASegmentation(

@@ -70,7 +70,7 @@ class Volume:
     def from_sitk(cls, image, metadata: dict | None = None) -> Volume:
         """A Volume from a 3D ``SimpleITK.Image`` (LPS)."""
         from .convert import from_sitk
-        return from_sitk(image, metadata)
+        return from_sitk(image, metadata, cls)
 
     def to_nifti(self):
         """A ``nibabel.Nifti1Image`` whose affine maps ``(i, j, k)`` to RAS
@@ -82,7 +82,7 @@ class Volume:
     def from_nifti(cls, img, metadata: dict | None = None) -> Volume:
         """A Volume (LPS) from a 3D NIfTI image or path (RAS affine)."""
         from .convert import from_nifti
-        return from_nifti(img, metadata)
+        return from_nifti(img, metadata, cls)
 
     def save_nifti(self, path) -> None:
         """Write a NIfTI file (RAS affine); ``.nii.gz`` is compressed."""
@@ -99,7 +99,7 @@ class Volume:
     def from_monai(cls, tensor, metadata: dict | None = None) -> Volume:
         """A Volume (LPS) from a ``MetaTensor`` (affine in its ``meta["space"]``)."""
         from .convert import from_monai
-        return from_monai(tensor, metadata)
+        return from_monai(tensor, metadata, cls)
 
 
 @dataclass

@@ -60,11 +60,14 @@ def test_a_workflow_checks_what_is_submitted():
 
 # -- the queue -------------------------------------------------------------------------
 class FakeRunner(Runner):
-    """Records starts and stops; a job ends when the test calls end()."""
+    """Records starts and stops; a job ends when the test calls end(). Its
+    runs' files are plain files in runs_dir (read() is the contract's one
+    way in for the scheduler)."""
 
     name = "fake"
 
     def __init__(self, runs_dir: Path):
+        super().__init__()
         self.runs_dir = runs_dir
         self.started: list[str] = []     # job ids, in order
         self.stopped: list[str] = []
@@ -72,7 +75,7 @@ class FakeRunner(Runner):
         self.exits: dict[str, int] = {}  # handle: exit code, once ended
         self.unavailable = False
 
-    def start(self, job_id, user, spec, notebook, env):
+    async def start(self, job_id, user, spec, notebook, env):
         if self.unavailable:
             raise RunnerUnavailable("the fake runner is down")
         assert notebook.exists() and env["JUPYTERHUB_USER"] == user
@@ -81,20 +84,31 @@ class FakeRunner(Runner):
         self.started.append(job_id)
         return f"handle-{job_id}"
 
-    def poll(self, handle):
+    async def poll(self, handle):
         return self.exits.get(handle)
 
-    def stop(self, handle, grace=5.0):
+    async def stop(self, handle, grace=5.0):
         self.stopped.append(handle)
         self.exits[handle] = -15
 
-    def clean_up(self, job_id):
+    async def read(self, job_id, name, offset=0, limit=None):
+        path = self.runs_dir / job_id / name
+        if not path.is_file():
+            return None
+        data = path.read_bytes()[offset:]
+        return data if limit is None else data[:limit]
+
+    async def clean_up(self, job_id):
         self.cleaned.append(job_id)
 
     def end(self, job_id: str, status: str | None = SUCCEEDED, code: int = 0):
         if status:
             (self.runs_dir / job_id / "result.json").write_text(json.dumps({"status": status}))
         self.exits[f"handle-{job_id}"] = code
+
+    def progress_of(self, job_id: str, done: int, cells: int):
+        (self.runs_dir / job_id / "progress.json").write_text(
+            json.dumps({"done": done, "cells": cells}))
 
 
 @pytest.fixture
@@ -154,12 +168,15 @@ def test_how_a_job_ends(queue):
     ok, bad, crashed = submit(sched, "alice", 1) + submit(sched, "bob", 1) + \
         submit(sched, "carol", 1)
     run(sched.step())
+    runner.progress_of(bad.id, 1, 4)
+    run(sched.step())
+    assert sched.store.get(bad.id).progress == 0.25  # read through the runner
     runner.end(ok.id)
     runner.end(bad.id, status=FAILED, code=1)
     runner.end(crashed.id, status=None, code=-9)
     run(sched.step())
     assert status(sched, ok) == SUCCEEDED
-    assert status(sched, bad) == FAILED
+    assert status(sched, bad) == FAILED and sched.store.get(bad.id).progress == 0.25
     got = sched.store.get(crashed.id)
     assert got.status == FAILED and "signal 9" in got.reason and "log" in got.reason
 

@@ -18,7 +18,8 @@ from imaginghub.hub import demo
 from imaginghub.hub.services.dask_gateway import client_environment
 from imaginghub.kernels import cluster as cluster_mod
 from imaginghub.kernels.catalog import Catalog
-from imaginghub.kernels.cluster import cluster, map_series
+from imaginghub.kernels.cluster import cluster
+from imaginghub.kernels.mapping import map_series
 from imaginghub.kernels.dicomweb import PACS
 
 # small series of project oncology (alice): volumes, single slices, a SEG,

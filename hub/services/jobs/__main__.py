@@ -52,7 +52,7 @@ async def serve() -> None:
     data_api = user_env.get("IMAGINGHUB_DICOMWEB_URL", "").rsplit("/dicom-web", 1)[0] + "/api"
     scheduler = Scheduler(
         JobStore(db_url(home)), Registry(conf.workflow_dirs),
-        runner(conf.runner, home), root,
+        runner(conf.runner, home, home.config()), root,
         hub_api=hub_auth.api_url, service_token=hub_auth.api_token, data_api=data_api,
         users_dir=home.users_dir, user_env=user_env, token_scopes=scopes,
         max_running=conf.running_limit(), max_per_user=conf.max_running_per_user,

@@ -185,21 +185,21 @@ class ActionHandler(BaseHandler):
 
 
 class LogHandler(BaseHandler):
-    def get(self, job_id: str):
+    async def get(self, job_id: str):
         job = self.job(job_id)
         offset = _int(self.get_argument("offset", "0"), "offset")
         if offset < 0:
             raise web.HTTPError(400, reason="offset must be 0 or more")
-        data = self.ctx.scheduler.read(job.id, "log.txt", offset, 8 * 1024**2) or b""
+        data = await self.ctx.scheduler.log(job, offset, 8 * 1024**2)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("X-Log-Offset", str(offset + len(data)))
         self.finish(data)
 
 
 class NotebookHandler(BaseHandler):
-    def get(self, job_id: str):
+    async def get(self, job_id: str):
         job = self.job(job_id)
-        data = self.ctx.scheduler.read(job.id, "output.ipynb")
+        data = await self.ctx.scheduler.notebook(job)
         if not data:
             raise web.HTTPError(404)
         self.set_header("Content-Type", "application/x-ipynb+json")
@@ -207,21 +207,20 @@ class NotebookHandler(BaseHandler):
 
 
 class ArtifactsHandler(BaseHandler):
-    def get(self, job_id: str, path: str | None = None):
-        import os
-
+    async def get(self, job_id: str, path: str | None = None):
         job = self.job(job_id)
         sched = self.ctx.scheduler
         if not path:
-            return self.send({"artifacts": sched.artifacts(job)})
-        fd = sched.open_artifact(job, path)
-        if fd is None:
+            return self.send({"artifacts": await sched.artifacts(job)})
+        f = await sched.open_artifact(job, path)
+        if f is None:
             raise web.HTTPError(404)
         kind, _ = mimetypes.guess_type(path.rsplit("/", 1)[-1])
         self.set_header("Content-Type", kind or "application/octet-stream")
-        with os.fdopen(fd, "rb") as f:
+        with f:
             while chunk := f.read(1 << 20):
                 self.write(chunk)
+                await self.flush()
         self.finish()
 
 

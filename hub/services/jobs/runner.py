@@ -1,82 +1,152 @@
-"""Runners start a job's process and watch it.
+"""Job runners: where and how a job's process runs, and what it left.
 
-A runner gets a job's id, its user, what to run (the ``spec`` that
-:mod:`.child` reads), the kept notebook and the environment of the run, and
-answers with a *handle*, a short string kept in the job's record so that a
-restarted service finds the process again. The job's files (log, progress,
-result, the executed notebook, ``work/``) are in ``runs_dir/ID``. Override,
-in a subclass registered under the entry point group
-``imaginghub.job_runners``:
+A runner is a plugin: a subclass of :class:`Runner` (a traitlets
+``LoggingConfigurable``, configured from the site's configuration as
+``c.ItsClassName.setting``), registered under the entry-point group
+``imaginghub.job_runners`` and chosen with ``c.JobService.runner = "NAME"``.
+imaginghub's own ``local`` runner is registered the same way (see
+pyproject.toml). The scheduler calls nothing else, and only through
+coroutines, so a runner may talk to a remote system (a Kubernetes API
+server) without blocking the service. Override:
 
-- :meth:`Runner.start` (start the process, return its handle),
-- :meth:`Runner.poll` (None while it runs, else its exit code),
-- :meth:`Runner.stop` (stop it and everything it started),
-- :meth:`Runner.clean_up` and :meth:`Runner.remove` (what a finished job
-  left behind, its folder).
+- :meth:`Runner.start`: start the run of a job (its id, its user, the
+  ``spec`` that :mod:`.child` reads, the kept notebook, the environment)
+  and answer with a *handle*, a short string kept in the job's record, from
+  which a restarted service finds the run again;
+- :meth:`Runner.poll`: None while it runs, else its exit code;
+- :meth:`Runner.stop`: stop it and everything it started;
+- :meth:`Runner.read`: a file the run wrote (``log.txt``, ``progress.json``,
+  ``result.json``, ``output.ipynb``) or None; the scheduler and the API read
+  a job's log, progress and result only through :meth:`Runner.log`,
+  :meth:`Runner.progress` and :meth:`Runner.result`, which use it; a runner
+  whose runs keep these elsewhere (a pod's log) overrides those instead;
+- :meth:`Runner.artifacts` and :meth:`Runner.open_artifact`: what the run
+  wrote in its ``work/`` folder;
+- :meth:`Runner.clean_up`, :meth:`Runner.remove`, :meth:`Runner.close`.
 
 :class:`LocalProcessRunner` runs jobs as local processes of the service's
 machine, through the job starter (:mod:`.starter`), which alone may switch
-to the job's user; a Kubernetes runner would create a Job per run and keep
-its name as the handle.
+to the job's user; the runs' files are in ``runs_dir/ID``, read without
+following links (:mod:`imaginghub.hub.safeio`). A Kubernetes runner creates
+a Job per run, keeps its name as the handle, and reads the log from the
+pod and the rest from the run's volume or object store.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
 import json
 import logging
 import os
 import socket
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
+from traitlets.config import LoggingConfigurable
+
+from ... import safeio
 from .errors import RunnerUnavailable
 
 log = logging.getLogger("imaginghub.jobs")
 
-
+ENTRY_POINT_GROUP = "imaginghub.job_runners"
 # what poll answers for a process that is gone when its exit code cannot be known
 # (it was started by an earlier run of the starter)
 GONE = -(2**16)
 
 
-class Runner:
-    name = "base"
-    runs_dir: Path
+class Runner(LoggingConfigurable):
+    """The base of job runners (see the module's docstring for what to
+    override). ``home`` is the site's :class:`~imaginghub.hub.state.Home`;
+    the site's configuration arrives as traitlets' ``config``."""
 
-    def start(self, job_id: str, user: str, spec: dict, notebook: Path,
-              env: dict[str, str]) -> str:
+    name = "base"  # its entry point's name
+
+    def __init__(self, home=None, **kwargs):
+        super().__init__(**kwargs)
+        self.home = home
+
+    async def start(self, job_id: str, user: str, spec: dict, notebook: Path,
+                    env: dict[str, str]) -> str:
         raise NotImplementedError
 
-    def poll(self, handle: str) -> int | None:
+    async def poll(self, handle: str) -> int | None:
         """None while the job's process runs; its exit code once it ended
         (negative: the signal that ended it; :data:`GONE` when it is gone
         and its exit code cannot be known)."""
         raise NotImplementedError
 
-    def stop(self, handle: str, grace: float = 5.0) -> None:
+    async def stop(self, handle: str, grace: float = 5.0) -> None:
         raise NotImplementedError
 
-    def clean_up(self, job_id: str) -> None:
+    async def read(self, job_id: str, name: str, offset: int = 0,
+                   limit: int | None = None) -> bytes | None:
+        """The file ``name`` the run wrote, from ``offset`` (at most ``limit``
+        bytes), or None when there is none."""
+        raise NotImplementedError
+
+    async def artifacts(self, job_id: str) -> list[tuple[str, int]]:
+        """(path, size) of every file the run wrote in its work folder."""
+        return []
+
+    async def open_artifact(self, job_id: str, path: str) -> BinaryIO | None:
+        """One of :meth:`artifacts`, open for reading, or None."""
+        return None
+
+    async def clean_up(self, job_id: str) -> None:
         """Remove what a finished job left running (called once it ended)."""
 
-    def remove(self, job_id: str) -> None:
-        """Delete the job's folder."""
+    async def remove(self, job_id: str) -> None:
+        """Delete what the run left."""
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """The service stops (running jobs go on)."""
+
+    # -- what the scheduler and the API read: built on read() ----------------------
+    async def log(self, job_id: str, offset: int = 0, limit: int | None = None) -> bytes:
+        """The run's output (papermill's and the kernel's), from ``offset``."""
+        return await self.read(job_id, "log.txt", offset, limit) or b""
+
+    async def progress(self, job_id: str) -> float | None:
+        """The share of the notebook's cells done, 0 to 1, or None."""
+        try:
+            p = json.loads(await self.read(job_id, "progress.json") or b"")
+            return min(1.0, float(p["done"]) / max(float(p["cells"]), 1))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    async def result(self, job_id: str) -> dict | None:
+        """What the run said of itself when it ended (``{"status": "succeeded"
+        | "failed", "reason", "failed_cell"}``), or None."""
+        try:
+            result = json.loads(await self.read(job_id, "result.json") or b"")
+        except ValueError:
+            return None
+        if not isinstance(result, dict) or result.get("status") not in ("succeeded", "failed"):
+            return None
+        return result
+
+    async def notebook(self, job_id: str) -> bytes | None:
+        """The executed notebook as far as it ran."""
+        return await self.read(job_id, "output.ipynb")
 
 
 class LocalProcessRunner(Runner):
     """A job is :func:`.child.run` in a process and session of its own,
     forked by the job starter and running as the job's user: stopping the
     service does not stop it, and a restarted service adopts it by pid and
-    start time. Its output goes to ``RUNS/ID/log.txt``."""
+    start time. Its output goes to ``RUNS/ID/log.txt``. The starter's
+    socket is blocking: every call runs in a thread."""
 
     name = "local"
 
-    def __init__(self, socket_path: Path, runs_dir: Path):
-        self.socket_path = Path(socket_path)
-        self.runs_dir = Path(runs_dir)
+    def __init__(self, home=None, *, socket_path: Path | None = None,
+                 runs_dir: Path | None = None, **kwargs):
+        super().__init__(home, **kwargs)
+        self.socket_path = Path(socket_path or starter_socket(home))
+        self.runs_dir = Path(runs_dir or home.runs_dir())
         self._sock: socket.socket | None = None
         self._buffer = b""
         self._lock = threading.Lock()
@@ -123,9 +193,10 @@ class LocalProcessRunner(Runner):
             self._exits[int(pid)] = code
 
     # -- Runner ------------------------------------------------------------------
-    def start(self, job_id, user, spec, notebook, env) -> str:
-        answer = self._ask({"op": "start", "id": job_id, "user": user, "spec": spec,
-                            "notebook": str(notebook), "env": env})
+    async def start(self, job_id, user, spec, notebook, env) -> str:
+        answer = await asyncio.to_thread(self._ask, {
+            "op": "start", "id": job_id, "user": user, "spec": spec,
+            "notebook": str(notebook), "env": env})
         self._mine.add(answer["pid"])
         return json.dumps({"pid": answer["pid"], "started": answer["started"]})
 
@@ -142,7 +213,10 @@ class LocalProcessRunner(Runner):
         except psutil.Error:
             return None
 
-    def poll(self, handle: str) -> int | None:
+    async def poll(self, handle: str) -> int | None:
+        return await asyncio.to_thread(self._poll, handle)
+
+    def _poll(self, handle: str) -> int | None:
         import time
 
         pid = json.loads(handle)["pid"]
@@ -162,9 +236,12 @@ class LocalProcessRunner(Runner):
         self._gone_since.pop(pid, None)
         return GONE  # adopted after a restart: alive or not is all that can be known
 
-    def stop(self, handle: str, grace: float = 5.0) -> None:
+    async def stop(self, handle: str, grace: float = 5.0) -> None:
         """SIGTERM to the job's process and all it started (papermill's kernel
         runs in a session of its own), SIGKILL to what is left after ``grace``."""
+        await asyncio.to_thread(self._stop, handle, grace)
+
+    def _stop(self, handle: str, grace: float) -> None:
         import time
 
         h = json.loads(handle)
@@ -173,35 +250,59 @@ class LocalProcessRunner(Runner):
         while time.monotonic() < deadline and self._process(handle) is not None:
             time.sleep(0.1)
 
-    def clean_up(self, job_id: str) -> None:
+    # The run's folder is written by the user's code: nothing is followed out
+    # of it (see imaginghub.hub.safeio).
+    async def read(self, job_id, name, offset=0, limit=None) -> bytes | None:
+        return safeio.read_file(self.runs_dir, f"{job_id}/{name}", offset, limit)
+
+    async def artifacts(self, job_id: str) -> list[tuple[str, int]]:
+        return list(safeio.walk_files(self.runs_dir, f"{job_id}/work"))
+
+    async def open_artifact(self, job_id: str, path: str) -> BinaryIO | None:
         try:
-            self._ask({"op": "clean_up", "id": job_id})
+            return os.fdopen(safeio.open_file(self.runs_dir, f"{job_id}/work/{path}"), "rb")
+        except OSError:
+            return None
+
+    async def clean_up(self, job_id: str) -> None:
+        try:
+            await asyncio.to_thread(self._ask, {"op": "clean_up", "id": job_id})
         except (RunnerUnavailable, RuntimeError) as e:
             log.warning("could not clean up after job %s: %s", job_id, e)
 
-    def remove(self, job_id: str) -> None:
-        self._ask({"op": "remove", "id": job_id})
+    async def remove(self, job_id: str) -> None:
+        await asyncio.to_thread(self._ask, {"op": "remove", "id": job_id})
 
-    def close(self) -> None:
+    async def close(self) -> None:
         with self._lock:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
 
 
-def runner(name: str, home) -> Runner:
-    """The runner called ``name``: ``local``, or one an installed package
-    registers under the entry point group ``imaginghub.job_runners`` (made
-    with the site's :class:`~imaginghub.hub.state.Home`)."""
-    if name == "local":
-        return LocalProcessRunner(starter_socket(home), home.runs_dir())
-    import importlib.metadata
+def runner(name: str, home, config=None) -> Runner:
+    """The runner registered as ``name`` under the entry-point group
+    ``imaginghub.job_runners`` (``local`` is imaginghub's own), made with the
+    site's :class:`~imaginghub.hub.state.Home` and configuration."""
+    return runner_class(name)(home, config=config if config is not None else home.config())
 
-    for ep in importlib.metadata.entry_points(group="imaginghub.job_runners"):
-        if ep.name == name:
-            return ep.load()(home)
-    raise ValueError(f"no job runner called {name!r}: use 'local' or install the package "
-                     "that provides it")
+
+def runner_class(name: str) -> type[Runner]:
+    """The class registered as ``name``; a ValueError that says what is
+    installed when there is none."""
+    found = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+             if ep.name == name]
+    if not found:
+        known = sorted({ep.name for ep in importlib.metadata.entry_points(
+            group=ENTRY_POINT_GROUP)})
+        raise ValueError(f"no job runner called {name!r} (c.JobService.runner): the installed "
+                         f"ones are {', '.join(known) or '(none)'}; install the package that "
+                         "provides it")
+    cls = found[0].load()
+    if not (isinstance(cls, type) and issubclass(cls, Runner)):
+        raise ValueError(f"the job runner {name!r} ({found[0].value}) is not a subclass of "
+                         "imaginghub.hub.services.jobs.runner.Runner")
+    return cls
 
 
 def base_environment(extra: dict[str, str]) -> dict[str, str]:

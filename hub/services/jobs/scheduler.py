@@ -25,7 +25,6 @@ from pathlib import Path
 
 import httpx
 
-from ... import safeio
 from .db import (ACTIVE, CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED,
                  TIMED_OUT, Job, JobStore, now)
 from .errors import ParameterError, RunnerUnavailable, SubmitError
@@ -61,7 +60,6 @@ class Scheduler:
                  max_per_user: int = 2, time_limit: int = 6 * 3600, tick: float = 0.5):
         self.store, self.registry, self.runner = store, registry, runner
         self.root = Path(root)
-        self.runs = runner.runs_dir  # the runs' folders: the runner's (see runner.py)
         self.notebooks = self.root / "notebooks"
         for d in (self.root, self.notebooks):
             d.mkdir(parents=True, exist_ok=True)
@@ -82,16 +80,6 @@ class Scheduler:
         self._tokens: dict[str, str] = {}  # job id: token id (for deletion at the end)
 
     # -- paths ------------------------------------------------------------------
-    def job_dir(self, job_id: str) -> Path:
-        return self.runs / job_id
-
-    def read(self, job_id: str, name: str, offset: int = 0,
-             limit: int | None = None) -> bytes | None:
-        """A file of the job's folder as the job left it, or None. The folder
-        is written by the user's code: nothing is followed out of it (see
-        :mod:`imaginghub.hub.safeio`)."""
-        return safeio.read_file(self.runs, f"{job_id}/{name}", offset, limit)
-
     def notebook_copy(self, sha256: str) -> Path:
         return self.notebooks / f"{sha256}.ipynb"
 
@@ -258,7 +246,7 @@ class Scheduler:
         """After a restart: adopt running jobs whose process is still there;
         end the others from what they left."""
         for job in self.store.with_status(RUNNING, runnable_only=True):
-            if job.handle and self.runner.poll(job.handle) is None:
+            if job.handle and await self.runner.poll(job.handle) is None:
                 log.info("job %s is still running: adopted", job.id)
                 continue
             await self._finish(job, gone_reason=(
@@ -269,7 +257,7 @@ class Scheduler:
         running = self.store.with_status(RUNNING, runnable_only=True)
         still = []
         for job in running:
-            code = self.runner.poll(job.handle) if job.handle else GONE
+            code = await self.runner.poll(job.handle) if job.handle else GONE
             if code is not None:
                 await self._finish(job, code=code)
                 continue
@@ -277,21 +265,16 @@ class Scheduler:
             if job.time_limit and started and \
                     (now() - started).total_seconds() > job.time_limit:
                 self._stopping[job.id] = TIMED_OUT
-                await asyncio.get_running_loop().run_in_executor(None, self.runner.stop,
-                                                                 job.handle)
+                await self.runner.stop(job.handle)
                 continue
-            self._progress(job)
+            await self._progress(job)
             still.append(job)
         await self._start_queued(still)
         self._update_parents()
 
-    def _progress(self, job: Job) -> None:
-        try:
-            p = json.loads(self.read(job.id, "progress.json") or b"")
-            value = min(1.0, float(p["done"]) / max(float(p["cells"]), 1))
-        except (ValueError, TypeError, KeyError):
-            return
-        if abs(value - job.progress) > 1e-6:
+    async def _progress(self, job: Job) -> None:
+        value = await self.runner.progress(job.id)
+        if value is not None and abs(value - job.progress) > 1e-6:
             self.store.update(job.id, progress=value)
 
     async def _start_queued(self, running: list[Job]) -> None:
@@ -328,10 +311,8 @@ class Scheduler:
             "JUPYTERHUB_USER": job.user,
             "JUPYTERHUB_API_TOKEN": token, "IMAGINGHUB_DICOMWEB_TOKEN": token,
             "IMAGINGHUB_JOB_ID": job.id, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"})
-        loop = asyncio.get_running_loop()
         try:
-            handle = await loop.run_in_executor(None, self.runner.start, job.id, job.user, spec,
-                                                notebook, env)
+            handle = await self.runner.start(job.id, job.user, spec, notebook, env)
         except RunnerUnavailable as e:  # the job starter is back soon: the job waits
             log.warning("job %s waits: %s", job.id, e)
             await self._delete_token(job.user, token_id)
@@ -345,19 +326,14 @@ class Scheduler:
         if not self.store.update(job.id, only_if=[QUEUED], status=RUNNING, started_at=now(),
                                  handle=handle, token_id=token_id):
             # cancelled between the look at the queue and now
-            await loop.run_in_executor(None, self.runner.stop, handle)
+            await self.runner.stop(handle)
             await self._delete_token(job.user, token_id)
             return False
         log.info("job %s started (%s for %s)", job.id, job.workflow, job.user)
         return True
 
     async def _finish(self, job: Job, code: int | None = None, gone_reason: str = "") -> None:
-        try:
-            result = json.loads(self.read(job.id, "result.json") or b"")
-            if not isinstance(result, dict) or result.get("status") not in (SUCCEEDED, FAILED):
-                result = None
-        except ValueError:
-            result = None
+        result = await self.runner.result(job.id)
         asked = self._stopping.pop(job.id, None)
         if asked == CANCELLED:
             status, reason = CANCELLED, "cancelled"
@@ -378,9 +354,9 @@ class Scheduler:
         if status == SUCCEEDED:
             values["progress"] = 1.0
         else:
-            self._progress(job)
+            await self._progress(job)
         self.store.update(job.id, only_if=[RUNNING], **values)
-        await asyncio.get_running_loop().run_in_executor(None, self.runner.clean_up, job.id)
+        await self.runner.clean_up(job.id)
         if job.token_id:
             await self._delete_token(job.user, job.token_id)
         log.info("job %s %s%s", job.id, status, f": {reason}" if reason else "")
@@ -421,43 +397,45 @@ class Scheduler:
             fresh = self.store.get(j.id)
             if fresh.status == RUNNING and fresh.handle:
                 self._stopping[j.id] = CANCELLED
-                await asyncio.get_running_loop().run_in_executor(None, self.runner.stop,
-                                                                 fresh.handle)
+                await self.runner.stop(fresh.handle)
         if job.per_series and job.parent_id is None:
             self.store.update(job.id, only_if=[RUNNING], status=CANCELLED, reason="cancelled",
                               ended_at=now())
         self._wake.set()
 
     # -- what a job left ------------------------------------------------------------
-    def artifacts(self, job: Job) -> list[dict]:
+    async def log(self, job: Job, offset: int = 0, limit: int | None = None) -> bytes:
+        return await self.runner.log(job.id, offset, limit)
+
+    async def notebook(self, job: Job) -> bytes | None:
+        return await self.runner.notebook(job.id)
+
+    async def artifacts(self, job: Job) -> list[dict]:
         """Files the run wrote in its folder, and for a per-series run those
         of every series' run under the run's id (links are left out)."""
         out = []
         jobs = self.store.children(job.id) if job.per_series and job.parent_id is None else [job]
         for j in jobs:
             prefix = f"{j.id}/" if j is not job else ""
-            for path, size in safeio.walk_files(self.runs, f"{j.id}/work"):
+            for path, size in await self.runner.artifacts(j.id):
                 out.append({"path": prefix + path, "size": size})
         return out
 
-    def open_artifact(self, job: Job, path: str) -> int | None:
-        """A file descriptor of the file ``path`` of :meth:`artifacts`, or
-        None (never anything outside the run's folder)."""
+    async def open_artifact(self, job: Job, path: str):
+        """The file ``path`` of :meth:`artifacts` open for reading, or None
+        (never anything outside the run's folder)."""
         job_id = job.id
         if job.per_series and job.parent_id is None:
             job_id, _, path = path.partition("/")
             if job_id not in {k.id for k in self.store.children(job.id)}:
                 return None
-        try:
-            return safeio.open_file(self.runs, f"{job_id}/work/{path}")
-        except OSError:
-            return None
+        return await self.runner.open_artifact(job_id, path)
 
-    def remove(self, job: Job) -> None:
-        self.runner.remove(job.id)
+    async def remove(self, job: Job) -> None:
+        await self.runner.remove(job.id)
 
     async def aclose(self) -> None:
-        self.runner.close()
+        await self.runner.close()
         await self.hub.aclose()
 
 

@@ -1,0 +1,123 @@
+"""What the data service's handlers share: the context (the archive's
+client, the store, the hub's auth, the pools) and the base handler
+(identity, audit, the archive's address rewritten, one error body per
+status)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from jupyterhub.services.auth import HubAuth
+from tornado import web
+
+from ..identity import Caller, Users, identify
+from ..web import ServiceHandler
+from . import answers
+from .db import Store
+
+log = logging.getLogger("imaginghub.data")
+
+UID = r"[0-9][0-9.]{0,63}"  # a DICOM UID: digits and dots, at most 64
+NOT_FOUND = {"message": "Not Found"}
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9a-fA-F:.]+\](:[0-9]{1,5})?$")
+
+
+class Context:
+    """What the handlers share: archive client, store, hub auth, group cache."""
+
+    def __init__(self, archive_url: str, archive_auth, store: Store, hub_auth: HubAuth,
+                 cache_seconds: float = 10.0, max_stow_bytes: int = 256 * 1024**2,
+                 archive_storage=None, catalog=None, thumbnails=None):
+        """``archive_storage``: the archive's storage directory when the
+        gateway may read series from it (see :mod:`.storage`)."""
+        self.max_stow_bytes = max_stow_bytes
+        self.archive_url = archive_url.rstrip("/")
+        self.public_prefix = "/services/data/dicom-web"  # set by make_app
+        self.own_host = "127.0.0.1"
+        self.archive = httpx.AsyncClient(
+            auth=archive_auth, timeout=httpx.Timeout(120, connect=5),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self.store = store
+        self.hub_auth = hub_auth
+        self.users = Users(hub_auth, cache_seconds)
+        user, password = archive_auth
+        self.archive_basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        # Threads that relay series answers (one per transfer in flight): the
+        # default executor has only a handful on a small machine, which
+        # would queue the users' downloads behind each other.
+        self.relay_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="relay")
+        self.catalog = catalog
+        self.catalog_sync = None  # set by the service once the feed runs
+        self.thumbnails = thumbnails
+        from .cohorts import Cohorts
+
+        self.cohorts = Cohorts(store)
+        # Catalog queries run here (DuckDB works in its own threads, off the loop).
+        self.query_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="catalog")
+        self.syntax_cache: dict[str, str] = {}  # archive instance id -> stored syntax
+        self.storage = None
+        if archive_storage is not None:
+            from .storage import StorageReader
+
+            self.storage = StorageReader(archive_storage, self.archive, self.archive_url)
+
+
+class BaseHandler(ServiceHandler):
+    ctx: Context
+
+    def initialize(self, ctx: Context):
+        self.ctx = ctx
+        self.caller: Caller | None = None
+        self._action = ""
+        self._uids: list[str] = []
+
+    async def prepare(self):
+        self.caller = await identify(self, self.ctx.users, "data")
+
+    def error_body(self, status: int) -> dict:
+        # One body per status: a forbidden UID reads exactly as an unknown one.
+        return NOT_FOUND if status == 404 else super().error_body(status)
+
+    def on_finish(self):
+        user = self.caller.name if self.caller else getattr(self, "_audit_user", "-")
+        projects = sorted(self.caller.projects) if self.caller else []
+        action = self._action or f"{self.request.method} {type(self).__name__}"
+        status = self.get_status()
+        log.info("audit user=%s action=%s projects=%s uids=%s status=%d", user, action,
+                 ",".join(projects), ",".join(self._uids), status)
+        try:
+            self.ctx.store.audit(user, action, projects, self._uids, status)
+        except Exception:
+            log.exception("could not write the audit entry")
+
+    def not_found(self):
+        raise web.HTTPError(404)
+
+    async def archive_get(self, path: str, params=None, headers=None) -> httpx.Response:
+        return await self.ctx.archive.get(f"{self.ctx.archive_url}{path}", params=params,
+                                          headers=headers)
+
+    def rewriter(self) -> answers.Rewriter:
+        """Turns the archive's address in an answer into this service's, as
+        the client reached it (see :mod:`.answers`)."""
+        proto = self.request.headers.get("X-Forwarded-Proto", self.request.protocol)
+        proto = "https" if proto.split(",")[0].strip().lower() == "https" else "http"
+        host = self.request.host
+        if not _HOST.match(host or ""):
+            host = self.ctx.own_host
+        public = f"{proto}://{host}{self.ctx.public_prefix}"
+        return answers.Rewriter((self.ctx.archive_url + "/dicom-web").encode(), public.encode())
+
+    def refuse(self, refused: answers.Refused):
+        raise web.HTTPError(refused.status, reason=refused.reason)
+
+
+def int_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
