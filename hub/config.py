@@ -55,16 +55,19 @@ def classes() -> list[type[Configurable]]:
 
 
 # The entry-point groups of plugins whose classes take settings of their own.
-PLUGIN_GROUPS = ("imaginghub.job_runners",)
+PLUGIN_GROUPS = ("imaginghub.job_runners", "imaginghub.archive_feeds")
 
 
 def plugin_classes() -> list[type[Configurable]]:
-    """The installed plugins' classes (job runners), imaginghub's own and
-    third parties'; one that cannot be loaded is left out (choosing it is
-    the error that names it)."""
+    """The installed plugins' classes (job runners, archive feeds, and the
+    bases they share settings through), imaginghub's own and third
+    parties'; one that cannot be loaded is left out (choosing it is the
+    error that names it)."""
     import importlib.metadata
 
-    out = []
+    from .services.data.feeds import ArchiveFeed
+
+    out: list[type[Configurable]] = [ArchiveFeed]
     for group in PLUGIN_GROUPS:
         for ep in importlib.metadata.entry_points(group=group):
             try:
@@ -138,7 +141,9 @@ def check(cfg: Config, source: str = CONFIG_FILE) -> Config:
     """``cfg`` when every setting of imaginghub's classes in it exists and has
     a value of the right type; else a ConfigError naming the first wrong one
     (and what was probably meant)."""
-    ours = {cls.__name__: cls for cls in [*classes(), *plugin_classes()]}
+    ours = {cls.__name__: cls for cls in classes()}
+    if any(s not in ours for s in cfg):  # a plugin's section? (loads the plugins)
+        ours.update({cls.__name__: cls for cls in plugin_classes()})
     for section in list(cfg):
         if not isinstance(cfg[section], Config) or not section[:1].isupper():
             continue
@@ -243,11 +248,16 @@ c = get_config()  # noqa: F821
 '''
 
 
+def documented() -> list[type[Configurable]]:
+    """imaginghub's classes, then the installed plugins' that have settings."""
+    return [*classes(), *(c for c in plugin_classes() if c.class_traits(config=True))]
+
+
 def commented() -> str:
     """A configuration file with every setting commented out at its default."""
     out = io.StringIO()
     out.write(HEADER)
-    for cls in classes():
+    for cls in documented():
         out.write("\n" + cls.class_config_section() + "\n")
     return out.getvalue()
 
@@ -257,7 +267,8 @@ def reference() -> str:
     out = io.StringIO()
     out.write("imaginghub settings (in imaginghub_config.py of the state directory, "
               "as c.Class.name = value)\n")
-    for cls in classes():
+    listed = documented()
+    for cls in listed:
         doc = (cls.__doc__ or "").strip().split("\n\n")[0]
         out.write(f"\n{cls.__name__}\n{'-' * len(cls.__name__)}\n")
         if doc:
@@ -265,7 +276,7 @@ def reference() -> str:
         own = cls.class_own_traits(config=True)
         for name, trait in sorted(cls.class_traits(config=True).items()):
             if name not in own and any(name in b.class_own_traits(config=True)
-                                       for b in cls.__mro__[1:] if b in classes()):
+                                       for b in cls.__mro__[1:] if b in listed):
                 continue  # listed under the class it comes from
             default = trait.default_value_repr()
             out.write(f"\nc.{cls.__name__}.{name} = {default}   ({trait.info()})\n")
@@ -334,7 +345,7 @@ _MIGRATE = {
     "data_max_stow_mb": ("DataService", "max_stow_mb", int),
     "data_read_archive_files": ("DataService", "read_archive_files", bool),
     "data_db_url": ("DataService", "db_url", str),
-    "catalog_full_sync_hours": ("DataService", "catalog_full_sync_hours", float),
+    "catalog_full_sync_hours": ("ArchiveFeed", "full_sync_hours", float),
     "jobs_db_url": ("JobService", "db_url", str),
     "jobs_workflow_dirs": ("JobService", "workflow_dirs", list),
     "jobs_runner": ("JobService", "runner", str),

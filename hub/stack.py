@@ -97,14 +97,18 @@ class Stack(Configurable):
             s["orthanc_http_port"] = free_port()
         return s
 
-    def _check_workflow_dirs(self) -> None:
+    def _check_plugins_and_folders(self) -> None:
         """The job service's plugins and folders, named when they are missing."""
         from .services.jobs.config import JobService
         from .services.jobs.runner import runner_class
 
+        from .services.data.config import DataService
+        from .services.data.feeds import feed_class
+
         jobs = JobService(config=self.home.config())
         try:
             runner_class(jobs.runner)
+            feed_class(DataService(config=self.home.config()).feed)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         for folder in jobs.workflow_dirs:
@@ -153,7 +157,7 @@ class Stack(Configurable):
                      written)
         if self.multi_user:
             site_config.share_with_services(home, self.service.gid)
-        self._check_workflow_dirs()
+        self._check_plugins_and_folders()
         first_run = not home.users_file.exists()
         s = self._settings()
         s["mode"] = MULTI_USER if self.multi_user else SINGLE_USER

@@ -128,6 +128,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.stack)
 
 
+def pytest_collection_finish(session):
+    """The wheel test's venv is made while the other tests run (see
+    test_wheel_install.py), when that test is selected."""
+    for item in session.items:
+        if item.name == "test_a_wheel_in_a_clean_venv_runs_the_workspace":
+            site_root()
+            item.module.start_preparing()
+            return
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _clean_machine():
     remove_leftovers()

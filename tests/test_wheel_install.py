@@ -2,7 +2,12 @@
 venv (no checkout on sys.path, nothing editable), then `imaginghub up
 --demo` from that venv on a fresh home, and a user's kernel loads a demo
 series. Run as root, this is a multi-user site: the user's server and
-kernel run as their own account from the venv's files."""
+kernel run as their own account from the venv's files.
+
+Installing the wheel's dependencies takes about two minutes, most of it
+waiting on the disk: conftest starts :func:`start_preparing` when the
+session begins (if this test is selected), so the venv is made while the
+other tests run."""
 
 from __future__ import annotations
 
@@ -10,7 +15,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from concurrent.futures import Future
+from pathlib import Path
 
 import pytest
 from conftest import RunningStack, new_home, remove_site, site_root, stop_stack
@@ -22,20 +31,52 @@ from imaginghub.hub.state import free_port
 
 pytestmark = pytest.mark.stack
 
+VENV = Path("/tmp/iht") / "wheelvenv"  # readable by users' accounts (no "-": see conftest)
+_prepared: Future | None = None
 
-def test_a_wheel_in_a_clean_venv_runs_the_workspace(tmp_path):
-    wheel = build_wheel(tmp_path)
-    venv = site_root() / "wheelvenv"  # readable by users' accounts
-    shutil.rmtree(venv, ignore_errors=True)
-    base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=120)
-    os.chmod(venv, 0o755)
-    started = time.monotonic()
-    r = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet",
-                        "--disable-pip-version-check", f"{wheel}[hub,kernel]"],
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    print(f"installed the wheel with its dependencies in {time.monotonic() - started:.0f} s")
+
+def prepare() -> tuple[Path, float]:
+    """Build the wheel, make the clean venv and install the wheel into it
+    with its dependencies; (the venv, the seconds the install took)."""
+    build = Path(tempfile.mkdtemp(prefix="wheelbuild", dir=site_root()))
+    try:
+        wheel = build_wheel(build)
+        shutil.rmtree(VENV, ignore_errors=True)
+        base_python = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base_python, "-m", "venv", str(VENV)], check=True, timeout=120)
+        os.chmod(VENV, 0o755)
+        started = time.monotonic()
+        r = subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet",
+                            "--disable-pip-version-check", f"{wheel}[hub,kernel]"],
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode:
+            raise RuntimeError(f"pip install of the wheel failed:\n{r.stderr[-3000:]}")
+        return VENV, time.monotonic() - started
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def start_preparing() -> None:
+    """Begin :func:`prepare` in a thread of its own (once; a daemon, so a
+    session that ends before this test does not wait for it)."""
+    global _prepared
+    if _prepared is not None:
+        return
+    _prepared = Future()
+
+    def work():
+        try:
+            _prepared.set_result(prepare())
+        except BaseException as e:  # handed to the test
+            _prepared.set_exception(e)
+
+    threading.Thread(target=work, name="wheel-venv", daemon=True).start()
+
+
+def test_a_wheel_in_a_clean_venv_runs_the_workspace():
+    start_preparing()  # already running when the session started it
+    venv, took = _prepared.result(timeout=1200)
+    print(f"installed the wheel with its dependencies in {took:.0f} s")
     imaginghub = str(venv / "bin" / "imaginghub")
     # the venv's imaginghub is the wheel's, not the checkout's
     where = subprocess.run([str(venv / "bin" / "python"), "-c",

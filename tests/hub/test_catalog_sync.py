@@ -1,8 +1,9 @@
 """The catalog kept in step with the archive of the real stack: a full
-re-crawl over DICOMweb matches the demo data set; the change feed adds a new
-series and re-reads it once when it has settled, not per instance; project
-changes reach the rows; series deleted from the archive leave the catalog;
-no patient name gets in."""
+re-crawl over DICOMweb matches the demo data set; both archive feeds (Orthanc's
+change feed, and QIDO-RS polled as for any DICOMweb archive) add a new series
+and re-read it once when it has settled, not per instance; project changes
+reach the rows; series deleted from the archive, or stored with old study
+dates, reach the catalog by the full crawl; no patient name gets in."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from imaginghub.hub.services.data.__main__ import db_url
 from imaginghub.hub.services.data.catalog import Catalog
 from imaginghub.hub.services.data.catalog_sync import CatalogSync, series_row
 from imaginghub.hub.services.data.db import Store
-from imaginghub.hub.services.data.sync import ChangeFeed
+from imaginghub.hub.services.data.feeds import QidoFeed, feed_class
+from imaginghub.hub.services.data.sync import OrthancFeed
 
 DAY = dt.date(2024, 1, 15)  # demo.STUDY_DATE
 
@@ -49,13 +51,14 @@ class Env:
         names = [d[0] for d in cur.description]
         return {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
 
-    def store_series(self, n: int, series_uid=None, study_uid=None) -> tuple[str, str]:
+    def store_series(self, n: int, series_uid=None, study_uid=None,
+                     study_date="20230102") -> tuple[str, str]:
         """Store ``n`` instances straight into the archive (in no project)."""
         study_uid, series_uid = study_uid or generate_uid(), series_uid or generate_uid()
         instances = [in_memory_ct(series_uid, study_uid, value=i) for i in range(n)]
         for ds in instances:
             ds.PatientName, ds.PatientBirthDate = "Secret^Person", "19700101"
-            ds.PatientAge, ds.StudyDate = "006M", "20230102"
+            ds.PatientAge, ds.StudyDate = "006M", study_date
         self.archive.pacs().store_instances(instances)
         return study_uid, series_uid
 
@@ -147,7 +150,7 @@ def test_series_row_of_one_series(env):
 def test_feed_adds_a_new_series_and_rereads_it_once_settled(env):
     reads: dict[str, list[str]] = {"live": [], "late": []}
 
-    def feed(name: str, client) -> ChangeFeed:
+    def feed(name: str, client) -> OrthancFeed:
         sync = CatalogSync(client, env.archive.url, env.catalog, env.store)
         changed = sync.changed
 
@@ -156,8 +159,8 @@ def test_feed_adds_a_new_series_and_rereads_it_once_settled(env):
             return await changed(uid)
 
         sync.changed = counted
-        return ChangeFeed(client, env.archive.url, Store(f"sqlite:///{env.tmp / name}.sqlite"),
-                          "IMAGINGHUB", catalog_sync=sync)
+        return OrthancFeed(archive=client, archive_url=env.archive.url,
+                           store=Store(f"sqlite:///{env.tmp / name}.sqlite"), catalog_sync=sync)
 
     async def scenario(_, client):
         live, late = feed("live", client), feed("late", client)
@@ -222,3 +225,54 @@ def test_projects_and_deletions_reach_the_catalog(env):
     counts = env.run(lambda sync, _: sync.full())
     assert counts["deleted"] == 1 and second not in env.rows()
     assert demo.series("ct-head").series_uid in env.rows()
+
+
+def counting(sync: CatalogSync) -> list[str]:
+    """The series ``sync`` re-reads, in order."""
+    reads, changed = [], sync.changed
+
+    async def counted(uid):
+        reads.append(uid)
+        return await changed(uid)
+
+    sync.changed = counted
+    return reads
+
+
+def test_the_qido_feed_follows_any_dicomweb_archive(env):
+    """The feed for archives without a change feed, on the real archive read
+    as any DICOMweb archive (QIDO-RS only): a new series of a recent study
+    is read at the next poll, a grown one once it has settled; one stored
+    with an old study date and a deleted one reach the catalog by the crawl."""
+    today = dt.date.today().strftime("%Y%m%d")
+
+    async def scenario(sync, client):
+        reads = counting(sync)
+        feed = QidoFeed(archive=client, archive_url=env.archive.url, store=env.store,
+                        catalog_sync=sync)
+        assert await feed.step() == 0  # the first look only notes what is there
+        study, series = env.store_series(2, study_date=today)
+        _, old = env.store_series(1, study_date="20190304")
+        assert await feed.step() == 1 and reads == [series]
+        assert env.rows()[series]["instances"] == 2 and old not in env.rows()
+        env.store_series(3, series, study, study_date=today)
+        assert await feed.step() == 0  # grown, not yet settled
+        assert await feed.step() == 1  # the same count twice: read again, once
+        assert reads == [series, series] and env.rows()[series]["instances"] == 5
+        assert await feed.step() == 0
+        await sync.full()  # what the poll cannot see
+        assert old in env.rows()
+        env.delete_series(old)
+        env.delete_series(series)
+        counts = await sync.full()
+        assert counts["deleted"] >= 2 and not {old, series} & set(env.rows())
+        assert await feed.step() == 0  # gone from the window: nothing to read
+
+    env.run(scenario)
+
+
+def test_feeds_are_plugins_found_by_name():
+    assert feed_class("orthanc") is OrthancFeed and feed_class("qido") is QidoFeed
+    with pytest.raises(ValueError, match=r"no archive feed called 'kafka'.*the installed ones "
+                                         r"are orthanc, qido"):
+        feed_class("kafka")

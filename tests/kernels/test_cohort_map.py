@@ -17,6 +17,7 @@ import pytest
 from imaginghub.hub import demo
 from imaginghub.hub.services.dask_gateway import client_environment
 from imaginghub.kernels import cluster as cluster_mod
+from imaginghub.kernels import mapping
 from imaginghub.kernels.catalog import Catalog
 from imaginghub.kernels.cluster import cluster
 from imaginghub.kernels.mapping import map_series
@@ -169,9 +170,9 @@ def test_unreachable_data_service_is_retried_then_reported(alice, client):
     # token shows as <token> (a plain string would show itself)
     from dask._task_spec import Task
 
-    hidden = cluster_mod.HiddenToken(alice)
-    assert repr(Task("k", cluster_mod.run_one, hidden)) == "<Task 'k' run_one(<token>)>"
-    assert alice in repr(Task("k", cluster_mod.run_one, alice))
+    hidden = mapping.HiddenToken(alice)
+    assert repr(Task("k", mapping.run_one, hidden)) == "<Task 'k' run_one(<token>)>"
+    assert alice in repr(Task("k", mapping.run_one, alice))
     assert alice not in str(hidden) and alice not in repr([hidden])
 
 

@@ -53,23 +53,20 @@ async def serve() -> None:
     bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8890"))
     app = make_app(ctx, prefix)
     ctx.own_host = bind.netloc
-    from .sync import ChangeFeed
-
     from .catalog_sync import CatalogSync
+    from .feeds import feed_class
 
     ctx.catalog_sync = CatalogSync(ctx.archive, archive, ctx.catalog, ctx.store)
-    feed = asyncio.create_task(ChangeFeed(ctx.archive, archive, ctx.store,
-                                          Archive(config=home.config()).aet,
-                                          catalog_sync=ctx.catalog_sync).run())
-    # A full re-crawl at start (the feed has passed older series) and then daily.
-    crawl = asyncio.create_task(ctx.catalog_sync.periodic(
-        conf.catalog_full_sync_hours * 3600))
+    # The archive's feed, and a full re-crawl at start (the feed has passed
+    # older series) and then every c.ArchiveFeed.full_sync_hours.
+    feed = asyncio.create_task(feed_class(conf.feed)(
+        config=home.config(), archive=ctx.archive, archive_url=archive, store=ctx.store,
+        catalog_sync=ctx.catalog_sync, aet=Archive(config=home.config()).aet).run())
     server = app.listen(bind.port, address=bind.hostname or "127.0.0.1",
                         max_buffer_size=2 * 1024**3)
     logging.getLogger("imaginghub.data").info("data service on %s%s", bind.netloc, prefix)
     await until_stopped()
     feed.cancel()
-    crawl.cancel()
     server.stop()
     await ctx.archive.aclose()
     await ctx.users.aclose()

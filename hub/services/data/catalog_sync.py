@@ -62,12 +62,13 @@ async def series_row(archive: httpx.AsyncClient, archive_url: str, series_uid: s
     """The catalog row of one series of the archive at ``archive_url``
     (DICOMweb under ``/dicom-web``); None when the archive does not have it."""
     dicomweb = f"{archive_url.rstrip('/')}/dicom-web"
-    found = await _qido(archive, f"{dicomweb}/series",
+    found = await qido_search(archive, f"{dicomweb}/series",
                         [("SeriesInstanceUID", series_uid), *_INCLUDE])
     return await _row(archive, dicomweb, found[0], projects) if found else None
 
 
-async def _qido(archive: httpx.AsyncClient, url: str, params: list) -> list[dict]:
+async def qido_search(archive: httpx.AsyncClient, url: str, params: list) -> list[dict]:
+    """A QIDO-RS search's records (none for 204, 404 or an empty answer)."""
     r = await archive.get(url, params=params, headers=DICOM_JSON)
     if r.status_code in (204, 404) or not r.content:
         return []
@@ -83,7 +84,7 @@ async def _row(archive: httpx.AsyncClient, dicomweb: str, record: dict,
     if not (study and series):
         return None
     url = f"{dicomweb}/studies/{study}/series/{series}/instances"
-    first = await _qido(archive, url, [("limit", 1)])
+    first = await qido_search(archive, url, [("limit", 1)])
     sop = _value({_keyword(t): e for t, e in first[0].items()}.get("SOPInstanceUID")) \
         if first else None
     if not sop:
@@ -218,7 +219,7 @@ class CatalogSync:
 
         offset = 0
         while True:
-            page = await _qido(self.archive, f"{self.dicomweb}/series",
+            page = await qido_search(self.archive, f"{self.dicomweb}/series",
                                [*_INCLUDE, ("limit", PAGE), ("offset", offset)])
             total = offset + len(page)
             rows = []
@@ -258,7 +259,7 @@ class CatalogSync:
             await asyncio.sleep(every)
 
     async def _exists(self, series_uid: str) -> bool:
-        return bool(await _qido(self.archive, f"{self.dicomweb}/series",
+        return bool(await qido_search(self.archive, f"{self.dicomweb}/series",
                                 [("SeriesInstanceUID", series_uid)]))
 
     def _archive_rows(self, series_uids: list[str], study_uids: list[str] = ()) -> list[str]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from traitlets import Bool, Float, Integer, Unicode
+from traitlets import Bool, Integer, Unicode
 
 from .. import HubService
 
@@ -24,7 +24,9 @@ class DataService(HubService):
         Read the embedded archive's files directly for whole series (the
         fast path): the service and Orthanc share this machine's disk. False
         streams every series through the archive's DICOMweb.""").tag(config=True)
-    catalog_full_sync_hours = Float(24, help="""
-        How often the catalog re-reads every series of the archive (on top
-        of the change feed, which sees new series within seconds); also once
-        at start.""").tag(config=True)
+    feed = Unicode("orthanc", help="""
+        How the service learns what arrived in the archive and what left it:
+        an archive feed by its name in the entry-point group
+        imaginghub.archive_feeds (orthanc: Orthanc's change feed; qido: QIDO-RS
+        polled, for any DICOMweb archive). Its settings are its class's
+        (c.OrthancFeed, c.QidoFeed; c.ArchiveFeed for both).""").tag(config=True)

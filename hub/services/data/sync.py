@@ -1,4 +1,5 @@
-"""Following the archive's change feed (Orthanc's ``/changes``): series that
+"""The ``orthanc`` archive feed (see :mod:`.feeds`): Orthanc's change feed
+(``/changes``), read every second. Series that
 arrive by DIMSE C-STORE get the project their called AE title names, as in
 Kaapana (send to AE title ``ONCOLOGY`` and the series lands in project
 ``oncology``). A series that already has a project keeps it; one sent to the
@@ -14,16 +15,15 @@ per page of the feed, whatever the number of its instances.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-import httpx
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ...errors import ConfigError
 from ...users import validate_project
-from .db import Base, Store
+from .db import Base
+from .feeds import ArchiveFeed
 
 log = logging.getLogger("imaginghub.data.sync")
 
@@ -34,16 +34,15 @@ class FeedPosition(Base):
     last: Mapped[int] = mapped_column()
 
 
-class ChangeFeed:
-    def __init__(self, archive: httpx.AsyncClient, archive_url: str, store: Store,
-                 own_aet: str, interval: float = 1.0, catalog_sync=None):
-        self.archive = archive
-        self.url = archive_url.rstrip("/")
-        self.store = store
-        self.own_aet = own_aet.upper()
-        self.interval = interval
-        self.catalog_sync = catalog_sync
-        Base.metadata.create_all(store.engine)
+class OrthancFeed(ArchiveFeed):
+    """Orthanc's change feed: new series (projects by called AE title for
+    DIMSE arrivals) and settled ones (re-read into the catalog once)."""
+
+    name = "orthanc"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        Base.metadata.create_all(self.store.engine)
 
     def _position(self) -> int:
         with self.store.session() as s:
@@ -57,16 +56,6 @@ class ChangeFeed:
                 s.add(FeedPosition(name="orthanc", last=last))
             else:
                 row.last = last
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("change feed: will retry")
-            await asyncio.sleep(self.interval)
 
     async def step(self) -> int:
         """Read the feed once; returns how many series got a project."""
