@@ -26,6 +26,25 @@ NOT_FOUND = {"message": "Not Found"}
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9a-fA-F:.]+\](:[0-9]{1,5})?$")
 
 
+class ArchiveTransport(httpx.AsyncHTTPTransport):
+    """The archive's HTTP transport. Orthanc (CivetWeb) closes a kept-alive
+    connection after a moment of idleness; a request sent just as it does is
+    met by a closed socket ("Server disconnected without sending a
+    response", seen here on a thumbnail's GET). A GET or HEAD is then sent
+    once more, on a fresh connection; anything else is not (it may have
+    been done)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.RemoteProtocolError:
+            if request.method not in ("GET", "HEAD"):
+                raise
+            log.info("the archive closed a kept-alive connection under a %s: sent again",
+                     request.method)
+            return await super().handle_async_request(request)
+
+
 class Context:
     """What the handlers share: archive client, store, hub auth, group cache."""
 
@@ -40,7 +59,8 @@ class Context:
         self.own_host = "127.0.0.1"
         self.archive = httpx.AsyncClient(
             auth=archive_auth, timeout=httpx.Timeout(120, connect=5),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+            transport=ArchiveTransport(limits=httpx.Limits(max_connections=64,
+                                                           max_keepalive_connections=32)))
         self.store = store
         self.hub_auth = hub_auth
         self.users = Users(hub_auth, cache_seconds)
