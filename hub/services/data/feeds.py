@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib.metadata
 import logging
 
 import httpx
@@ -164,14 +163,7 @@ class QidoFeed(ArchiveFeed):
 def feed_class(name: str) -> type[ArchiveFeed]:
     """The feed registered as ``name``; a ValueError that says what is
     installed when there is none."""
-    eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-    found = [ep for ep in eps if ep.name == name]
-    if not found:
-        raise ValueError(f"no archive feed called {name!r} (c.DataService.feed): the installed "
-                         f"ones are {', '.join(sorted({e.name for e in eps})) or '(none)'}; "
-                         "install the package that provides it")
-    cls = found[0].load()
-    if not (isinstance(cls, type) and issubclass(cls, ArchiveFeed)):
-        raise ValueError(f"the archive feed {name!r} ({found[0].value}) is not a subclass of "
-                         "imaginghub.hub.services.data.feeds.ArchiveFeed")
-    return cls
+    from ...plugins import plugin_class
+
+    return plugin_class(ENTRY_POINT_GROUP, name, ArchiveFeed, kind="archive feed",
+                        setting="c.DataService.feed")

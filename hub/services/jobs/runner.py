@@ -35,7 +35,6 @@ pod and the rest from the run's volume or object store.
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import json
 import logging
 import os
@@ -290,19 +289,10 @@ def runner(name: str, home, config=None) -> Runner:
 def runner_class(name: str) -> type[Runner]:
     """The class registered as ``name``; a ValueError that says what is
     installed when there is none."""
-    found = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-             if ep.name == name]
-    if not found:
-        known = sorted({ep.name for ep in importlib.metadata.entry_points(
-            group=ENTRY_POINT_GROUP)})
-        raise ValueError(f"no job runner called {name!r} (c.JobService.runner): the installed "
-                         f"ones are {', '.join(known) or '(none)'}; install the package that "
-                         "provides it")
-    cls = found[0].load()
-    if not (isinstance(cls, type) and issubclass(cls, Runner)):
-        raise ValueError(f"the job runner {name!r} ({found[0].value}) is not a subclass of "
-                         "imaginghub.hub.services.jobs.runner.Runner")
-    return cls
+    from ...plugins import plugin_class
+
+    return plugin_class(ENTRY_POINT_GROUP, name, Runner, kind="job runner",
+                        setting="c.JobService.runner")
 
 
 def base_environment(extra: dict[str, str]) -> dict[str, str]:
