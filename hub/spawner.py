@@ -76,7 +76,11 @@ class ImagingSpawner(LocalProcessSpawner):
     _home: str = ""
 
     def _site(self) -> Home:
-        return Home(self.site_home)
+        """The site's Home, made once per spawner: it reads (and executes) the
+        site's configuration file, which a spawn need not do again."""
+        if getattr(self, "_site_home", None) is None:
+            self._site_home = Home(self.site_home)
+        return self._site_home
 
     def account_of_user(self) -> tuple[Account, str]:
         """(account, home) the server runs as and in; made if missing."""

@@ -44,7 +44,7 @@ class DaskLimits(Configurable):
     def check(self) -> DaskLimits:
         """Self, when every user's changes are limits with values of the
         right types; else a ValueError naming the first wrong one."""
-        for user, changes in self.user_limits.items():
+        for user in self.user_limits:
             limits_for(user, self.as_dict(), self.user_limits)
         return self
 
