@@ -148,7 +148,7 @@ def cmd_token(args) -> int:
 
 
 def cmd_demo_data(args) -> int:
-    from . import demo, orthanc
+    from . import demo
 
     home = _home(args)
     run = home.read_run()
@@ -157,9 +157,11 @@ def cmd_demo_data(args) -> int:
             f"the workspace in {home.path} is not running: start it with 'imaginghub up' "
             "(with --demo it loads the demo data itself)")
     from .services.data.__main__ import db_url
+    from .services.data.config import archive_endpoint
     from .services.data.db import Store
 
-    n = demo.load(run["dicomweb_url"], (orthanc.ARCHIVE_USER, home.secret("archive_password")))
+    archive = archive_endpoint(home)
+    n = demo.load(archive.dicomweb, archive.auth, verify=archive.tls())
     demo.assign_projects(Store(db_url(home)))
     print(f"stored {n} demo instances")
     return 0
@@ -371,6 +373,13 @@ def cmd_modalities(args) -> int:
     from . import orthanc
 
     home = _home(args)
+    from .services.data.config import DataService
+
+    site_archive = DataService(config=home.config()).archive_url
+    if site_archive:
+        raise ImagingHubError(
+            f"the archive is the site's own ({site_archive}, c.DataService.archive_url): its "
+            "DICOM peers are configured there, not in imaginghub")
     modalities = home.load_modalities()
     if args.modalities_command == "list":
         for name, spec in sorted(modalities.items()):

@@ -162,22 +162,35 @@ def check(cfg: Config, source: str = CONFIG_FILE) -> Config:
                     f"{source}: c.{section}.{name} is not a setting of {section}"
                     + (f"; did you mean c.{section}.{hint[0]}?" if hint else "")
                     + " ('imaginghub config' lists them all)")
+            one = Config({section: {name: value}})
             try:
-                probe(cls)(config=Config({section: {name: value}}))
+                probe(cls, validators=False)(config=one)
             except TraitError as e:
                 kind = traits[name].info()
                 raise ConfigError(f"{source}: c.{section}.{name} = {value!r:.80} is not "
                                   f"{kind} ({_short(e)})") from None
+            try:
+                probe(cls)(config=one)
+            except TraitError as e:  # the right type, refused by the class's own check
+                raise ConfigError(f"{source}: {_short(e)}") from None
     return cfg
 
 
-def probe(cls: type[Configurable]) -> type[Configurable]:
-    """A class of the same name with only ``cls``'s settings: what checks a
-    value without making a ``cls`` (a Stack needs its home)."""
+def probe(cls: type[Configurable], *, validators: bool = True) -> type[Configurable]:
+    """A class of the same name with only ``cls``'s settings (and, with
+    ``validators``, its own checks of their values): what checks a value
+    without making a ``cls`` (a Stack needs its home)."""
     import copy
 
-    traits = {n: copy.deepcopy(t) for n, t in cls.class_traits(config=True).items()}
-    return type(cls.__name__, (Configurable,), traits)
+    from traitlets.traitlets import ValidateHandler
+
+    members = {n: copy.deepcopy(t) for n, t in cls.class_traits(config=True).items()}
+    if validators:
+        for klass in reversed(cls.__mro__):
+            members.update({n: v for n, v in vars(klass).items()
+                            if isinstance(v, ValidateHandler)
+                            and any(t in members for t in v.trait_names)})
+    return type(cls.__name__, (Configurable,), members)
 
 
 def _short(e: Exception) -> str:

@@ -469,9 +469,10 @@ def to_bytes(ds: Dataset) -> bytes:
 
 
 def load(dicomweb_url: str, auth, *, out=None, batch: int = 32,
-         keys: list[str] | None = None) -> int:
+         keys: list[str] | None = None, verify=True) -> int:
     """STOW-RS the demo set (or the series named by ``keys``) to
-    ``dicomweb_url``; returns the instances stored."""
+    ``dicomweb_url`` (TLS checked with ``verify``); returns the instances
+    stored."""
     import httpx
     from tqdm import tqdm
 
@@ -482,7 +483,7 @@ def load(dicomweb_url: str, auth, *, out=None, batch: int = 32,
     stored = 0
     boundary = "imaginghub-demo-boundary"
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    with httpx.Client(auth=auth, timeout=120) as client, \
+    with httpx.Client(auth=auth, timeout=120, verify=verify) as client, \
             tqdm(total=total, desc="demo data", unit="img", file=out) as bar:
         for s in chosen:
             items = instances(s)

@@ -60,6 +60,12 @@ class Stack(Configurable):
             self.home = Home(home.path)
         self._migrate()
         super().__init__(config=self.home.config())
+        from .services.data.config import DataService
+
+        # The site's own archive (c.DataService.archive_url): no Orthanc here.
+        self.external = bool(DataService(config=self.home.config()).archive_url)
+        self.endpoint = None  # the archive the data service talks to
+        self.orthanc_settings = None
         self.demo = demo
         self._port_arg = port
         self._dicom_port_arg = dicom_port
@@ -93,7 +99,8 @@ class Stack(Configurable):
              "aet": archive.aet,
              "modalities": self.home.load_modalities(),
              "orthanc_http_port": state.get("orthanc_http_port")}
-        if not s["orthanc_http_port"] or port_in_use(s["orthanc_http_port"]):
+        if not self.external and (not s["orthanc_http_port"]
+                                  or port_in_use(s["orthanc_http_port"])):
             s["orthanc_http_port"] = free_port()
         return s
 
@@ -106,11 +113,17 @@ class Stack(Configurable):
         from .services.data.feeds import feed_class
 
         jobs = JobService(config=self.home.config())
+        data = DataService(config=self.home.config())
         try:
             runner_class(jobs.runner)
-            feed_class(DataService(config=self.home.config()).feed)
+            feed_class(data.feed)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.external and data.feed == "orthanc":
+            raise ConfigError(
+                "c.DataService.feed = 'orthanc' reads the embedded Orthanc's change feed, and "
+                "c.DataService.archive_url names another archive: use 'qido' (the default "
+                f"with archive_url) in {self.home.config_file}")
         for folder in jobs.workflow_dirs:
             if not Path(folder).is_dir():
                 raise ConfigError(
@@ -123,7 +136,7 @@ class Stack(Configurable):
                 f"port {s['port']} on 127.0.0.1 is in use by another program: stop it or "
                 f"start the workspace on another port with 'imaginghub up --port N'"
             )
-        if port_in_use(s["dicom_port"], "0.0.0.0"):
+        if not self.external and port_in_use(s["dicom_port"], "0.0.0.0"):
             raise StackError(
                 f"the DICOM port {s['dicom_port']} is in use by another program: stop it or "
                 f"choose another with 'imaginghub up --dicom-port N'"
@@ -139,10 +152,12 @@ class Stack(Configurable):
                 f"the workspace in {home.path} is running already (pid {running['pid']}, "
                 f"{running['url']}); stop it first"
             )
-        orthanc.find_orthanc()  # a clear error before anything starts
+        if not self.external:
+            orthanc.find_orthanc()  # a clear error before anything starts
         hubconfig.find_proxy()
         if self.multi_user:
-            portguard.check_available()
+            if not self.external:  # the embedded archive's ports get closed
+                portguard.check_available()
             from .accounts import ensure_service_account
 
             self.service = ensure_service_account()
@@ -169,6 +184,7 @@ class Stack(Configurable):
             self._prepare_site()
 
         archive_password = home.secret("archive_password")
+        self.endpoint = self._archive_endpoint()
         home.secret("jupyterhub_cookie_secret")
         home.secret("proxy_auth_token")
         home.secret("admin_service_token")
@@ -185,17 +201,18 @@ class Stack(Configurable):
 
         kernelspec.install(hubconfig.data_dir(home))
 
-        self.orthanc_settings = orthanc.OrthancSettings(
-            http_port=s["orthanc_http_port"], dicom_port=s["dicom_port"],
-            password=archive_password, aet=s["aet"], modalities=s["modalities"],
-        )
+        if not self.external:
+            self.orthanc_settings = orthanc.OrthancSettings(
+                http_port=s["orthanc_http_port"], dicom_port=s["dicom_port"],
+                password=archive_password, aet=s["aet"], modalities=s["modalities"],
+            )
+            self.archive = orthanc.managed(self.orthanc_settings, home.orthanc_dir,
+                                           home.path / "logs" / "orthanc.log",
+                                           account=self.service)
         if self.multi_user:
             home.claim(self.service.uid, self.service.gid, skip=[home.orthanc_dir / "db"])
-        self.archive = orthanc.managed(self.orthanc_settings, home.orthanc_dir,
-                                       home.path / "logs" / "orthanc.log",
-                                       account=self.service)
         try:
-            if self.multi_user:
+            if self.multi_user and not self.external:
                 gone = portguard.remove_stale()
                 if gone:
                     log.info("removed firewall tables of workspaces that no longer run: %s",
@@ -204,7 +221,8 @@ class Stack(Configurable):
                                   [s["orthanc_http_port"], s["dicom_port"]],
                                   [0, self.service.uid])
                 self._guarded = True
-            self._start_archive()
+            if self.archive is not None:
+                self._start_archive()
             if self.demo:
                 self._load_demo_data()
             self._start_starter()
@@ -234,8 +252,9 @@ class Stack(Configurable):
             "mode": s["mode"],
             "url": url,
             "hub_api": f"http://127.0.0.1:{hub_settings.hub_port}/hub/api",
-            "archive_url": self.orthanc_settings.url,
-            "dicomweb_url": self.orthanc_settings.dicomweb_url,
+            "archive": "external" if self.external else "embedded",
+            "archive_url": self.endpoint.orthanc,  # the embedded Orthanc's REST root
+            "dicomweb_url": self.endpoint.dicomweb,
             "gateway_url": f"http://127.0.0.1:{hub_settings.data_port}/services/data/dicom-web",
             "jobs_url": f"http://127.0.0.1:{hub_settings.jobs_port}/services/jobs",
             "dicom_port": s["dicom_port"],
@@ -246,7 +265,7 @@ class Stack(Configurable):
         return run
 
     def _pids(self) -> dict:
-        return {"archive": self.archive.pid, "hub": self.hub.pid,
+        return {"archive": self.archive.pid if self.archive else None, "hub": self.hub.pid,
                 "job_starter": self.starter.pid if self.starter else None}
 
     # -- a multi-user site ------------------------------------------------------
@@ -358,9 +377,13 @@ class Stack(Configurable):
         self.say(f"imaginghub is running at {url}")
         if self.multi_user:
             self.say(f"  multi-user: each user runs as their own Unix account (homes in "
-                     f"{self.home.homes_dir()}), the services as {self.service.name}; the "
-                     "archive's ports are closed to users")
+                     f"{self.home.homes_dir()}), the services as {self.service.name}"
+                     + ("; the archive is the site's own: only the data service holds its "
+                        "credentials" if self.external else
+                        "; the archive's ports are closed to users"))
         self.say(f"  state directory: {self.home.path}")
+        if self.external:
+            self.say(f"  archive: the site's own at {self.endpoint.dicomweb}")
         if admin_password:
             self.say(f"  admin login: admin / {admin_password}")
             self.say("  (shown once; 'imaginghub users passwd admin' sets a new one)")
@@ -369,26 +392,37 @@ class Stack(Configurable):
         self.say("Press Ctrl-C to stop.")
 
     # -- the archive ------------------------------------------------------------
-    def archive_client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.orthanc_settings.url,
-            auth=(orthanc.ARCHIVE_USER, self.orthanc_settings.password), timeout=10,
-        )
+    def _archive_endpoint(self):
+        """The archive the data service will talk to; the site's own is
+        checked now (its password file, that it answers QIDO-RS with those
+        credentials), so that a mistake stops ``up`` with what to fix."""
+        from .services.data.config import DataService, archive_endpoint
+
+        endpoint = archive_endpoint(self.home)
+        if not self.external:
+            return endpoint
+        conf = DataService(config=self.home.config())
+        if self.multi_user and conf.archive_password_file:
+            _check_readable_by(Path(conf.archive_password_file), self.service)
+        endpoint.probe()
+        return endpoint
 
     def _start_archive(self) -> None:
         self.archive.start()
         self.archive.wait_ready(60)
 
     def _load_demo_data(self) -> None:
+        """The demo data set, when the archive has no study yet."""
         from . import demo
 
-        with self.archive_client() as c:
-            count = c.get("/statistics").json().get("CountInstances", 0)
-        if count:
-            log.info("the archive holds %d instances already: no demo data loaded", count)
+        e = self.endpoint
+        with httpx.Client(auth=e.auth, timeout=30, verify=e.tls()) as c:
+            r = c.get(f"{e.dicomweb}/studies", params={"limit": 1},
+                      headers={"Accept": "application/dicom+json"})
+        if r.status_code == 200 and r.content and r.json():
+            log.info("the archive holds studies already: no demo data loaded")
         else:
-            demo.load(self.orthanc_settings.dicomweb_url,
-                      (orthanc.ARCHIVE_USER, self.orthanc_settings.password), out=self.out)
+            demo.load(e.dicomweb, e.auth, out=self.out, verify=e.tls())
         demo.assign_projects(self.store())
 
     def store(self):
@@ -408,7 +442,7 @@ class Stack(Configurable):
                 self.say(f"JupyterHub stopped unexpectedly (exit code {self.hub.proc.returncode}); "
                          f"stopping the workspace. Last log lines:\n{self.hub.tail()}")
                 return 1
-            if not self.archive.alive():
+            if self.archive is not None and not self.archive.alive():
                 now = time.monotonic()
                 self._restarts = [t for t in self._restarts if now - t < 60] + [now]
                 code = self.archive.proc.returncode
@@ -479,6 +513,17 @@ class Stack(Configurable):
                 self.home.run_file.unlink()
         except (OSError, json.JSONDecodeError):
             pass
+
+
+def _check_readable_by(path: Path, account) -> None:
+    """The service ``account`` can read ``path`` (by owner or group)."""
+    st = path.stat()
+    if not ((st.st_uid == account.uid and st.st_mode & 0o400)
+            or (st.st_gid in account.groups() and st.st_mode & 0o040)):
+        raise ConfigError(
+            f"{path} (c.DataService.archive_password_file) cannot be read by the service "
+            f"account {account.name}, as which the data service runs: run "
+            f"'chgrp {account.name} {path}; chmod 640 {path}'")
 
 
 def _me() -> str:

@@ -97,6 +97,16 @@ def new_home(name: str, config: dict[str, dict] | None = None, extra: str = "") 
     return home
 
 
+def private_folder(name: str) -> Path:
+    """A folder of this session's stacks for what is not a state directory
+    (accounts may pass it, as they may the site's /etc)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=f"{name[:6]}-", dir=site_root()))
+    os.chmod(folder, 0o711)
+    return folder
+
+
 def write_config(home: Path, sections: dict[str, dict], extra: str = "") -> None:
     """The site's imaginghub_config.py: ``sections`` and any ``extra`` lines."""
     from imaginghub.hub import config
@@ -119,7 +129,8 @@ def remove_site(home: Path) -> None:
 
 # Fixtures that start real services: a test that uses one (directly or
 # through another fixture) is marked ``stack``; ``make test-fast`` runs the rest.
-SERVICE_FIXTURES = {"archive", "main_stack", "data_stack", "postgres", "browser"}
+SERVICE_FIXTURES = {"archive", "main_stack", "data_stack", "postgres", "browser",
+                    "any_archive_stack"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -177,6 +188,36 @@ def archive(tmp_path_factory):
         proc.stop()
 
 
+@pytest.fixture(scope="session")
+def any_archive_stack(tmp_path_factory):
+    """The stack with an archive of the site's own (c.DataService.archive_url):
+    a real Orthanc that ``up`` did not start, reached as any DICOMweb archive
+    (QIDO-RS feed, no file access, credentials from a password file)."""
+    from imaginghub.hub.accounts import ensure_service_account
+
+    if MULTI_USER:
+        ensure_service_account()  # the password file's group
+    archive, orthanc_proc = start_orthanc(tmp_path_factory.mktemp("site-archive"),
+                                          "the-sites-own-archive-password")
+    try:
+        home = new_home("anyarc", {**any_archive_config(private_folder("anysec"), archive),
+                                   "HubService": {"auth_cache_seconds": AUTH_CACHE}})
+        proc, output = start_stack(home, "--demo")
+        if proc.poll() is not None:
+            remove_site(home)
+            raise AssertionError(f"imaginghub up failed:\n{output.read_text()}")
+        s = RunningStack(home, proc, output, archive=archive)
+        try:
+            yield s
+        finally:
+            code = stop_stack(proc)
+            remove_site(home)
+            assert code == 0, output.read_text()
+            assert not processes_using(home)
+    finally:
+        orthanc_proc.stop()
+
+
 def as_account(account: str | None) -> list[str]:
     """The start of a command line that runs as ``account`` (None: as we are)."""
     if account is None:
@@ -190,11 +231,12 @@ def as_account(account: str | None) -> list[str]:
 
 class RunningStack:
     def __init__(self, home: Path, proc: subprocess.Popen, output: Path,
-                 account: str | None = None):
+                 account: str | None = None, archive: Archive | None = None):
         self.home = Home(home)
         self.proc = proc
         self.output = output
         self.account = account  # the stack runs as this account (None: as the tests)
+        self._archive = archive  # the site's own archive (c.DataService.archive_url)
         self.run = json.loads((home / "run.json").read_text())
         self.url = self.run["url"]
 
@@ -223,11 +265,46 @@ class RunningStack:
         return path
 
     def archive(self) -> Archive:
+        """The archive, for what the tests do behind the gateway's back."""
+        if self._archive is not None:
+            return self._archive
         return Archive(orthanc_mod.OrthancSettings(
             http_port=int(self.run["archive_url"].rsplit(":", 1)[1]),
             dicom_port=self.run["dicom_port"],
             password=self.home.secret("archive_password"),
         ))
+
+
+def start_orthanc(folder: Path, password: str) -> tuple[Archive, object]:
+    """A real Orthanc of its own (as ``up`` configures one), started and
+    ready: (the archive, its process)."""
+    settings = orthanc_mod.OrthancSettings(http_port=free_port(), dicom_port=free_port(),
+                                           password=password)
+    proc = orthanc_mod.managed(settings, folder, folder / "orthanc.log")
+    proc.start()
+    try:
+        proc.wait_ready(60)
+    except BaseException:
+        proc.stop()
+        raise
+    return Archive(settings), proc
+
+
+def any_archive_config(base: Path, archive: Archive) -> dict:
+    """The settings of a site whose archive is ``archive`` reached as any
+    DICOMweb archive, its password in a file only the service account may
+    read (root:imaginghub 0640, as a site admin writes it)."""
+    secret = base / "archive-password"
+    secret.write_text(archive.auth[1] + "\n")
+    os.chmod(secret, 0o640)
+    if MULTI_USER:
+        import grp
+
+        os.chown(secret, 0, grp.getgrnam("imaginghub").gr_gid)
+    return {"DataService": {"archive_url": archive.dicomweb_url,
+                            "archive_username": archive.auth[0],
+                            "archive_password_file": str(secret)},
+            "QidoFeed": {"interval": 1.0}}
 
 
 def start_stack(home: Path, *extra, port: int | None = None, timeout: float = 180,
@@ -375,12 +452,14 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session", params=["sqlite", "postgresql", "any-archive"])
 def data_stack(request, tmp_path_factory):
     """The stack with the data service's database on SQLite (the session's
-    stack) and on a real PostgreSQL (a second stack)."""
-    if request.param == "sqlite":
-        yield request.getfixturevalue("main_stack")
+    stack), on a real PostgreSQL (a second stack), and with an archive of
+    the site's own reached as any DICOMweb archive (a third)."""
+    if request.param in ("sqlite", "any-archive"):
+        yield request.getfixturevalue(
+            "main_stack" if request.param == "sqlite" else "any_archive_stack")
         return
     pg = request.getfixturevalue("postgres")
     home = new_home("pgstack", {"DataService": {"db_url": pg.create_database("imaginghub_data")},

@@ -26,11 +26,19 @@ JPEG_LS = "1.2.840.10008.1.2.4.80"
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
+@pytest.fixture(scope="module", params=["embedded", "any-archive"])
+def stack(request):
+    """The embedded archive, and one of the site's own read as any DICOMweb
+    archive (the gateway converts from what it streams, not from files)."""
+    return request.getfixturevalue("main_stack" if request.param == "embedded"
+                                   else "any_archive_stack")
+
+
 @pytest.fixture(scope="module")
 def gw(stack):
     stack.cli("users", "add", "paula", "--project", "palette")  # a project of its own
     tokens = {u: stack.token(u) for u in ("alice", "bob", "paula")}
-    archive_port = int(stack.run["archive_url"].rsplit(":", 1)[1])
+    archive_port = int(stack.archive().url.rsplit(":", 1)[1])
     return stack, tokens, archive_port
 
 

@@ -42,7 +42,7 @@ class Env:
         """``await fn(sync, client)`` in an event loop of its own."""
         async def main():
             async with httpx.AsyncClient(auth=self.archive.auth, timeout=30) as client:
-                return await fn(CatalogSync(client, self.archive.url, self.catalog, self.store),
+                return await fn(CatalogSync(client, self.archive.dicomweb_url, self.catalog, self.store),
                                 client)
         return asyncio.run(main())
 
@@ -133,8 +133,8 @@ def test_series_row_of_one_series(env):
     s = demo.series("ct-small")
 
     async def read(_, client):
-        return (await series_row(client, env.archive.url, s.series_uid, ["oncology"]),
-                await series_row(client, env.archive.url, generate_uid(), []))
+        return (await series_row(client, env.archive.dicomweb_url, s.series_uid, ["oncology"]),
+                await series_row(client, env.archive.dicomweb_url, generate_uid(), []))
 
     row, unknown = env.run(read)
     assert unknown is None
@@ -151,7 +151,7 @@ def test_feed_adds_a_new_series_and_rereads_it_once_settled(env):
     reads: dict[str, list[str]] = {"live": [], "late": []}
 
     def feed(name: str, client) -> OrthancFeed:
-        sync = CatalogSync(client, env.archive.url, env.catalog, env.store)
+        sync = CatalogSync(client, env.archive.dicomweb_url, env.catalog, env.store)
         changed = sync.changed
 
         async def counted(uid):
@@ -159,7 +159,8 @@ def test_feed_adds_a_new_series_and_rereads_it_once_settled(env):
             return await changed(uid)
 
         sync.changed = counted
-        return OrthancFeed(archive=client, archive_url=env.archive.url,
+        return OrthancFeed(archive=client, dicomweb_url=env.archive.dicomweb_url,
+                           orthanc_url=env.archive.url,
                            store=Store(f"sqlite:///{env.tmp / name}.sqlite"), catalog_sync=sync)
 
     async def scenario(_, client):
@@ -206,7 +207,7 @@ def test_projects_and_deletions_reach_the_catalog(env):
     env.store.assign([(study, first), (study, second)], "neuro", by="test")
     try:
         env.store.assign([(study, first)], "oncology", by="test")
-        offline = CatalogSync(None, env.archive.url, env.catalog, env.store)  # no archive needed
+        offline = CatalogSync(None, env.archive.dicomweb_url, env.catalog, env.store)  # no archive needed
         assert offline.update_projects([first]) == 1
         assert env.rows()[first]["project_set"] == "neuro,oncology"
         assert env.rows()[second]["project_set"] is None  # not asked for yet
@@ -248,7 +249,7 @@ def test_the_qido_feed_follows_any_dicomweb_archive(env):
 
     async def scenario(sync, client):
         reads = counting(sync)
-        feed = QidoFeed(archive=client, archive_url=env.archive.url, store=env.store,
+        feed = QidoFeed(archive=client, dicomweb_url=env.archive.dicomweb_url, store=env.store,
                         catalog_sync=sync)
         assert await feed.step() == 0  # the first look only notes what is there
         study, series = env.store_series(2, study_date=today)

@@ -60,6 +60,10 @@ def test_settings_reach_the_classes_that_use_them(tmp_path):
                                           r"list"),
     ("c.DaskLimits.max_workers_per_cluster = 2.5", r"max_workers_per_cluster = 2\.5 is not "
                                                    r"an int"),
+    ("c.DataService.archive_url = 'pacs.example.org/rs'",
+     r"archive_url = 'pacs\.example\.org/rs' is not the http\(s\) address of a DICOMweb root"),
+    ("c.DataService.archive_url = 'https://u:secret@pacs/rs'",
+     r"must not carry credentials: set archive_username and archive_password_file"),
     ("c.DataService.max_stow_mb = 3 +", r"line 2: invalid syntax"),
     ("x = 1 / 0", r"line 2: ZeroDivisionError"),
 ])
@@ -222,3 +226,31 @@ def test_a_spawner_setting_of_the_site_reaches_the_servers(stack):
                                       " 'IMAGINGHUB_DICOMWEB_URL' in os.environ)")
     assert out["error"] is None, out
     assert out["stdout"].split() == ["from-the-site-config", "True"]
+
+
+def test_the_archive_is_the_embedded_one_or_the_sites(tmp_path):
+    from imaginghub.hub.services.data.config import DataService, archive_endpoint
+
+    home = Home(tmp_path)
+    home.save_state({"orthanc_http_port": 41236})
+    embedded = archive_endpoint(home)
+    assert (embedded.dicomweb, embedded.orthanc) == ("http://127.0.0.1:41236/dicom-web",
+                                                     "http://127.0.0.1:41236")
+    assert DataService(config=home.config()).feed == "orthanc"
+
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\nignored\n")
+    secret.chmod(0o640)
+    write(tmp_path, "c.DataService.archive_url = 'https://pacs.example.org/rs/'\n"
+                    "c.DataService.archive_username = 'gateway'\n"
+                    f"c.DataService.archive_password_file = {str(secret)!r}\n")
+    site = archive_endpoint(Home(tmp_path))
+    assert (site.dicomweb, site.orthanc, site.auth) == ("https://pacs.example.org/rs", None,
+                                                        ("gateway", "s3cret"))
+    assert not site.embedded and DataService(config=Home(tmp_path).config()).feed == "qido"
+    secret.chmod(0o604)
+    with pytest.raises(ConfigError, match=r"open to every account \(mode 604\)"):
+        archive_endpoint(Home(tmp_path))
+    secret.unlink()
+    with pytest.raises(ConfigError, match=r"archive_password_file .*pw cannot be read"):
+        archive_endpoint(Home(tmp_path))

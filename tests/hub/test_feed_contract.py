@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 
 import httpx
+import pytest
 
 from imaginghub.hub.services.data.catalog_sync import PAGE
 from imaginghub.hub.services.data.feeds import ArchiveFeed, QidoFeed
@@ -57,7 +58,7 @@ class Catalog:
 
 def feed(archive: Archive, catalog: Catalog, **kw) -> QidoFeed:
     client = httpx.AsyncClient(transport=httpx.MockTransport(archive.answer))
-    return QidoFeed(archive=client, archive_url="http://archive", store=None,
+    return QidoFeed(archive=client, dicomweb_url="http://archive/dicom-web", store=None,
                     catalog_sync=catalog, **kw)
 
 
@@ -112,6 +113,16 @@ def test_settings_and_the_base():
     from traitlets.config import Config
 
     cfg = Config({"ArchiveFeed": {"full_sync_hours": 6.0}, "QidoFeed": {"interval": 60.0}})
-    f = QidoFeed(config=cfg, archive=None, archive_url="http://a/", store=None)
-    assert (f.interval, f.full_sync_hours, f.window_days, f.url) == (60.0, 6.0, 7, "http://a")
+    f = QidoFeed(config=cfg, archive=None, dicomweb_url="http://a/rs/", store=None)
+    assert (f.interval, f.full_sync_hours, f.window_days, f.dicomweb) == (60.0, 6.0, 7,
+                                                                          "http://a/rs")
+    assert f.orthanc is None
     assert isinstance(f, ArchiveFeed) and f.name == "qido"
+
+
+def test_the_orthanc_feed_needs_the_embedded_archive():
+    from imaginghub.hub.errors import ConfigError
+    from imaginghub.hub.services.data.sync import OrthancFeed
+
+    with pytest.raises(ConfigError, match=r"c.DataService.feed = 'qido'"):
+        OrthancFeed(archive=None, dicomweb_url="https://pacs.example.org/rs", store=None)

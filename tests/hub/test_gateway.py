@@ -158,10 +158,11 @@ def _parts(r: httpx.Response) -> list[bytes]:
     return [body for _, body in iter_parts([r.content], boundary_of(r.headers["content-type"]))]
 
 
-def test_series_answer_from_archive_files_equals_the_archives_own(gw, stack):
-    """Whole series are sent from the archive's files: the same instances,
-    byte for byte, as the archive's DICOMweb answer, and additions and
-    deletions show at once (nothing stale from the file-name cache)."""
+def test_series_answer_equals_the_archives_own(gw, stack):
+    """Whole series are sent from the embedded archive's files, or relayed
+    from any other archive: the same instances, byte for byte, as the
+    archive's DICOMweb answer, and additions and deletions show at once
+    (nothing stale from the file-name cache)."""
     from pydicom.uid import generate_uid
     from tests_support import ct_file
 
@@ -171,7 +172,8 @@ def test_series_answer_from_archive_files_equals_the_archives_own(gw, stack):
                        auth=archive.auth, headers=accept, timeout=60)
     through = gw.get("bob", f"/studies/{MR.study_uid}/series/{MR.series_uid}", headers=accept)
     assert through.status_code == 200
-    assert int(through.headers["content-length"]) == len(through.content)
+    if stack.run["archive"] == "embedded":  # the files' sizes are known before they are sent
+        assert int(through.headers["content-length"]) == len(through.content)
     assert sorted(_parts(through)) == sorted(_parts(direct))
     # a series of alice's that changes between two answers
     study, series = generate_uid(), generate_uid()

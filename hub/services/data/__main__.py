@@ -3,8 +3,9 @@
 JupyterHub starts it as a managed service and sets JUPYTERHUB_API_TOKEN,
 JUPYTERHUB_API_URL, JUPYTERHUB_SERVICE_URL and JUPYTERHUB_SERVICE_PREFIX;
 ``IMAGINGHUB_HOME`` names the state directory, where the site's
-configuration (``c.DataService``, see :class:`.config.DataService`), the
-archive's port (state.json) and password (secrets/) are read.
+configuration (``c.DataService``, see :class:`.config.DataService`) is read:
+the archive is ``c.DataService.archive_url`` with its credentials, or the
+embedded Orthanc (its port in state.json, its password in secrets/).
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from urllib.parse import urlsplit
 
 from jupyterhub.services.auth import HubAuth
 
-from ... import orthanc
 from ...state import Home
 from .. import run, until_stopped
 from ...orthanc import Archive
 from .app import Context, make_app
 from .catalog import Catalog
-from .config import DataService
+from .config import DataService, archive_endpoint
 from .thumbnails import ThumbnailStore
 from .db import Store
 
@@ -40,10 +40,10 @@ async def serve() -> None:
     home = Home(os.environ["IMAGINGHUB_HOME"])
     (home.path / "data").mkdir(exist_ok=True)
     conf = DataService(config=home.config())
-    archive = f"http://127.0.0.1:{home.load_state()['orthanc_http_port']}"
+    endpoint = archive_endpoint(home)
     cache = conf.auth_cache_seconds
-    ctx = Context(archive, (orthanc.ARCHIVE_USER, home.secret("archive_password")),
-                  Store(db_url(home)), HubAuth(cache_max_age=cache), cache_seconds=cache,
+    ctx = Context(endpoint, Store(db_url(home)), HubAuth(cache_max_age=cache),
+                  cache_seconds=cache,
                   max_stow_bytes=conf.max_stow_mb * 1024**2,
                   # The embedded archive's files, read directly for whole series.
                   archive_storage=home.orthanc_dir / "db" if conf.read_archive_files else None,
@@ -56,11 +56,12 @@ async def serve() -> None:
     from .catalog_sync import CatalogSync
     from .feeds import feed_class
 
-    ctx.catalog_sync = CatalogSync(ctx.archive, archive, ctx.catalog, ctx.store)
+    ctx.catalog_sync = CatalogSync(ctx.archive, endpoint.dicomweb, ctx.catalog, ctx.store)
     # The archive's feed, and a full re-crawl at start (the feed has passed
     # older series) and then every c.ArchiveFeed.full_sync_hours.
     feed = asyncio.create_task(feed_class(conf.feed)(
-        config=home.config(), archive=ctx.archive, archive_url=archive, store=ctx.store,
+        config=home.config(), archive=ctx.archive, dicomweb_url=endpoint.dicomweb,
+        orthanc_url=endpoint.orthanc, store=ctx.store,
         catalog_sync=ctx.catalog_sync, aet=Archive(config=home.config()).aet).run())
     server = app.listen(bind.port, address=bind.hostname or "127.0.0.1",
                         max_buffer_size=2 * 1024**3)

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 IMPLICIT_LE = "1.2.840.10008.1.2"
 # Uncompressed little endian: the same pixel bytes either way.
 UNCOMPRESSED_LE = {EXPLICIT_LE, IMPLICIT_LE}

@@ -56,7 +56,7 @@ class ProjectSeriesHandler(BaseHandler):
             return self._json({"removed": n})
         pairs, unknown = [], []
         for uid in series:
-            r = await self.archive_get("/dicom-web/series", params={"SeriesInstanceUID": uid},
+            r = await self.archive_get("/series", params={"SeriesInstanceUID": uid},
                                        headers={"Accept": "application/dicom+json"})
             found = r.json() if r.status_code == 200 and r.content else []
             if found:
@@ -64,7 +64,7 @@ class ProjectSeriesHandler(BaseHandler):
             else:
                 unknown.append(uid)
         for uid in studies:
-            r = await self.archive_get(f"/dicom-web/studies/{uid}/series",
+            r = await self.archive_get(f"/studies/{uid}/series",
                                        headers={"Accept": "application/dicom+json"})
             found = r.json() if r.status_code == 200 and r.content else []
             pairs.extend((uid, first_value(rec, "0020000E")) for rec in found)
@@ -260,7 +260,7 @@ class ThumbnailHandler(BaseHandler):
     async def _middle_instance(self, study: str, series: str) -> bytes:
         from ....kernels.multipart import boundary_of, iter_parts
 
-        base = f"/dicom-web/studies/{study}/series/{series}"
+        base = f"/studies/{study}/series/{series}"
         r = await self.archive_get(f"{base}/instances",
                                    headers={"Accept": "application/dicom+json"})
         found = r.json() if r.status_code == 200 and r.content else []

@@ -17,6 +17,7 @@ from tornado import web
 from ..identity import Caller, Users, identify
 from ..web import ServiceHandler
 from . import answers
+from .config import ArchiveEndpoint
 from .db import Store
 
 log = logging.getLogger("imaginghub.data")
@@ -48,24 +49,31 @@ class ArchiveTransport(httpx.AsyncHTTPTransport):
 class Context:
     """What the handlers share: archive client, store, hub auth, group cache."""
 
-    def __init__(self, archive_url: str, archive_auth, store: Store, hub_auth: HubAuth,
+    def __init__(self, endpoint: ArchiveEndpoint, store: Store, hub_auth: HubAuth,
                  cache_seconds: float = 10.0, max_stow_bytes: int = 256 * 1024**2,
                  archive_storage=None, catalog=None, thumbnails=None):
-        """``archive_storage``: the archive's storage directory when the
-        gateway may read series from it (see :mod:`.storage`)."""
+        """``endpoint``: the archive (any DICOMweb archive, or the embedded
+        Orthanc with its REST root); ``archive_storage``: the embedded
+        archive's storage directory when the gateway may read series from it
+        (see :mod:`.storage`)."""
         self.max_stow_bytes = max_stow_bytes
-        self.archive_url = archive_url.rstrip("/")
+        self.endpoint = endpoint
+        self.dicomweb = endpoint.dicomweb.rstrip("/")  # the archive's DICOMweb root
+        self.orthanc = endpoint.orthanc  # Orthanc's REST root; None: any DICOMweb archive
         self.public_prefix = "/services/data/dicom-web"  # set by make_app
         self.own_host = "127.0.0.1"
         self.archive = httpx.AsyncClient(
-            auth=archive_auth, timeout=httpx.Timeout(120, connect=5),
-            transport=ArchiveTransport(limits=httpx.Limits(max_connections=64,
+            auth=endpoint.auth, timeout=httpx.Timeout(120, connect=5),
+            transport=ArchiveTransport(verify=endpoint.tls(),
+                                       limits=httpx.Limits(max_connections=64,
                                                            max_keepalive_connections=32)))
         self.store = store
         self.hub_auth = hub_auth
         self.users = Users(hub_auth, cache_seconds)
-        user, password = archive_auth
-        self.archive_basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.archive_basic = None
+        if endpoint.auth:
+            pair = ":".join(endpoint.auth).encode()
+            self.archive_basic = "Basic " + base64.b64encode(pair).decode()
         # Threads that relay series answers (one per transfer in flight): the
         # default executor has only a handful on a small machine, which
         # would queue the users' downloads behind each other.
@@ -80,10 +88,10 @@ class Context:
         self.query_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="catalog")
         self.syntax_cache: dict[str, str] = {}  # archive instance id -> stored syntax
         self.storage = None
-        if archive_storage is not None:
+        if archive_storage is not None and self.orthanc:
             from .storage import StorageReader
 
-            self.storage = StorageReader(archive_storage, self.archive, self.archive_url)
+            self.storage = StorageReader(archive_storage, self.archive, self.orthanc)
 
 
 class BaseHandler(ServiceHandler):
@@ -118,7 +126,8 @@ class BaseHandler(ServiceHandler):
         raise web.HTTPError(404)
 
     async def archive_get(self, path: str, params=None, headers=None) -> httpx.Response:
-        return await self.ctx.archive.get(f"{self.ctx.archive_url}{path}", params=params,
+        """A GET of ``path`` under the archive's DICOMweb root."""
+        return await self.ctx.archive.get(f"{self.ctx.dicomweb}{path}", params=params,
                                           headers=headers)
 
     def rewriter(self) -> answers.Rewriter:
@@ -130,7 +139,7 @@ class BaseHandler(ServiceHandler):
         if not _HOST.match(host or ""):
             host = self.ctx.own_host
         public = f"{proto}://{host}{self.ctx.public_prefix}"
-        return answers.Rewriter((self.ctx.archive_url + "/dicom-web").encode(), public.encode())
+        return answers.Rewriter(self.ctx.dicomweb.encode(), public.encode())
 
     def refuse(self, refused: answers.Refused):
         raise web.HTTPError(refused.status, reason=refused.reason)

@@ -57,11 +57,11 @@ _SKIPPED_VRS = {"PN", "SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN", "LT", "ST"
 _COLUMNS = {kw for _, kw, _ in FIELDS.values() if kw}
 
 
-async def series_row(archive: httpx.AsyncClient, archive_url: str, series_uid: str,
+async def series_row(archive: httpx.AsyncClient, dicomweb_url: str, series_uid: str,
                      projects: Iterable[str]) -> dict | None:
-    """The catalog row of one series of the archive at ``archive_url``
-    (DICOMweb under ``/dicom-web``); None when the archive does not have it."""
-    dicomweb = f"{archive_url.rstrip('/')}/dicom-web"
+    """The catalog row of one series of the archive whose DICOMweb root is
+    ``dicomweb_url``; None when the archive does not have it."""
+    dicomweb = dicomweb_url.rstrip("/")
     found = await qido_search(archive, f"{dicomweb}/series",
                         [("SeriesInstanceUID", series_uid), *_INCLUDE])
     return await _row(archive, dicomweb, found[0], projects) if found else None
@@ -159,18 +159,17 @@ class CatalogSync:
     """Writes the archive's series into ``catalog`` (rows of source
     ``archive``), with their projects from ``store``."""
 
-    def __init__(self, archive: httpx.AsyncClient, archive_url: str, catalog: Catalog,
+    def __init__(self, archive: httpx.AsyncClient, dicomweb_url: str, catalog: Catalog,
                  store: Store):
         self.archive = archive
-        self.url = archive_url.rstrip("/")
-        self.dicomweb = f"{self.url}/dicom-web"
+        self.dicomweb = dicomweb_url.rstrip("/")
         self.catalog = catalog
         self.store = store
 
     async def changed(self, series_uid: str) -> bool:
         """Re-read one series; its row is removed when the archive no longer
         has it. True when the series is in the catalog now."""
-        row = await series_row(self.archive, self.url, series_uid,
+        row = await series_row(self.archive, self.dicomweb, series_uid,
                                self.store.projects_of(series_uid))
         if row is None:
             await self.deleted([series_uid])

@@ -41,10 +41,11 @@ ENTRY_POINT_GROUP = "imaginghub.archive_feeds"
 class ArchiveFeed(LoggingConfigurable):
     """The base of archive feeds (see the module's docstring for what to
     override). ``archive`` is the service's HTTP client of the archive (its
-    credentials set), ``archive_url`` the archive's base (DICOMweb under
-    ``/dicom-web``), ``store`` the project mapping, ``catalog_sync`` the
-    catalog's writer (None: the service runs without a catalog), ``aet``
-    the archive's own AE title."""
+    credentials set), ``dicomweb_url`` the archive's DICOMweb root,
+    ``orthanc_url`` its Orthanc REST root when it is the embedded Orthanc
+    (None for any other archive), ``store`` the project mapping,
+    ``catalog_sync`` the catalog's writer (None: the service runs without a
+    catalog), ``aet`` the archive's own AE title."""
 
     name = "base"  # its entry point's name
 
@@ -56,11 +57,13 @@ class ArchiveFeed(LoggingConfigurable):
         once at start): it finds series the feed cannot see and removes the
         rows of deleted ones.""").tag(config=True)
 
-    def __init__(self, *, archive: httpx.AsyncClient, archive_url: str, store,
-                 catalog_sync=None, aet: str = "IMAGINGHUB", **kwargs):
+    def __init__(self, *, archive: httpx.AsyncClient, dicomweb_url: str, store,
+                 orthanc_url: str | None = None, catalog_sync=None, aet: str = "IMAGINGHUB",
+                 **kwargs):
         super().__init__(**kwargs)
         self.archive = archive
-        self.url = archive_url.rstrip("/")
+        self.dicomweb = dicomweb_url.rstrip("/")
+        self.orthanc = orthanc_url.rstrip("/") if orthanc_url else None
         self.store = store
         self.catalog_sync = catalog_sync
         self.own_aet = aet.upper()
@@ -119,7 +122,7 @@ class QidoFeed(ArchiveFeed):
         found: dict[str, int] = {}
         offset = 0
         while True:
-            page = await qido_search(self.archive, f"{self.url}/dicom-web/series",
+            page = await qido_search(self.archive, f"{self.dicomweb}/series",
                                      [("StudyDate", f"{since}-"), ("includefield", "00201209"),
                                       ("limit", PAGE), ("offset", offset)])
             for record in page:

@@ -40,7 +40,7 @@ class QidoHandler(BaseHandler):
             query.append(("includefield", "0020000E"))
         path = self.request.path.split("/dicom-web", 1)[1]
         r = await self.ctx.archive.get(
-            f"{self.ctx.archive_url}/dicom-web{path}?{urlencode(query, safe='*?,')}",
+            f"{self.ctx.dicomweb}{path}?{urlencode(query, safe='*?,')}",
             headers={"Accept": "application/dicom+json"})
         if r.status_code == 204 or not r.content:
             return self._json([])

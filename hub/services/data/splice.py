@@ -19,15 +19,18 @@ log = logging.getLogger("imaginghub.data")
 CHUNK = 1 << 20
 
 
-def open_get(base_url: str, target: str, headers: dict, authorization: str):
-    """Send a GET to the archive on a blocking socket and read its header.
+def open_get(base_url: str, target: str, headers: dict, authorization: str | None):
+    """Send a GET of ``target`` (a path with its query) to the plain-HTTP
+    archive at ``base_url`` on a blocking socket and read its header.
     Returns (socket, status, lower-cased headers, body bytes already read)."""
     u = urlsplit(base_url)
     sock = socket.create_connection((u.hostname, u.port or 80), timeout=5)
     try:
         sock.settimeout(300)
-        lines = [f"GET {target} HTTP/1.1", f"Host: {u.hostname}:{u.port}",
-                 f"Authorization: {authorization}", "Connection: close"]
+        lines = [f"GET {target} HTTP/1.1", f"Host: {u.netloc.rpartition('@')[2]}",
+                 "Connection: close"]
+        if authorization:
+            lines.append(f"Authorization: {authorization}")
         lines += [f"{k}: {v}" for k, v in headers.items()]
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         data = b""

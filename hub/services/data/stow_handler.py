@@ -93,7 +93,7 @@ class StowHandler(BaseHandler):
             try:
                 boundary = "imaginghub-stow"
                 r = await self.ctx.archive.post(
-                    f"{self.ctx.archive_url}/dicom-web/studies",
+                    f"{self.ctx.dicomweb}/studies",
                     content=stow.multipart_body(accepted, boundary),
                     headers={"Content-Type": "multipart/related; type=\"application/dicom\"; "
                                              f"boundary={boundary}",
@@ -139,6 +139,6 @@ class StowHandler(BaseHandler):
         return project
 
     async def archive_has_series(self, series: str) -> bool:
-        r = await self.archive_get("/dicom-web/series", params={"SeriesInstanceUID": series},
+        r = await self.archive_get("/series", params={"SeriesInstanceUID": series},
                                    headers={"Accept": "application/dicom+json"})
         return r.status_code == 200 and bool(r.content) and bool(r.json())

@@ -42,6 +42,11 @@ class OrthancFeed(ArchiveFeed):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        if not self.orthanc:
+            raise ConfigError(
+                "the orthanc feed reads the embedded Orthanc's change feed, and the archive "
+                "is another (c.DataService.archive_url): use c.DataService.feed = 'qido'")
+        self.url = self.orthanc
         Base.metadata.create_all(self.store.engine)
 
     def _position(self) -> int:

@@ -64,6 +64,26 @@ def convert(data: bytes, target: str) -> bytes:
     return buf.getvalue()
 
 
+class NotWanted(ValueError):
+    """An instance stored in a syntax not asked for, with no uncompressed
+    syntax asked for either."""
+
+    def __init__(self, stored: str):
+        super().__init__(f"stored as {stored}")
+        self.stored = stored
+
+
+def into(data: bytes, wanted: set[str], target: str | None) -> tuple[str, bytes]:
+    """(syntax, file): the instance ``data`` as it is when its syntax is
+    ``wanted``, else converted to the uncompressed ``target``."""
+    ts = stored_syntax(data)
+    if ts in wanted:
+        return ts, data
+    if target not in TARGETS:
+        raise NotWanted(ts)
+    return target, convert(data, target)
+
+
 def frames(data: bytes, numbers: list[int]) -> list[bytes]:
     """Frames ``numbers`` (1-based) of the instance ``data`` as uncompressed
     little-endian pixel bytes (colour as RGB, interleaved)."""

@@ -1,13 +1,16 @@
 """The three ways a retrieve reaches the client: a whole series from the
 embedded archive's files (sendfile, :mod:`.storage`), a large answer relayed
-socket to socket (:mod:`.splice`), anything else streamed through httpx
-(with the archive's address rewritten, :mod:`.answers`)."""
+socket to socket (:mod:`.splice`, for an archive reached over plain HTTP),
+anything else streamed through httpx (with the archive's address
+rewritten, :mod:`.answers`): for any archive but the embedded one, only
+the last two, and over HTTPS only the last."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+from urllib.parse import urlsplit
 
 from tornado import web
 
@@ -78,13 +81,16 @@ class Transfers(BaseHandler):
         Other large or chunked answers are streamed through httpx, rewritten
         as they pass."""
         headers = self._archive_headers(accept)
+        root = urlsplit(self.ctx.dicomweb)
+        if root.scheme != "http":  # the relay speaks plain HTTP: TLS goes through httpx
+            return await self._stream_httpx(path, headers, rewrite=not binary)
         query = self.request.query
-        target = f"/{path.lstrip('/')}" + (f"?{query}" if query else "")
+        target = f"{root.path}/{path.lstrip('/')}" + (f"?{query}" if query else "")
         loop = asyncio.get_running_loop()
         pool = self.ctx.relay_pool
         try:
             sock, status, rheaders, leftover = await loop.run_in_executor(
-                pool, splice.open_get, self.ctx.archive_url, target, headers,
+                pool, splice.open_get, self.ctx.dicomweb, target, headers,
                 self.ctx.archive_basic)
         except OSError:
             raise web.HTTPError(502, reason="the archive did not answer") from None
@@ -121,7 +127,7 @@ class Transfers(BaseHandler):
 
     async def _stream_httpx(self, path: str, headers: dict, *, rewrite: bool = True):
         query = self.request.query
-        url = f"{self.ctx.archive_url}{path}" + (f"?{query}" if query else "")
+        url = f"{self.ctx.dicomweb}{path}" + (f"?{query}" if query else "")
         request = self.ctx.archive.build_request("GET", url, headers=headers)
         r = await self.ctx.archive.send(request, stream=True)
         rewriter = self.rewriter()
