@@ -58,25 +58,36 @@ def classes() -> list[type[Configurable]]:
 PLUGIN_GROUPS = ("imaginghub.job_runners", "imaginghub.archive_feeds")
 
 
-def plugin_classes() -> list[type[Configurable]]:
+def plugin_classes(names: set[str] | None = None) -> list[type[Configurable]]:
     """The installed plugins' classes (job runners, archive feeds, and the
     bases they share settings through), imaginghub's own and third
-    parties'; one that cannot be loaded is left out (choosing it is the
-    error that names it)."""
+    parties'; with ``names``, only those of these class names (the others
+    are not imported). One that cannot be loaded is left out (choosing it
+    is the error that names it)."""
+    out: list[type[Configurable]] = []
+    if names is None or "ArchiveFeed" in names:
+        from .services.data.feeds import ArchiveFeed
+
+        out.append(ArchiveFeed)
+    for name, ep in _plugin_entry_points().items():
+        if names is not None and name not in names:
+            continue
+        try:
+            cls = ep.load()
+        except Exception:
+            continue
+        if isinstance(cls, type) and issubclass(cls, Configurable) and cls not in out:
+            out.append(cls)
+    return out
+
+
+def _plugin_entry_points() -> dict:
+    """{class name: entry point} of the plugin groups, read from the
+    packages' metadata without importing them."""
     import importlib.metadata
 
-    from .services.data.feeds import ArchiveFeed
-
-    out: list[type[Configurable]] = [ArchiveFeed]
-    for group in PLUGIN_GROUPS:
-        for ep in importlib.metadata.entry_points(group=group):
-            try:
-                cls = ep.load()
-            except Exception:
-                continue
-            if isinstance(cls, type) and issubclass(cls, Configurable) and cls not in out:
-                out.append(cls)
-    return out
+    return {ep.attr.rsplit(".", 1)[-1]: ep for group in PLUGIN_GROUPS
+            for ep in importlib.metadata.entry_points(group=group) if ep.attr}
 
 
 # -- reading ------------------------------------------------------------------
@@ -142,14 +153,17 @@ def check(cfg: Config, source: str = CONFIG_FILE) -> Config:
     a value of the right type; else a ConfigError naming the first wrong one
     (and what was probably meant)."""
     ours = {cls.__name__: cls for cls in classes()}
-    if any(s not in ours for s in cfg):  # a plugin's section? (loads the plugins)
-        ours.update({cls.__name__: cls for cls in plugin_classes()})
+    others = {s for s in cfg if s not in ours}
+    known = set(ours)
+    if others:  # plugins' sections? (only those plugins are imported)
+        ours.update({cls.__name__: cls for cls in plugin_classes(others)})
+        known |= {*_plugin_entry_points(), "ArchiveFeed"}
     for section in list(cfg):
         if not isinstance(cfg[section], Config) or not section[:1].isupper():
             continue
         cls = ours.get(section)
         if cls is None:
-            close = difflib.get_close_matches(section, ours, n=1, cutoff=0.8)
+            close = difflib.get_close_matches(section, known, n=1, cutoff=0.8)
             if close:
                 raise ConfigError(f"{source}: there is no class {section} in imaginghub; "
                                   f"did you mean c.{close[0]}?")

@@ -54,6 +54,10 @@ def test_settings_reach_the_classes_that_use_them(tmp_path):
      r"c\.DataService\.auth_cache_seconds\?"),
     ("c.DataServce.max_stow_mb = 3", r"there is no class DataServce in imaginghub; did you "
                                      r"mean c\.DataService\?"),
+    ("c.QidoFed.interval = 3", r"there is no class QidoFed in imaginghub; did you mean "
+                               r"c\.QidoFeed\?"),
+    ("c.QidoFeed.intervall = 3", r"c\.QidoFeed\.intervall is not a setting of QidoFeed; did you "
+                                 r"mean c\.QidoFeed\.interval\?"),
     ("c.DataService.max_stow_mb = 'lots'",
      r"c\.DataService\.max_stow_mb = 'lots' is not an int"),
     ("c.JobService.workflow_dirs = [42]", r"c\.JobService\.workflow_dirs = \[42\] is not a "
