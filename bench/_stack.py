@@ -77,8 +77,7 @@ def write_site_config(d: Path, sections: dict | None = None) -> None:
     values = {"Site": {"homes_dir": str(d / "homes"), "account_prefix": "ihb-"}}
     for cls, more in (sections or {}).items():
         values.setdefault(cls, {}).update(more)
-    config.write_file(Home(d / "home").config_file,
-                      "c = get_config()  # noqa\n" + config.render(values))
+    config.write_settings(Home(d / "home").config_file, values)
 
 
 @contextlib.contextmanager

@@ -333,6 +333,12 @@ def write_file(path: Path, text: str) -> None:
     write_private(path, text, owner=(0, gid), mode=0o640)
 
 
+def write_settings(path: Path, sections: dict[str, dict], extra: str = "") -> None:
+    """A configuration file that sets ``sections`` (``{"Class": {"name":
+    value}}``), then ``extra`` lines, written as :func:`write_file` does."""
+    write_file(path, "c = get_config()  # noqa: F821\n" + render(sections) + extra)
+
+
 def render(sections: dict[str, dict]) -> str:
     """Lines ``c.Class.name = value`` for ``{"Class": {"name": value}}``."""
     return "".join(f"c.{cls}.{name} = {value!r}\n"

@@ -11,6 +11,7 @@ killed run left is removed when the next session starts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -111,8 +112,7 @@ def write_config(home: Path, sections: dict[str, dict], extra: str = "") -> None
     """The site's imaginghub_config.py: ``sections`` and any ``extra`` lines."""
     from imaginghub.hub import config
 
-    config.write_file(Home(home).config_file,
-                      "c = get_config()  # noqa\n" + config.render(sections) + extra)
+    config.write_settings(Home(home).config_file, sections, extra)
 
 
 def remove_site(home: Path) -> None:
@@ -202,18 +202,8 @@ def any_archive_stack(tmp_path_factory):
     try:
         home = new_home("anyarc", {**any_archive_config(private_folder("anysec"), archive),
                                    "HubService": {"auth_cache_seconds": AUTH_CACHE}})
-        proc, output = start_stack(home, "--demo")
-        if proc.poll() is not None:
-            remove_site(home)
-            raise AssertionError(f"imaginghub up failed:\n{output.read_text()}")
-        s = RunningStack(home, proc, output, archive=archive)
-        try:
+        with running_stack(home, "--demo", archive=archive) as s:
             yield s
-        finally:
-            code = stop_stack(proc)
-            remove_site(home)
-            assert code == 0, output.read_text()
-            assert not processes_using(home)
     finally:
         orthanc_proc.stop()
 
@@ -329,6 +319,25 @@ def start_stack(home: Path, *extra, port: int | None = None, timeout: float = 18
     raise AssertionError(f"imaginghub up did not start in {timeout} s:\n{output.read_text()}")
 
 
+@contextlib.contextmanager
+def running_stack(home: Path, *extra, archive: Archive | None = None):
+    """`imaginghub up` on ``home`` while the block runs; then Ctrl-C, which
+    must end it cleanly, leaving no process behind; then the site's accounts
+    go."""
+    proc, output = start_stack(home, *extra)
+    if proc.poll() is not None:
+        remove_site(home)
+        raise AssertionError(f"imaginghub up failed:\n{output.read_text()}")
+    try:
+        yield RunningStack(home, proc, output, archive=archive)
+    finally:
+        code = stop_stack(proc)
+        leftovers = processes_using(home)
+        remove_site(home)
+        assert code == 0, output.read_text()
+        assert not leftovers, f"processes left behind after Ctrl-C: {leftovers}"
+
+
 def stop_stack(proc: subprocess.Popen, timeout: float = 60) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -373,19 +382,8 @@ def main_stack():
                     # another program's class, passed to the hub (test_config.py)
                     'c.Spawner.environment.update({"IMAGINGHUB_TEST_SITE": '
                     '"from-the-site-config"})\n')
-    proc, output = start_stack(home, "--demo")
-    if proc.poll() is not None:
-        remove_site(home)
-        raise AssertionError(f"imaginghub up failed:\n{output.read_text()}")
-    s = RunningStack(home, proc, output)
-    try:
+    with running_stack(home, "--demo") as s:
         yield s
-    finally:
-        code = stop_stack(proc)
-        leftovers = processes_using(home)
-        remove_site(home)
-        assert code == 0, output.read_text()
-        assert not leftovers, f"processes left behind after Ctrl-C: {leftovers}"
 
 
 class Postgres:
@@ -464,19 +462,9 @@ def data_stack(request, tmp_path_factory):
     pg = request.getfixturevalue("postgres")
     home = new_home("pgstack", {"DataService": {"db_url": pg.create_database("imaginghub_data")},
                                 "HubService": {"auth_cache_seconds": AUTH_CACHE}})
-    proc, output = start_stack(home, "--demo")
-    if proc.poll() is not None:
-        remove_site(home)
-        raise AssertionError(f"imaginghub up failed:\n{output.read_text()}")
-    s = RunningStack(home, proc, output)
-    assert not (home / "data" / "data.sqlite").exists()  # the mapping lives in PostgreSQL
-    try:
+    with running_stack(home, "--demo") as s:
+        assert not (home / "data" / "data.sqlite").exists()  # the mapping lives in PostgreSQL
         yield s
-    finally:
-        code = stop_stack(proc)
-        remove_site(home)
-        assert code == 0, output.read_text()
-        assert not processes_using(home)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from imaginghub.kernels.multipart import boundary_of, iter_parts
 J2K = demo.series("ct-slice-j2k")  # oncology (alice)
 JLS = demo.series("mr-enhanced-jpegls")  # neuro (bob)
 CT = demo.series("ct-head")
+pytestmark = pytest.mark.stack  # its stacks are asked for by name (see ``stack``)
 EXPLICIT = "1.2.840.10008.1.2.1"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'

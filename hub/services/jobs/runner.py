@@ -250,12 +250,15 @@ class LocalProcessRunner(Runner):
             time.sleep(0.1)
 
     # The run's folder is written by the user's code: nothing is followed out
-    # of it (see imaginghub.hub.safeio).
+    # of it (see imaginghub.hub.safeio). Reads run in threads: a log or a
+    # folder of results may be large, and the scheduler's loop serves everyone.
     async def read(self, job_id, name, offset=0, limit=None) -> bytes | None:
-        return safeio.read_file(self.runs_dir, f"{job_id}/{name}", offset, limit)
+        return await asyncio.to_thread(safeio.read_file, self.runs_dir, f"{job_id}/{name}",
+                                       offset, limit)
 
     async def artifacts(self, job_id: str) -> list[tuple[str, int]]:
-        return list(safeio.walk_files(self.runs_dir, f"{job_id}/work"))
+        return await asyncio.to_thread(
+            lambda: list(safeio.walk_files(self.runs_dir, f"{job_id}/work")))
 
     async def open_artifact(self, job_id: str, path: str) -> BinaryIO | None:
         try:
