@@ -98,6 +98,7 @@ bench: setup
 	$(PY) bench/load_series.py
 	$(PY) bench/kernel_start.py
 	$(PY) bench/gateway_overhead.py
+	$(PY) bench/gateway_overhead.py --site-archive
 	$(PY) bench/catalog.py
 	$(PY) bench/dask_map.py
 	$(PY) bench/jobs.py

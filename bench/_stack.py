@@ -81,13 +81,20 @@ def write_site_config(d: Path, sections: dict | None = None) -> None:
 
 
 @contextlib.contextmanager
-def running_stack(sections: dict | None = None, **gateway_options):
+def running_stack(sections: dict | None = None, *, site_archive: bool = False,
+                  **gateway_options):
     """Yields (direct PACS, gateway PACS, run.json plus "home" and alice's
-    "token"); ``sections`` go into imaginghub_config.py before the start."""
-    with site_folder() as d:
+    "token"); ``sections`` go into imaginghub_config.py before the start.
+    With ``site_archive``, the archive is an Orthanc that ``up`` did not
+    start, configured as the site's own (c.DataService.archive_url)."""
+    with site_folder() as d, contextlib.ExitStack() as stack:
         home = Path(d) / "home"
         log_path = Path(d) / "up.log"
         home.mkdir()
+        auth = None
+        if site_archive:
+            archive, auth = stack.enter_context(own_archive(Path(d)))
+            sections = {**(sections or {}), "DataService": archive}
         write_site_config(Path(d), sections)
         up, run = start_up(home, log_path, "--demo")
         try:
@@ -95,13 +102,47 @@ def running_stack(sections: dict | None = None, **gateway_options):
             token = subprocess.run([IMAGINGHUB, "--home", str(home), "token", "alice"],
                                    capture_output=True, text=True, check=True).stdout.strip()
             run["token"] = token
-            direct = PACS(run["dicomweb_url"], username="imaginghub",
-                          password=Home(home).secret("archive_password"))
+            user, password = auth or ("imaginghub", Home(home).secret("archive_password"))
+            direct = PACS(run["dicomweb_url"], username=user, password=password)
             gateway = PACS(run["gateway_url"], token=token, **gateway_options)
             yield direct, gateway, run
         finally:
             up.send_signal(signal.SIGINT)
             up.wait(60)
+
+
+@contextlib.contextmanager
+def own_archive(d: Path):
+    """A real Orthanc of the site's (not started by ``up``): yields its
+    c.DataService settings and credentials; its password in a file of
+    root:imaginghub 0640, as an admin writes it."""
+    import os
+    import secrets
+
+    from imaginghub.hub import orthanc
+
+    folder = d / "site-archive"
+    folder.mkdir()
+    settings = orthanc.OrthancSettings(http_port=free_port(), dicom_port=free_port(),
+                                       password=secrets.token_hex(16))
+    secret = d / "archive-password"
+    secret.write_text(settings.password + "\n")
+    os.chmod(secret, 0o640)
+    if os.geteuid() == 0:
+        import grp
+
+        from imaginghub.hub.accounts import SERVICE_ACCOUNT, ensure_service_account
+
+        ensure_service_account()
+        os.chown(secret, 0, grp.getgrnam(SERVICE_ACCOUNT).gr_gid)
+    proc = orthanc.managed(settings, folder, folder / "orthanc.log")
+    proc.start()
+    try:
+        proc.wait_ready(60)
+        yield ({"archive_url": settings.dicomweb_url, "archive_username": orthanc.ARCHIVE_USER,
+                "archive_password_file": str(secret)}, (orthanc.ARCHIVE_USER, settings.password))
+    finally:
+        proc.stop()
 
 
 def ct_copy(pacs: PACS, description: str | None = None, syntax: str | None = None):

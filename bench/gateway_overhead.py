@@ -5,7 +5,11 @@ then the same series as raw bytes through the hub's public URL (the proxy,
 for clients outside the hub) against the data service's own port (target:
 at least 0.8x its throughput), one at a time and 20 at once.
 
-    VENV/bin/python bench/gateway_overhead.py [--repeat 15] [--queries 50]
+    VENV/bin/python bench/gateway_overhead.py [--repeat 15] [--queries 50] [--site-archive]
+
+With --site-archive the archive is one of the site's own (an Orthanc that
+up did not start, c.DataService.archive_url): the gateway streams every
+series from it instead of reading the embedded archive's files.
 
 (VENV: /opt/imaginghub/venv as root, .venv otherwise; `make bench` runs all.)
 """
@@ -29,8 +33,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--site-archive", action="store_true",
+                    help="the archive is the site's own, reached as any DICOMweb archive")
     args = ap.parse_args()
-    with running_stack() as (direct, gateway, run):
+    print("archive: " + ("the site's own (c.DataService.archive_url: streamed)"
+                         if args.site_archive else "embedded (whole series from its files)"))
+    with running_stack(site_archive=args.site_archive) as (direct, gateway, run):
         measure(direct, gateway, args)
         public_url(gateway, run, args)
 
