@@ -56,7 +56,9 @@ def find_orthanc() -> tuple[str, list[str]]:
 
 class Archive(Configurable):
     """The embedded archive (Orthanc): its DICOM side. Its DICOM peers are
-    managed with 'imaginghub modalities' (kept in modalities.json)."""
+    managed with 'imaginghub modalities' (kept in modalities.json). With
+    c.DataService.archive_url (the site's own archive) there is no embedded
+    archive, and these settings are unused."""
 
     aet = Unicode("IMAGINGHUB", help="""
         The archive's own AE title (what modalities call; a called AE title

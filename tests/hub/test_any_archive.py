@@ -12,10 +12,12 @@ import datetime as dt
 import os
 import subprocess
 import time
+from io import BytesIO
 
 import httpx
 import numpy as np
 import pytest
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 from tests_support import ct_file
 
@@ -23,8 +25,6 @@ from conftest import (MULTI_USER, any_archive_config, as_account, new_home, priv
                       processes_using, remove_site, start_stack, stop_stack)
 
 from imaginghub.hub import demo, portguard
-from imaginghub.hub.services.data.__main__ import db_url
-from imaginghub.hub.services.data.db import Store
 from imaginghub.hub.state import free_port
 from imaginghub.kernels.catalog import Catalog
 from imaginghub.kernels.dicomweb import PACS
@@ -119,23 +119,21 @@ def test_a_kernel_loads_a_series_through_the_gateway(site):
 def test_series_stored_in_the_archive_reach_the_catalog_by_the_qido_feed(site):
     """A modality stores into the site's archive, not through imaginghub:
     the feed (QIDO-RS polled every second here) brings the series into
-    the catalog, and once an admin assigns it, alice finds it."""
+    the catalog, and once an admin assigns it, its project's user finds it
+    (a project of its own: the gateway's tests count oncology's series)."""
     today = dt.date.today().strftime("%Y%m%d")
     study, series = generate_uid(), generate_uid()
     with site.archive().rest() as c:
         for i in range(2):
-            from io import BytesIO
-
-            from pydicom import dcmread
-
             ds = dcmread(BytesIO(ct_file(series, study, value=i)))
             ds.StudyDate = today
             out = BytesIO()
             ds.save_as(out)
             assert c.post("/instances", content=out.getvalue()).status_code == 200
-    Store(db_url(site.home)).assign([(study, series)], "oncology", by="test")
+    site.cli("users", "add", "fiona", "--project", "arrivals")
+    site.cli("projects", "add", "arrivals", "--series", series)  # as an admin does
     catalog = Catalog(site.run["gateway_url"].rsplit("/dicom-web", 1)[0] + "/api",
-                      site.token("alice"))
+                      site.token("fiona"))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         rows = catalog.search(limit=500)
