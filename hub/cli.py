@@ -179,13 +179,18 @@ def _gateway(home: Home) -> tuple[str, str]:
 def cmd_ingest(args) -> int:
     from pathlib import Path
 
-    from .ingest import Ingest
+    from .ingest import Ingest, Interrupted
     from .users import validate_project
 
     home = _home(args)
     url, token = _gateway(home)
     project = validate_project(args.project)
-    report = Ingest(url, token, project).run([Path(p) for p in args.paths])
+    try:
+        report = Ingest(url, token, project).run([Path(p) for p in args.paths])
+    except Interrupted as e:
+        for line in e.report.lines()[1:]:  # what was refused or warned of so far
+            print(line)
+        raise
     for line in report.lines():
         print(line)
     return 1 if report.refused else 0
@@ -439,7 +444,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="state directory (default: $IMAGINGHUB_HOME, else "
                                   "/var/lib/imaginghub for root, ~/.local/share/imaginghub "
                                   "for anyone else)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="every library's INFO lines, and imaginghub's debug lines")
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the workspace (archive and hub) until Ctrl-C")
@@ -575,8 +580,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     # Only imaginghub's own messages reach the terminal: libraries' INFO
     # lines (highdicom, alembic, httpx's line per request) would bury them.
-    logging.basicConfig(
-        level=logging.WARNING,
+    logging.basicConfig(  # -v: the libraries' INFO lines too
+        level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
     logging.getLogger("imaginghub").setLevel(logging.DEBUG if args.verbose else logging.INFO)

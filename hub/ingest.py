@@ -25,12 +25,27 @@ class Report:
     stored: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
+    warned: dict[str, list[str]] = field(default_factory=dict)  # name: what was wrong
 
     def lines(self) -> list[str]:
         out = [f"stored: {len(self.stored)}, already present: {len(self.already)}, "
-               f"refused: {len(self.refused)}"]
+               f"refused: {len(self.refused)}"
+               + (f", stored with warnings: {len(self.warned)}" if self.warned else "")]
         out += [f"  refused {name}: {reason}" for name, reason in self.refused]
+        out += [f"  warning {name}: {text}" for name, texts in self.warned.items()
+                for text in texts]
         return out
+
+
+class Interrupted(ImagingHubError):
+    """The ingest stopped part-way: what was stored stays stored, and the
+    same command run again sends only the rest."""
+
+    def __init__(self, report: Report, why: str):
+        self.report = report
+        super().__init__(
+            f"{why}. {len(report.stored)} files were stored before it stopped; once it is "
+            "back, run the same command again: it skips what is stored and sends the rest")
 
 
 def iter_inputs(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
@@ -70,12 +85,20 @@ class Ingest:
                                  timeout=httpx.Timeout(300, connect=5))
         self.out = out
         self.known: dict[str, set[str]] = {}  # series -> SOP instance UIDs in the archive
+        self.report = Report()
 
     def _present(self, study: str, series: str) -> set[str]:
         if series not in self.known:
-            r = self.http.get(f"{self.url}/studies/{study}/series/{series}/instances",
-                              headers={"Accept": "application/dicom+json",
-                                       "X-Imaginghub-Scope": "all"})
+            try:
+                r = self.http.get(f"{self.url}/studies/{study}/series/{series}/instances",
+                                  headers={"Accept": "application/dicom+json",
+                                           "X-Imaginghub-Scope": "all"})
+            except httpx.TransportError as e:
+                raise Interrupted(self.report, f"the data service stopped answering "
+                                  f"({type(e).__name__}); is the workspace running?") from None
+            if r.status_code in (502, 503, 504):
+                raise Interrupted(self.report, "the archive is not answering (the data "
+                                  f"service said HTTP {r.status_code}: {r.reason_phrase})")
             records = r.json() if r.status_code == 200 and r.content else []
             self.known[series] = {rec["00080018"]["Value"][0] for rec in records}
         return self.known[series]
@@ -83,7 +106,7 @@ class Ingest:
     def run(self, paths: list[Path]) -> Report:
         from tqdm import tqdm
 
-        report = Report()
+        report = self.report = Report()
         batch: list[tuple[str, stow.Part]] = []
         size = 0
         with tqdm(total=count_inputs(paths), desc="ingest", unit="file", file=self.out) as bar:
@@ -107,11 +130,20 @@ class Ingest:
 
     def _send(self, batch: list[tuple[str, stow.Part]], report: Report) -> None:
         boundary = "imaginghub-ingest"
-        r = self.http.post(
-            f"{self.url}/studies", content=stow.multipart_body([p for _, p in batch], boundary),
-            headers={"Content-Type": f'multipart/related; type="application/dicom"; '
-                                     f"boundary={boundary}",
-                     "Accept": "application/dicom+json", "X-Imaginghub-Project": self.project})
+        try:
+            r = self.http.post(
+                f"{self.url}/studies",
+                content=stow.multipart_body([p for _, p in batch], boundary),
+                headers={"Content-Type": f'multipart/related; type="application/dicom"; '
+                                         f"boundary={boundary}",
+                         "Accept": "application/dicom+json",
+                         "X-Imaginghub-Project": self.project})
+        except httpx.TransportError as e:
+            raise Interrupted(report, f"the data service stopped answering "
+                                      f"({type(e).__name__}); is the workspace running?") from None
+        if r.status_code in (502, 503, 504):
+            raise Interrupted(report, f"the archive is not answering (the data service said HTTP "
+                                      f"{r.status_code}: {r.reason_phrase})")
         if r.status_code not in (200, 202, 409):
             raise ImagingHubError(f"the data service refused the upload: HTTP {r.status_code} "
                                   f"{r.reason_phrase}")
@@ -126,3 +158,5 @@ class Ingest:
                 self.known[part.series].discard(part.sop)
             else:
                 report.stored.append(name)
+                if part.warnings:
+                    report.warned[name] = part.warnings

@@ -203,6 +203,7 @@ def any_archive_stack(tmp_path_factory):
         home = new_home("anyarc", {**any_archive_config(private_folder("anysec"), archive),
                                    "HubService": {"auth_cache_seconds": AUTH_CACHE}})
         with running_stack(home, "--demo", archive=archive) as s:
+            s.archive_process = orthanc_proc  # the tests may stop and start it
             yield s
     finally:
         orthanc_proc.stop()

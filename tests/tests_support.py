@@ -7,26 +7,27 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
 
-def in_memory_ct(series_uid=None, study_uid=None, value=0) -> Dataset:
-    """An 8x8 CT image built the way a notebook would: no preamble, no file meta."""
+def in_memory_ct(series_uid=None, study_uid=None, value=0, size=8) -> Dataset:
+    """A ``size`` x ``size`` CT image (8 x 8 by default) built the way a
+    notebook would: no preamble, no file meta."""
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = generate_uid()
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.PatientID, ds.Modality = "MEM-1", "CT"
-    ds.Rows = ds.Columns = 8
+    ds.Rows = ds.Columns = size
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.PixelData = (np.arange(64, dtype=np.int16) + value).tobytes()
+    ds.PixelData = ((np.arange(size * size) % 4096).astype(np.int16) + value).tobytes()
     return ds
 
 
-def ct_file(series_uid=None, study_uid=None, sop_uid=None, value=0) -> bytes:
-    """A complete CT file (bytes) of an 8x8 image."""
+def ct_file(series_uid=None, study_uid=None, sop_uid=None, value=0, size=8) -> bytes:
+    """A complete CT file (bytes) of a ``size`` x ``size`` image (8 x 8)."""
     import io
 
-    ds = in_memory_ct(series_uid, study_uid, value)
+    ds = in_memory_ct(series_uid, study_uid, value, size)
     ds.SOPInstanceUID = sop_uid or ds.SOPInstanceUID
     from pydicom.dataset import FileMetaDataset
 

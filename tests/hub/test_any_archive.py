@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import time
 from io import BytesIO
@@ -160,3 +161,55 @@ def test_users_code_cannot_take_the_archives_credentials(site):
     r = httpx.get(f"{archive.dicomweb_url}/studies", timeout=30)
     assert r.status_code == 401
 
+
+
+def test_an_ingest_cut_off_by_the_archive_says_so_and_continues(site, tmp_path):
+    """The archive goes down in the middle of an ingest of 400 files: the
+    command says so in plain words, with how many were stored, and exits
+    non-zero; run again once the archive is back, it stores each file once."""
+    import threading
+
+    study, series = generate_uid(), generate_uid()
+    folder = tmp_path / "ingest"
+    folder.mkdir()
+    for i in range(400):
+        (folder / f"{i:03}.dcm").write_bytes(ct_file(series, study, value=i, size=256))
+    archive = site.archive()
+
+    def count() -> int:
+        with archive.rest() as c:
+            found = [x["ID"] for x in c.post("/tools/lookup", content=series).json()
+                     if x["Type"] == "Series"]
+            return len(c.get(f"/series/{found[0]}").json()["Instances"]) if found else 0
+
+    def cut_when_it_has_begun():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if count() > 0:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        site.archive_process.stop(timeout=10)
+
+    cutter = threading.Thread(target=cut_when_it_has_begun)
+    cutter.start()
+    try:
+        first = site.cli("ingest", str(folder), "--project", "oncology", check=False)
+    finally:
+        cutter.join()
+        site.archive_process.start()
+        site.archive_process.wait_ready(60)
+    assert first.returncode != 0, first.stdout
+    message = first.stderr
+    assert "the archive is not answering" in message and "Traceback" not in message
+    stored_before = int(re.search(r"(\d+) files were stored before it stopped", message)[1])
+    assert "run the same command again" in message
+    second = site.cli("ingest", str(folder), "--project", "oncology", check=False)
+    assert second.returncode == 0, second.stdout + second.stderr
+    done = re.search(r"stored: (\d+), already present: (\d+), refused: 0", second.stdout)
+    assert int(done[1]) + int(done[2]) == 400 and int(done[2]) >= stored_before
+    assert count() == 400  # each file once
+    alice = PACS(site.run["gateway_url"], token=site.token("alice"))
+    assert len(alice.search_for_instances(study, series)) == 400

@@ -163,3 +163,36 @@ def test_projects_cli(stack, users):
     r = httpx.post(f"{api}/projects/oncology/series", json={"series": [mr.series_uid]},
                    headers={"Authorization": f"token {stack.token('alice')}"})
     assert r.status_code == 403
+
+
+def test_ingest_stores_vendor_files_as_they_are_with_warnings(stack, tmp_path):
+    """A treatment planning system's RTSTRUCT with a UID component that has
+    a leading zero, and a value too long for its VR: stored, each warning
+    once in the report (not also as a log line or a Python warning)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import FileMetaDataset
+
+    vendor_study = "1.2.246.352.91.0000217.20050503182534"
+    ds = pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = vendor_study, generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    with pytest.warns(UserWarning, match="exceeds the maximum length"):
+        ds.add_new(0x00181030, "LO", "P" * 70)  # ProtocolName: LO holds 64 characters
+    path = tmp_path / "vendor" / "rs.dcm"
+    path.parent.mkdir()
+    ds.save_as(path, enforce_file_format=True)
+    r = stack.cli("ingest", str(path.parent), "--project", "oncology", check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "stored: 1, already present: 0, refused: 0, stored with warnings: 1" in r.stdout
+    assert f"StudyInstanceUID '{vendor_study}' breaks the standard's UID rules" in r.stdout
+    assert out.count("exceeds the maximum length of 64") == 1, out
+    assert "UserWarning" not in out and "Traceback" not in out
+    alice = PACS(stack.run["gateway_url"], token=stack.token("alice"))
+    assert [s["0020000E"]["Value"][0] for s in alice.search_for_series(vendor_study)] == [
+        str(ds.SeriesInstanceUID)]

@@ -287,3 +287,16 @@ def test_removing_a_user_locks_their_account_and_keeps_their_home(stack):
     assert again.uid == account.uid
     assert not locked(account.name)
     assert (Path(account.home) / "notes.txt").exists()
+
+
+def test_up_prints_only_its_own_lines(stack):
+    """The session's stack was started with --demo on a fresh home: what it
+    printed is its progress, the address and the logins, and no library's
+    INFO or DEBUG line (highdicom's, alembic's: they go to the log files)."""
+    text = stack.output.read_text()
+    lines = [line for line in re.split(r"[\r\n]+", text) if line.strip()]
+    foreign = [line for line in lines
+               if re.search(r"\b(INFO|DEBUG)\b", line) and " imaginghub" not in line]
+    assert not foreign, foreign
+    assert any(line.startswith("imaginghub is running at") for line in lines)
+    assert any("demo data" in line for line in lines)  # its progress

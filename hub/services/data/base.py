@@ -18,6 +18,7 @@ from ..identity import Caller, Users, identify
 from ..web import ServiceHandler
 from . import answers
 from .config import ArchiveEndpoint
+from .errors import ArchiveUnreachable
 from .db import Store
 
 log = logging.getLogger("imaginghub.data")
@@ -109,6 +110,20 @@ class BaseHandler(ServiceHandler):
     def error_body(self, status: int) -> dict:
         # One body per status: a forbidden UID reads exactly as an unknown one.
         return NOT_FOUND if status == 404 else super().error_body(status)
+
+    # The archive down or gone mid-answer is a 502 that says so, not a 500.
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, httpx.TransportError):
+            value = ArchiveUnreachable(type(value).__name__)
+            typ = type(value)
+        super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, httpx.TransportError):
+            unreachable = ArchiveUnreachable(type(exc).__name__)
+            kwargs["exc_info"] = (type(unreachable), unreachable, None)
+        super().write_error(status_code, **kwargs)
 
     def on_finish(self):
         user = self.caller.name if self.caller else getattr(self, "_audit_user", "-")

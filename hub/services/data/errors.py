@@ -15,6 +15,17 @@ class QueryError(DataServiceError, ValueError):
     status = 400
 
 
+class ArchiveUnreachable(DataServiceError):
+    """The archive did not answer (down, or its connection broke off): a
+    502, as the transfer paths answer it (kernels: ArchiveUnavailable)."""
+
+    status = 502
+
+    def __init__(self, what: str = ""):
+        super().__init__("the archive did not answer" + (f" ({what})" if what else "")
+                         + ": try again once it is back")
+
+
 class CohortError(DataServiceError, ValueError):
     """A cohort request that cannot be done; the message says why."""
 

@@ -90,6 +90,7 @@ class StowHandler(BaseHandler):
         stored: set[str] = set()
         if accepted:
             store.assign([(st, se) for se, st in fresh.items()], project, by=self.caller.name)
+            answered = False
             try:
                 boundary = "imaginghub-stow"
                 r = await self.ctx.archive.post(
@@ -98,13 +99,17 @@ class StowHandler(BaseHandler):
                     headers={"Content-Type": "multipart/related; type=\"application/dicom\"; "
                                              f"boundary={boundary}",
                              "Accept": "application/dicom+json"})
+                answered = True
                 answer = (json.loads(self.rewriter().all(r.content))
                           if r.status_code in (200, 202) and r.content else {})
                 stored = {item["00081155"]["Value"][0]
                           for item in answer.get("00081199", {}).get("Value", [])}
             finally:
+                # Without the archive's answer (it went away mid-upload) some
+                # instances may be stored: their series keep the project, so
+                # that none is stored without one; an empty entry shows nothing.
                 kept = {p.series for p in accepted if p.sop in stored}
-                empty = [se for se in fresh if se not in kept]
+                empty = [se for se in fresh if se not in kept] if answered else []
                 if empty:
                     store.unassign(project, series_uids=empty)
         for p in accepted:
