@@ -107,7 +107,8 @@ def _frame(position, orientation, spacing, thickness, slope, intercept, ds) -> F
         raise NotAVolume(
             f"instance {getattr(ds, 'SOPInstanceUID', '?')} has no image position or "
             "orientation (ImagePositionPatient / ImageOrientationPatient): it cannot be "
-            "placed in a volume"
+            "placed in a volume; pacs.load_images(series_uid) loads any image series as "
+            "frames"
         )
     sp = _floats(spacing, 2)
     return Frame(

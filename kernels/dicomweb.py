@@ -25,6 +25,7 @@ stays fast, and the first call pays for dicomweb-client and numpy.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 from urllib.parse import urlsplit, urlunsplit
@@ -331,13 +332,14 @@ class PACS:
             raise NotFound(f"series {series_instance_uid}: not found in the archive at {self.url}")
         return found[0]
 
-    def load_segmentation(self, seg_uid: str, *, series=None):
-        """A DICOM SEG (series or instance UID) as ``(labels, names)``: a label
-        Volume on its source series' grid and ``{segment number: name}``.
-        See :func:`~imaginghub.kernels.segmentation.load_segmentation`."""
+    def load_segmentation(self, seg_uid: str, *, series=None, masks: bool = False):
+        """A DICOM SEG or RTSTRUCT (series or instance UID) as ``(labels,
+        names)``: a label Volume on its source series' grid and ``{number:
+        name}``; for an RTSTRUCT, ``masks=True`` adds one boolean mask per
+        ROI. See :func:`~imaginghub.kernels.segmentation.load_segmentation`."""
         from .segmentation import load_segmentation
 
-        return load_segmentation(self, seg_uid, series=series)
+        return load_segmentation(self, seg_uid, series=series, masks=masks)
 
     def write_segmentation(self, volume, labels, names: dict, **kwargs) -> str:
         """Store ``labels`` (the shape of ``volume``, from :meth:`load_series`)
@@ -346,6 +348,15 @@ class PACS:
         from .segmentation import write_segmentation
 
         return write_segmentation(self, volume, labels, names, **kwargs)
+
+    def load_images(self, series_instance_uid: str, study_instance_uid: str | None = None, *,
+                    progress: bool | None = None):
+        """Load any image series (radiographs, ultrasound cine, colour,
+        secondary captures, ...) as :class:`~imaginghub.kernels.images.Images`:
+        one array of frames per instance, RGB for colour, stored values with
+        the rescale applied, and each instance's timing, spacing and window.
+        Where a series is a volume, :meth:`load_series` places it in space."""
+        return _load_images(self, series_instance_uid, study_instance_uid, progress)
 
     def load_series(self, series_instance_uid: str, study_instance_uid: str | None = None, *,
                     dtype="float32", progress: bool | None = None, cache: bool = True):
@@ -358,7 +369,6 @@ class PACS:
         (:attr:`cache`; ``cache=False`` skips it), an unchanged series comes
         from disk the second time.
         """
-        import httpx
         import numpy as np
         from pydicom import dcmread
         from pydicom.filebase import DicomBytesIO
@@ -381,59 +391,109 @@ class PACS:
         meta = {}
         etag = None
         pending: collections.deque = collections.deque()
-        try:
-            with self._httpx().stream("GET", url, headers=headers) as r:
-                if r.status_code == 304:
-                    hit = store.get(self.url, series_instance_uid, dtype)
-                    if hit is not None:
-                        bar.update(count)
-                        return hit
-                    bar.close()  # the cached copy went away meanwhile
-                    return self.load_series(series_instance_uid, study_instance_uid,
-                                            dtype=dtype, progress=progress, cache=False)
-                etag = r.headers.get("etag")
-                if r.status_code != 200:
-                    raise self._http_error(r.status_code, f"series {series_instance_uid}")
-                boundary = boundary_of(r.headers.get("content-type", ""))
-                quick = None  # whether quick_frame agreed with pydicom on the first image
-                parallel = count >= PARALLEL_DECODE_FROM
-                for _, body in iter_parts(r.iter_bytes(), boundary, writable=True):
-                    if meta:  # after the first instance, most need no pydicom dataset here
-                        if quick:
-                            fast = quick_frame(body)
-                            if fast is not None:
-                                builder.add(*fast)
-                                bar.update(1)
-                                continue
-                        if parallel and stored_compressed(body):
-                            _decode_elsewhere(pending, builder, body, bar)
+        with _stream_end(self, pending, bar), \
+                self._httpx().stream("GET", url, headers=headers) as r:
+            if r.status_code == 304:
+                hit = store.get(self.url, series_instance_uid, dtype)
+                if hit is not None:
+                    bar.update(count)
+                    return hit
+                bar.close()  # the cached copy went away meanwhile
+                return self.load_series(series_instance_uid, study_instance_uid,
+                                        dtype=dtype, progress=progress, cache=False)
+            etag = r.headers.get("etag")
+            if r.status_code != 200:
+                raise self._http_error(r.status_code, f"series {series_instance_uid}")
+            boundary = boundary_of(r.headers.get("content-type", ""))
+            quick = None  # whether quick_frame agreed with pydicom on the first image
+            parallel = count >= PARALLEL_DECODE_FROM
+            for _, body in iter_parts(r.iter_bytes(), boundary, writable=True):
+                if meta:  # after the first instance, most need no pydicom dataset here
+                    if quick:
+                        fast = quick_frame(body)
+                        if fast is not None:
+                            builder.add(*fast)
+                            bar.update(1)
                             continue
-                    ds = dcmread(DicomBytesIO(body), force=True)
-                    if not meta:
-                        meta = _series_meta(ds)
-                    if "PixelData" not in ds:
-                        continue
-                    if parallel and is_compressed(ds):
+                    if parallel and stored_compressed(body):
                         _decode_elsewhere(pending, builder, body, bar)
                         continue
-                    both = list(frames_and_pixels(ds))
-                    if quick is None:
-                        quick = _agrees(quick_frame(body), both)
-                    for frame, pixels in both:
-                        builder.add(frame, pixels)
-                    bar.update(1)
-                while pending:
-                    _add_decoded(builder, pending.popleft(), bar)
-        except httpx.TransportError as e:
-            raise self._unreachable(e) from None
-        finally:
-            for future in pending:
-                future.cancel()
-            bar.close()
+                ds = dcmread(DicomBytesIO(body), force=True)
+                if not meta:
+                    meta = _series_meta(ds)
+                if "PixelData" not in ds:
+                    continue
+                if parallel and is_compressed(ds):
+                    _decode_elsewhere(pending, builder, body, bar)
+                    continue
+                both = list(frames_and_pixels(ds))
+                if quick is None:
+                    quick = _agrees(quick_frame(body), both)
+                for frame, pixels in both:
+                    builder.add(frame, pixels)
+                bar.update(1)
+            while pending:
+                _add_decoded(builder, pending.popleft(), bar)
         volume = builder.build(meta)
         if store is not None and etag:
             store.put(self.url, series_instance_uid, volume, etag)
         return volume
+
+
+@contextlib.contextmanager
+def _stream_end(pacs, pending: collections.deque, bar):
+    """How a series' stream ends, whatever happens: the archive out of reach
+    as our error, decodes not taken in cancelled, the progress bar closed."""
+    import httpx
+
+    try:
+        yield
+    except httpx.TransportError as e:
+        raise pacs._unreachable(e) from None
+    finally:
+        for future in pending:
+            future.cancel()
+        bar.close()
+
+
+def _load_images(pacs, series_uid: str, study_uid: str | None, progress):
+    """:meth:`PACS.load_images` (streamed; compressed instances decoded in
+    the worker processes while the stream goes on)."""
+    from .decode import stored_compressed, worker_pool
+    from .images import Images, instance_from_bytes
+    from .multipart import boundary_of, iter_parts
+
+    record = pacs.find_series(series_uid)
+    study_uid = study_uid or first_value(record, "0020000D")
+    count = int(first_value(record, "00201209") or 0)
+    url = f"{pacs.url}/studies/{study_uid}/series/{series_uid}"
+    bar = _progress(count, f"series {series_uid[-12:]}", progress)
+    found, pending = [], collections.deque()
+    meta: dict = {}
+    with _stream_end(pacs, pending, bar), \
+            pacs._httpx().stream("GET", url, headers={"Accept": MULTIPART_DICOM}) as r:
+        if r.status_code != 200:
+            raise pacs._http_error(r.status_code, f"series {series_uid}")
+        boundary = boundary_of(r.headers.get("content-type", ""))
+        for _, body in iter_parts(r.iter_bytes(), boundary):
+            if not meta:
+                from pydicom import dcmread
+                from pydicom.filebase import DicomBytesIO
+
+                meta = _series_meta(dcmread(DicomBytesIO(body), force=True,
+                                            stop_before_pixels=True))
+            if stored_compressed(body):
+                pending.append(worker_pool().submit(instance_from_bytes, bytes(body)))
+                while len(pending) > 4 * (os.cpu_count() or 1):
+                    found.append(pending.popleft().result())
+                    bar.update(1)
+                continue
+            found.append(instance_from_bytes(body))
+            bar.update(1)
+        while pending:
+            found.append(pending.popleft().result())
+            bar.update(1)
+    return Images([i for i in found if i is not None], meta)
 
 
 def _agrees(fast, both) -> bool:

@@ -34,6 +34,7 @@ from .volume import Volume
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
+RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 # Tolerance (mm) for labels given as a Volume to lie on the source grid.
 _GRID_ATOL = 1e-3
 
@@ -43,8 +44,9 @@ class NotASegmentation(PACSError):
 
 
 # -- reading -----------------------------------------------------------------
-def load_segmentation(pacs, seg_uid: str, *, series=None) -> tuple[Volume, dict[int, str]]:
-    """Load a DICOM SEG as a label volume on its source series' grid.
+def load_segmentation(pacs, seg_uid: str, *, series=None, masks: bool = False):
+    """Load a DICOM SEG or an RT Structure Set (RTSTRUCT) as a label volume
+    on its source series' grid.
 
     ``seg_uid`` is the SEG's SeriesInstanceUID (or its SOPInstanceUID).
     ``series`` is the grid to put the labels on: by default the source series
@@ -53,11 +55,22 @@ def load_segmentation(pacs, seg_uid: str, *, series=None) -> tuple[Volume, dict[
 
     Returns ``(labels, names)``: a uint8 volume (uint16 beyond 255 segments)
     whose voxels hold segment numbers (0: background; where segments overlap,
-    the highest number), and ``{segment number: SegmentLabel}``.
+    the highest number), and ``{segment number: SegmentLabel}``. For an
+    RTSTRUCT the numbers are its ROI numbers and the names its ROI names,
+    and ``masks=True`` adds ``{ROI number: boolean array}`` (ROIs overlap:
+    a body contour holds every organ); see :mod:`.rtstruct`.
     """
     import highdicom as hd
 
-    seg = hd.seg.Segmentation.from_dataset(_retrieve_segmentation(pacs, seg_uid), copy=False)
+    ds = _retrieve_segmentation(pacs, seg_uid)
+    if ds.get("SOPClassUID") == RTSTRUCT_STORAGE:
+        from .rtstruct import load_rtstruct
+
+        return load_rtstruct(pacs, ds, series=series, masks=masks)
+    if masks:
+        raise ValueError("masks=True is for RT Structure Sets, whose ROIs overlap: a SEG's "
+                         "segments come as the label volume")
+    seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
     if not isinstance(series, Volume):
         source_uid = series or _source_series_uid(seg, seg_uid)
         try:
@@ -116,10 +129,10 @@ def _retrieve_segmentation(pacs, uid: str):
         datasets = [pacs.retrieve_instance(study, series, uid)]
     else:
         modality = first_value(record, "00080060")
-        if modality != "SEG":
+        if modality not in ("SEG", "RTSTRUCT"):
             raise NotASegmentation(
                 f"series {uid} is not a segmentation (Modality {modality or 'unknown'}, not "
-                "SEG): load images with pacs.load_series"
+                "SEG or RTSTRUCT): load images with pacs.load_series"
             )
         count = int(first_value(record, "00201209") or 0)
         if count > 1:
@@ -129,9 +142,11 @@ def _retrieve_segmentation(pacs, uid: str):
             )
         datasets = pacs.retrieve_series(first_value(record, "0020000D"), uid)
     ds = datasets[0]
-    if ds.get("SOPClassUID") not in (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE):
+    if ds.get("SOPClassUID") not in (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE,
+                                     RTSTRUCT_STORAGE):
         raise NotASegmentation(
-            f"{uid} is not a DICOM Segmentation (SOP class {ds.get('SOPClassUID', '?')})"
+            f"{uid} is not a DICOM Segmentation or RT Structure Set (SOP class "
+            f"{ds.get('SOPClassUID', '?')})"
         )
     return ds
 

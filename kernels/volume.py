@@ -139,8 +139,8 @@ class VolumeBuilder:
         elif (rows, cols) != (self.rows, self.cols):
             raise NotAVolume(
                 f"images of different sizes in one series ({self.rows}x{self.cols} and "
-                f"{rows}x{cols}): it is not one volume; load its instances one by one "
-                "with pacs.retrieve_instance"
+                f"{rows}x{cols}): it is not one volume; pacs.load_images(series_uid) loads "
+                "it as one array of frames per instance"
             )
         n = len(self.frames)
         if n >= self.out.shape[0]:
