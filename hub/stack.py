@@ -116,10 +116,10 @@ class Stack(Configurable):
         data = DataService(config=self.home.config())
         try:
             runner_class(jobs.runner)
-            feed_class(data.feed)
+            feed_class(data.feed_name())
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if self.external and data.feed == "orthanc":
+        if self.external and data.feed_name() == "orthanc":
             raise ConfigError(
                 "c.DataService.feed = 'orthanc' reads the embedded Orthanc's change feed, and "
                 "c.DataService.archive_url names another archive: use 'qido' (the default "

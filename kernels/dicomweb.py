@@ -313,7 +313,13 @@ class PACS:
             headers["X-Imaginghub-Project"] = project
         url = f"{self.url}/studies" + (f"/{study_instance_uid}" if study_instance_uid else "")
         try:
-            r = self._httpx().post(url, content=content, headers=headers)
+            try:
+                r = self._httpx().post(url, content=content, headers=headers)
+            except httpx.RemoteProtocolError:
+                # The service closed a kept-alive connection as this was sent
+                # (it was never answered): storing the same instances again
+                # is harmless (they keep their SOP Instance UIDs).
+                r = self._httpx().post(url, content=content, headers=headers)
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
         if r.status_code not in (200, 202, 409):

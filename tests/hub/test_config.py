@@ -240,7 +240,7 @@ def test_the_archive_is_the_embedded_one_or_the_sites(tmp_path):
     embedded = archive_endpoint(home)
     assert (embedded.dicomweb, embedded.orthanc) == ("http://127.0.0.1:41236/dicom-web",
                                                      "http://127.0.0.1:41236")
-    assert DataService(config=home.config()).feed == "orthanc"
+    assert DataService(config=home.config()).feed_name() == "orthanc"
 
     secret = tmp_path / "pw"
     secret.write_text("s3cret\nignored\n")
@@ -251,7 +251,8 @@ def test_the_archive_is_the_embedded_one_or_the_sites(tmp_path):
     site = archive_endpoint(Home(tmp_path))
     assert (site.dicomweb, site.orthanc, site.auth) == ("https://pacs.example.org/rs", None,
                                                         ("gateway", "s3cret"))
-    assert not site.embedded and DataService(config=Home(tmp_path).config()).feed == "qido"
+    assert not site.embedded
+    assert DataService(config=Home(tmp_path).config()).feed_name() == "qido"
     secret.chmod(0o604)
     with pytest.raises(ConfigError, match=r"open to every account \(mode 604\)"):
         archive_endpoint(Home(tmp_path))

@@ -59,7 +59,7 @@ async def serve() -> None:
     ctx.catalog_sync = CatalogSync(ctx.archive, endpoint.dicomweb, ctx.catalog, ctx.store)
     # The archive's feed, and a full re-crawl at start (the feed has passed
     # older series) and then every c.ArchiveFeed.full_sync_hours.
-    feed = asyncio.create_task(feed_class(conf.feed)(
+    feed = asyncio.create_task(feed_class(conf.feed_name())(
         config=home.config(), archive=ctx.archive, dicomweb_url=endpoint.dicomweb,
         orthanc_url=endpoint.orthanc, store=ctx.store,
         catalog_sync=ctx.catalog_sync, aet=Archive(config=home.config()).aet).run())

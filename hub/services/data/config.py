@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from traitlets import Bool, Integer, Unicode, default, validate
+from traitlets import Bool, Integer, Unicode, validate
 from traitlets import TraitError
 
 from ...errors import ConfigError
@@ -36,9 +36,10 @@ class DataService(HubService):
         https://pacs.example.org/dcm4chee-arc/aets/DCM4CHEE/rs. Empty: the
         embedded Orthanc that imaginghub up runs. With an archive of the
         site's, up starts no archive of its own, the gateway streams every
-        answer from it (no file access, no conversion of transfer syntaxes:
-        the archive answers what it can) and the catalog follows it with the
-        qido feed. Users' code must not reach it other than through the
+        answer from it (no file access; the archive is asked only for what
+        it stores, and a transfer syntax a client names is made by the
+        gateway, as for the embedded archive) and the catalog follows it
+        with the qido feed. Users' code must not reach it other than through the
         gateway: give it credentials that only the service holds
         (archive_username, archive_password_file) or close it to the users'
         machines.""").tag(config=True)
@@ -59,18 +60,18 @@ class DataService(HubService):
         fast path): the service and Orthanc share this machine's disk. False
         streams every series through the archive's DICOMweb. Ignored with
         archive_url.""").tag(config=True)
-    feed = Unicode(help="""
+    feed = Unicode("", help="""
         How the service learns what arrived in the archive and what left it:
         an archive feed by its name in the entry-point group
-        imaginghub.archive_feeds (orthanc: Orthanc's change feed, the
-        default for the embedded archive; qido: QIDO-RS polled, for any
-        DICOMweb archive, the default with archive_url). Its settings are
-        its class's (c.OrthancFeed, c.QidoFeed; c.ArchiveFeed for
+        imaginghub.archive_feeds (orthanc: Orthanc's change feed; qido:
+        QIDO-RS polled, for any DICOMweb archive). Empty: orthanc for the
+        embedded archive, qido with archive_url. Its settings are its
+        class's (c.OrthancFeed, c.QidoFeed; c.ArchiveFeed for
         both).""").tag(config=True)
 
-    @default("feed")
-    def _default_feed(self) -> str:
-        return "qido" if self.archive_url else "orthanc"
+    def feed_name(self) -> str:
+        """The feed this site uses (``feed``, or the default for its archive)."""
+        return self.feed or ("qido" if self.archive_url else "orthanc")
 
     @validate("archive_url")
     def _check_url(self, proposal) -> str:

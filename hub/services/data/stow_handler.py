@@ -26,6 +26,14 @@ class StowHandler(BaseHandler):
 
     _parser = None
 
+    def write_error(self, status_code, **kwargs):
+        # Refused before its body was read: tornado closes the connection
+        # after the answer, so the client must not send on it again (seen: a
+        # kernel's next upload met "Server disconnected").
+        if self.request.method == "POST":
+            self.set_header("Connection", "close")
+        super().write_error(status_code, **kwargs)
+
     async def prepare(self):
         from ....kernels.multipart import PartParser, boundary_of
 
