@@ -108,6 +108,8 @@ SERIES = [
     DemoSeries("nm-jpeg-lossy", "reversed", "NM JPEG extended 12 bit", "NM", "JPGExtended.dcm"),
     DemoSeries("sc-jpeg-baseline", "reversed", "Secondary capture JPEG baseline", "OT",
                "SC_rgb_jpeg_dcmtk.dcm"),
+    DemoSeries("us-cine", "reversed", "Ultrasound cine JPEG baseline (30 frames)", "US",
+               "examples_ybr_color.dcm"),
     DemoSeries("seg-liver", "reversed", "Liver segmentation (DICOM SEG)", "SEG", "liver.dcm"),
     DemoSeries("mr-head", "head", "MR head phantom axial", "MR", "built"),
     DemoSeries("mr-head-oblique", "head", "MR head phantom oblique 20 deg", "MR", "built"),

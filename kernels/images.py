@@ -108,8 +108,14 @@ class Instance:
 
             voi = _without_rescale(header)
             try:
+                if "VOILUTSequence" in voi:  # a table: looked up by whole numbers
+                    count, first = (int(v) for v in voi.VOILUTSequence[0].LUTDescriptor[:2])
+                    values = np.rint(values).astype(np.int64)
+                    probe = np.array([first, first + (count or 65536) - 1], np.int64)
+                else:
+                    probe = np.array([-1e12, 1e12])
                 out = np.asarray(apply_voi_lut(values, voi), dtype=np.float64)
-                ends = np.asarray(apply_voi_lut(np.array([-1e12, 1e12]), voi), dtype=np.float64)
+                ends = np.asarray(apply_voi_lut(probe, voi), dtype=np.float64)
                 low, high = float(ends.min()), float(ends.max())
                 if high > low:
                     return out, low, high

@@ -213,16 +213,22 @@ class CohortBuilder(anywidget.AnyWidget):
         return self.jobs_widget
 
     def _view(self, series_uid: str) -> None:
+        """The series in the viewer below: a volume's planes, or the frames
+        of anything that is not one (radiographs, colour, cine)."""
+        from ..kernels.errors import NotAVolume
         from .viewer import view
 
         self.message = f"loading {series_uid[-16:]} ..."
-        volume = self.pacs.load_series(series_uid, progress=False)
+        try:
+            shown = self.pacs.load_series(series_uid, progress=False)
+        except NotAVolume:
+            shown = self.pacs.load_images(series_uid, progress=False)
         self.output.clear_output()
         with self.output:
             from IPython.display import display
 
-            display(view(volume))
-        self.message = f"opened {volume.metadata.get('SeriesDescription') or series_uid}"
+            display(view(shown))
+        self.message = f"opened {shown.metadata.get('SeriesDescription') or series_uid}"
 
 
 def cohort_builder(**kwargs) -> CohortBuilder:

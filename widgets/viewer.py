@@ -51,7 +51,7 @@ _3D_SIZE = 128  # longest edge of the 3D view's volume, in voxels
 
 def view(volume: Volume, seg=None, *, names: dict | None = None, window=None,
          preset: str | None = None, opacity: float = 0.5, backend: str = "slices",
-         max_edge: int = 256):
+         max_edge: int = 256, play: bool = False):
     """Show ``volume`` (and ``seg``: a label array ``[k, j, i]`` or a Volume on
     the same grid) in the notebook. ``names`` maps label values to names for
     the legend (``pacs.load_segmentation`` returns them); ``window`` is
@@ -66,7 +66,24 @@ def view(volume: Volume, seg=None, *, names: dict | None = None, window=None,
     above the ``ipyniivue.NiiVue`` widget (``.niivue``).
 
     ``backend="itkwidgets"`` hands over to itkwidgets where it is installed
-    and the browser can reach the internet (its viewer loads from a CDN)."""
+    and the browser can reach the internet (its viewer loads from a CDN).
+
+    ``view(images)`` shows what ``pacs.load_images`` returns (or one of its
+    instances): radiographs, colour images, cine played at the header's
+    frame rate (see :mod:`.cine`); ``window`` is ``(width, level)`` there
+    too, and ``play=True`` starts a cine playing."""
+    from ..kernels.images import Images, Instance
+
+    if isinstance(volume, (Images, Instance)):
+        if seg is not None:
+            raise ValueError("view(images) shows frames without labels: a segmentation "
+                             "belongs on a volume (pacs.load_series)")
+        from .cine import ImagesViewer, as_images
+
+        return ImagesViewer(as_images(volume), window=window, play=play)
+    if not isinstance(volume, Volume):
+        raise TypeError(f"view() shows a Volume (pacs.load_series) or Images "
+                        f"(pacs.load_images), not {type(volume).__name__}")
     if backend == "niivue":
         return _niivue(volume, seg, names=names, window=window, preset=preset,
                        opacity=opacity, max_edge=max_edge)

@@ -151,7 +151,7 @@ def test_a_cohort_takes_only_series_of_its_project(idc):
 
 
 @pytest.mark.parametrize("key", ["ct-head", "mr-enhanced-j2k", "nm-jpeg-lossless",
-                                 "sc-jpeg-baseline"])
+                                 "sc-jpeg-baseline", "us-cine"])
 def test_thumbnails_are_made_once_and_scoped(stack, key):
     import io
 
@@ -173,6 +173,15 @@ def test_thumbnails_are_made_once_and_scoped(stack, key):
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     image = np.asarray(Image.open(io.BytesIO(r.content)))
     assert max(image.shape[:2]) <= 128 and image.std() > 5  # a picture, not a blank
+    if s.modality in ("US", "OT"):  # colour in colour (YBR converted), not grey
+        assert image.ndim == 3 and np.abs(image[..., 0].astype(int) - image[..., 2]).max() > 30
+    if s.key == "us-cine":  # the middle of the 30 frames, as the viewer shows it
+        from imaginghub.kernels.images import instance_from_bytes
+
+        middle = instance_from_bytes(demo.to_bytes(next(demo.instances(s)))).display(15)
+        expected = Image.fromarray(middle, "RGB")
+        expected.thumbnail((128, 128))
+        assert np.abs(image.astype(int) - np.asarray(expected)).max() <= 1
     kept = stack.home.path / "data" / "thumbnails" / f"{s.series_uid}.png"
     assert kept.read_bytes() == r.content and kept.stat().st_mode & 0o077 == 0
     assert get(owner).content == r.content

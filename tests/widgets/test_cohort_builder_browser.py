@@ -64,6 +64,18 @@ def test_build_and_save_a_cohort(stack, browser):
         small = demo.series("ct-slice")
         page.locator(f".ih-cohort .ih-card[data-uid='{small.series_uid}'] .ih-open").click()
         page.wait_for_selector(".ih-viewer .ih-readout:not(:empty)", timeout=60_000)
+        # and an ultrasound cine, which is no volume: its frames, in colour
+        cine = demo.series("us-cine")
+        page.click(".ih-cohort .ih-chip:has-text('modality: CT')")  # off: every modality
+        page.fill(".ih-cohort .ih-text", "Ultrasound cine")
+        card = page.locator(f".ih-cohort .ih-card[data-uid='{cine.series_uid}']")
+        card.wait_for(timeout=30_000)
+        assert card.locator("img.ih-thumb").count() == 1
+        card.locator(".ih-open").click()
+        page.wait_for_function("document.querySelector('.ih-cine') && document.querySelector("
+                               "'.ih-cine').dataset.received === '30'", timeout=60_000)
+        assert page.locator(".ih-cine .ih-counter").inner_text().strip() == "1 / 30"
+        assert "30.0 frames/s" in page.locator(".ih-cine .ih-rate").inner_text()
 
 
 def test_stays_responsive_on_a_million_series(stack, browser):

@@ -1,6 +1,7 @@
 """One small picture per series: the middle image (middle frame of a
-multi-frame image), windowed as its header says (WindowCenter/Width, else
-the 1st to 99th percentile), at most 128 pixels on its longer side, PNG.
+multi-frame image or cine), in colour where it is colour, grey windowed as
+its header says (its window or VOI LUT, else the 1st to 99th percentile),
+at most 128 pixels on its longer side, PNG.
 Made once from the archive, kept in the service's folder, served by the
 catalog API to whoever may see the series."""
 
@@ -16,49 +17,29 @@ SIZE = 128
 
 
 def render(dicom: bytes) -> bytes:
-    """PNG bytes of one DICOM instance's middle frame."""
+    """PNG bytes of one DICOM instance's middle frame, as ``view(images)``
+    shows it (:meth:`Instance.display`): colour in colour (palette and YBR
+    too), grey through the header's window or VOI LUT, else the 1st to 99th
+    percentile, MONOCHROME1 inverted."""
     from PIL import Image
-    from pydicom import dcmread
 
-    from ....kernels.decode import pixels_of
+    from ....kernels.images import instance_from_bytes
 
-    ds = dcmread(io.BytesIO(dicom), force=True)
-    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:
-        rgb = ds.pixel_array
-        frame = rgb[len(rgb) // 2] if rgb.ndim == 4 else rgb
-        image = Image.fromarray(np.asarray(frame, np.uint8), "RGB")
-    else:
-        frames = pixels_of(ds)
-        frame = frames[len(frames) // 2].astype(np.float32)
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
-        frame = frame * slope + intercept
-        lo, hi = _window(ds, frame)
-        scaled = np.clip((frame - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
-        if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-            scaled = 255 - scaled
-        image = Image.fromarray(scaled, "L")
+    inst = instance_from_bytes(dicom)
+    if inst is None:
+        raise ValueError("the instance has no pixel data")
+    middle = inst.frames // 2
+    window = None
+    if not inst.color and inst.window is None and (
+            inst.display_header is None or "VOILUTSequence" not in inst.display_header):
+        lo, hi = np.percentile(inst.pixels[middle], [1, 99])
+        window = ((lo + hi) / 2, max(float(hi - lo), 1e-6))
+    shown = inst.display(middle, window)
+    image = Image.fromarray(shown, "RGB" if shown.ndim == 3 else "L")
     image.thumbnail((SIZE, SIZE))
     out = io.BytesIO()
     image.save(out, "PNG", optimize=True)
     return out.getvalue()
-
-
-def _window(ds, frame: np.ndarray) -> tuple[float, float]:
-    """(low, high) from the first WindowCenter/Width, else percentiles."""
-    from pydicom.multival import MultiValue
-
-    def first(value):
-        return float(value[0]) if isinstance(value, (MultiValue, list, tuple)) else float(value)
-
-    try:
-        c, w = first(ds.WindowCenter), first(ds.WindowWidth)
-        if w > 0:
-            return c - w / 2, c + w / 2
-    except (AttributeError, TypeError, ValueError, IndexError):
-        pass
-    lo, hi = np.percentile(frame, [1, 99])
-    return float(lo), float(hi)
 
 
 class ThumbnailStore:
