@@ -299,7 +299,8 @@ class PACS:
 
     def _post_dicom(self, bodies: list[bytes], study_instance_uid=None, project=None):
         """POST raw DICOM files as one STOW-RS request; returns the httpx answer
-        (200 all stored, 202 some refused, 409 none stored)."""
+        (200 all stored, 202 some refused or stored with a WarningReason,
+        409 none stored)."""
         import httpx
 
         from .multipart import dicom_body

@@ -196,3 +196,11 @@ def test_ingest_stores_vendor_files_as_they_are_with_warnings(stack, tmp_path):
     alice = PACS(stack.run["gateway_url"], token=stack.token("alice"))
     assert [s["0020000E"]["Value"][0] for s in alice.search_for_series(vendor_study)] == [
         str(ds.SeriesInstanceUID)]
+    # the same rules for STOW-RS from a kernel: stored, with a WarningReason
+    again = pydicom.dcmread(path)
+    again.SOPInstanceUID = again.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):  # pydicom, writing
+        answer = alice.store_instances([again])
+    (item,) = answer.ReferencedSOPSequence
+    assert item.ReferencedSOPInstanceUID == again.SOPInstanceUID
+    assert item.WarningReason == 0xB007 and "FailedSOPSequence" not in answer

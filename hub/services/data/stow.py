@@ -31,6 +31,7 @@ from pydicom import dcmread
 CANNOT_UNDERSTAND = 0xC000
 NOT_AUTHORIZED = 0x0124
 PROCESSING_FAILURE = 0x0110
+DATASET_DOES_NOT_MATCH = 0xB007  # a WarningReason: stored, though not as the standard says
 REASONS = {
     CANNOT_UNDERSTAND: "not a complete DICOM file with UIDs that can be stored",
     NOT_AUTHORIZED: "the series belongs to another project",
@@ -154,6 +155,21 @@ def multipart_body(parts: list[Part], boundary: str) -> bytes:
     from ....kernels.multipart import dicom_body
 
     return dicom_body([p.body for p in parts], boundary)
+
+
+def mark_warnings(answer: dict, stored: list[Part]) -> int:
+    """Give each stored instance that came with warnings its WarningReason
+    (B007, the data set does not match its SOP class: stored as it is) in
+    the answer's ReferencedSOPSequence; how many were marked. The warnings'
+    texts stay in the uploader's own report (``imaginghub ingest``): values
+    they quote could be a patient's."""
+    warned = {p.sop for p in stored if p.warnings}
+    marked = 0
+    for item in answer.get("00081199", {}).get("Value", []):
+        if (item.get("00081155", {}).get("Value") or [None])[0] in warned:
+            item["00081196"] = {"vr": "US", "Value": [DATASET_DOES_NOT_MATCH]}
+            marked += 1
+    return marked
 
 
 def failed_item(part: Part) -> dict:

@@ -123,11 +123,13 @@ class StowHandler(BaseHandler):
         for p in accepted:
             if p.sop not in stored:
                 p.problem, p.code = stow.REASONS[stow.PROCESSING_FAILURE], stow.PROCESSING_FAILURE
+        warned = stow.mark_warnings(answer, [p for p in accepted if p.sop in stored])
         failed = [stow.failed_item(p) for p in parts if p.problem]
         answer.pop("00081198", None)
         if failed:
             answer["00081198"] = {"vr": "SQ", "Value": failed}
-        self.set_status(200 if not failed else 202 if stored else 409)
+        # PS3.18: 202 when some were refused or stored with warnings
+        self.set_status(200 if not failed and not warned else 202 if stored else 409)
         self.set_header("Content-Type", "application/dicom+json")
         self.finish(json.dumps(answer))
 
