@@ -103,6 +103,7 @@ bench: setup
 	$(PY) bench/dask_map.py
 	$(PY) bench/jobs.py
 	$(PY) bench/spawn.py
+	$(PY) bench/viewer.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build imaginghub.egg-info

@@ -47,6 +47,7 @@ print("BENCH", json.dumps({"load_s": loaded_s}))""",
 ct = pacs.load_series(demo.series("ct-head").series_uid, progress=False)
 volume_at = time.time() * 1000; view(ct)""",
     'print("BENCH", json.dumps({"cine_at": cine_at, "volume_at": volume_at}))',
+    'view(pacs.load_images(demo.series("sc-jpeg-baseline").series_uid, progress=False))',
 ]
 
 
@@ -74,6 +75,8 @@ def when(page, condition: str, timeout_ms: int = 300_000) -> float:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--play-seconds", type=float, default=5.0)
+    ap.add_argument("--screenshots", type=Path, help="a folder for pictures of both viewers "
+                    "(the README's come from here)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -107,6 +110,8 @@ def main():
         time.sleep(args.play_seconds)
         painted = int(root.get_attribute("data-painted")) - start
         root.locator(".ih-play").click()
+        if args.screenshots:
+            shoot(page, root, args.screenshots / "view-cine.png")
 
         run_cell(page, 2)
         volume_first = when(page, "document.querySelector('.ih-viewer canvas') && "
@@ -124,6 +129,12 @@ def main():
         slices_per_s = steps / (time.perf_counter() - t)
         run_cell(page, 3)
         marks = printed(page, 3)
+        if args.screenshots:
+            run_cell(page, 4)
+            page.wait_for_function("document.querySelectorAll('.ih-cine').length === 2 && "
+                                   "document.querySelectorAll('.ih-cine')[1].dataset.firstPaint",
+                                   timeout=60_000)
+            shoot(page, page.locator(".ih-cine").nth(1), args.screenshots / "view-colour.png")
         browser.close()
 
     rows = [
@@ -138,6 +149,17 @@ def main():
     print(f"{'':58} {'first picture':>14}")
     for label, first_ms, rest in rows:
         print(f"{label:58} {first_ms / 1000:11.2f} s   {rest}")
+
+
+def shoot(page, widget, path: Path) -> None:
+    """The widget as it is on screen, the pointer over its middle (the
+    readout shows that pixel)."""
+    widget.scroll_into_view_if_needed()
+    box = widget.locator("canvas.ih-canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.45)
+    time.sleep(0.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    widget.screenshot(path=str(path))
 
 
 def upload(page, run: dict, nb) -> None:
