@@ -23,6 +23,42 @@ def in_memory_ct(series_uid=None, study_uid=None, value=0, size=8) -> Dataset:
     return ds
 
 
+def axial_ct_series(slices, rows, cols, *, origin, spacing, thickness, pixels=None,
+                    number=None, **attributes):
+    """A new series of axial CT slices as files are stored (file meta, one
+    study, one frame of reference): slice k at ``origin`` plus k times
+    ``thickness`` along z, ``spacing`` (between rows, between columns) in
+    mm, its pixels ``pixels(k)`` (zeros), its InstanceNumber ``number(k)``
+    (k + 1), and ``attributes`` on every slice. Returns (study, series,
+    frame of reference, datasets)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    out = []
+    for k in range(slices):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality = "CT"
+        ds.InstanceNumber = number(k) if number else k + 1
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        ds.ImagePositionPatient = [float(origin[0]), float(origin[1]),
+                                   float(origin[2]) + thickness * k]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = list(spacing), thickness
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        values = pixels(k) if pixels else 0
+        ds.PixelData = np.broadcast_to(np.asarray(values, np.int16), (rows, cols)).tobytes()
+        out.append(ds)
+    return study, series, frame, out
+
+
 def ct_file(series_uid=None, study_uid=None, sop_uid=None, value=0, size=8) -> bytes:
     """A complete CT file (bytes) of a ``size`` x ``size`` image (8 x 8)."""
     import io

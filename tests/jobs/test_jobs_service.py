@@ -341,7 +341,7 @@ def test_service_restart_adopts_running_and_starts_queued(stack, alice):
     old = _service_pid(stack)
     os.kill(old, signal.SIGKILL)
     # JupyterHub restarts its managed service (it looks every 10 s)
-    wait_for(lambda: _try_pid(stack) not in (None, old), 30, "the service to restart")
+    wait_for(lambda: _try_pid(stack) not in (None, old), 60, "the service to restart")
     wait_for(lambda: _refreshed(jobs[0]), 30, "the restarted service to answer")
     assert sum(j.refresh().status == "running" for j in jobs) == 2, [(j.status, j.reason) for j in jobs]
     for j in jobs:

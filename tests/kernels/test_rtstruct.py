@@ -11,7 +11,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from tests_support import axial_ct_series
 
 from imaginghub.kernels.errors import NotFound
 
@@ -25,24 +26,8 @@ def pacs(archive):
 
 
 def ct_series() -> tuple[str, str, str, list[Dataset]]:
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    out = []
-    for k in range(SLICES):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-        ds.PatientID, ds.Modality, ds.InstanceNumber = "RT-1", "CT", k + 1
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.ImagePositionPatient = list(ORIGIN + [0, 0, THICKNESS * k])
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [SPACING, SPACING], THICKNESS
-        ds.Rows = ds.Columns = SIZE
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.zeros((SIZE, SIZE), np.int16).tobytes()
-        out.append(ds)
-    return study, series, frame, out
+    return axial_ct_series(SLICES, SIZE, SIZE, origin=ORIGIN, spacing=(SPACING, SPACING),
+                           thickness=THICKNESS, PatientID="RT-1")
 
 
 def world(i, j, k):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+from tests_support import axial_ct_series
 
 from imaginghub.hub import demo
 from imaginghub.kernels.errors import NotFound
@@ -103,27 +103,14 @@ def test_labels_resampled_onto_another_grid(pacs):
 
 
 def small_series(n=6, rows=16, cols=20):
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    out = []
-    for k in range(n):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
-        ds.PatientID, ds.PatientName = "SEG-1", "Seg^Test"
-        ds.PatientBirthDate, ds.PatientSex = "", ""
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "1200", "1", ""
-        ds.ReferringPhysicianName, ds.Modality, ds.SeriesNumber = "", "CT", 4
-        ds.InstanceNumber = n - k  # stored against the normal
-        ds.ImagePositionPatient = [-5.0, 3.0, 10.0 + 2.0 * k]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [0.8, 0.6], 2.0
-        ds.Rows, ds.Columns = rows, cols
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.full((rows, cols), k, np.int16).tobytes()
-        out.append(ds)
+    """A CT series stored against the normal (InstanceNumber n - k), slice
+    k's pixels all k."""
+    _, series, _, out = axial_ct_series(
+        n, rows, cols, origin=(-5.0, 3.0, 10.0), spacing=(0.8, 0.6), thickness=2.0,
+        pixels=lambda k: k, number=lambda k: n - k,
+        PatientID="SEG-1", PatientName="Seg^Test", PatientBirthDate="", PatientSex="",
+        StudyDate="20240101", StudyTime="1200", StudyID="1", AccessionNumber="",
+        ReferringPhysicianName="", SeriesNumber=4)
     return series, out
 
 
