@@ -376,6 +376,14 @@ def stack(main_stack):
 
 
 @pytest.fixture(scope="session")
+def idc_import(main_stack) -> str:
+    """IDC's index of about a million series imported into project
+    ``idcdemo`` of the main stack, once per session (about 14 s); what the
+    command printed."""
+    return main_stack.cli("catalog", "import-idc", "--project", "idcdemo").stdout
+
+
+@pytest.fixture(scope="session")
 def main_stack():
     # the job service also offers the tests' workflows (tests/jobs/workflows)
     home = new_home("stack", {"JobService": {"workflow_dirs": [str(TEST_WORKFLOWS)]},

@@ -14,10 +14,9 @@ PARQUET = idc_index_data.IDC_INDEX_PARQUET_FILEPATH
 
 
 @pytest.fixture(scope="module")
-def idc(stack):
+def idc(stack, idc_import):
     """The IDC index imported into project ``idcdemo``; ``ivy`` is in it."""
-    out = stack.cli("catalog", "import-idc", "--project", "idcdemo").stdout
-    assert "imported 1044191 series" in out, out
+    assert "imported 1044191 series" in idc_import, idc_import
     stack.cli("users", "add", "ivy", "--project", "idcdemo")
     return {u: Catalog(stack.run["gateway_url"].rsplit("/dicom-web", 1)[0] + "/api",
                        stack.token(u)) for u in ("ivy", "alice")}

@@ -78,12 +78,11 @@ def test_build_and_save_a_cohort(stack, browser):
         assert "30.0 frames/s" in page.locator(".ih-cine .ih-rate").inner_text()
 
 
-def test_stays_responsive_on_a_million_series(stack, browser):
+def test_stays_responsive_on_a_million_series(stack, browser, idc_import):
     """On IDC's index the builder shows the counts, filters with a click and
     pages, each within a few seconds, with only one page in the browser."""
     import time
 
-    stack.cli("catalog", "import-idc", "--project", "idcdemo")
     with notebook_page(stack, browser, "iris", ["idcdemo"], "idc-builder",
                        ["cohort_builder()"]) as page:
         run_cell(page, 0)
