@@ -45,6 +45,7 @@ DEFAULT_TIMEOUT = (5.0, 120.0)
 STOW_BATCH_BYTES = 64 * 1024**2
 # Series of at least this many instances decode compressed frames in worker processes.
 PARALLEL_DECODE_FROM = 16
+CINE_PART_FRAMES = 16  # a long cine is decoded by several workers, this many frames each at least
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 def _session(username, password, token, timeout):
     import requests
@@ -458,16 +459,21 @@ def _stream_end(pacs, pending: collections.deque, bar):
     except httpx.TransportError as e:
         raise pacs._unreachable(e) from None
     finally:
-        for future in pending:
-            future.cancel()
+        for item in pending:  # a future, or the futures of one instance's parts
+            for future in item if isinstance(item, list) else [item]:
+                future.cancel()
         bar.close()
 
 
 def _load_images(pacs, series_uid: str, study_uid: str | None, progress):
     """:meth:`PACS.load_images` (streamed; compressed instances decoded in
-    the worker processes while the stream goes on)."""
+    the worker processes while the stream goes on, a long cine's frames
+    shared among them)."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+
     from .decode import stored_compressed, worker_pool
-    from .images import Images, instance_from_bytes
+    from .images import Images, instance_from_bytes, joined
     from .multipart import boundary_of, iter_parts
 
     record = pacs.find_series(series_uid)
@@ -483,24 +489,38 @@ def _load_images(pacs, series_uid: str, study_uid: str | None, progress):
             raise pacs._http_error(r.status_code, f"series {series_uid}")
         boundary = boundary_of(r.headers.get("content-type", ""))
         for _, body in iter_parts(r.iter_bytes(), boundary):
+            head = None
             if not meta:
-                from pydicom import dcmread
-                from pydicom.filebase import DicomBytesIO
-
-                meta = _series_meta(dcmread(DicomBytesIO(body), force=True,
-                                            stop_before_pixels=True))
+                head = dcmread(DicomBytesIO(body), force=True, stop_before_pixels=True)
+                meta = _series_meta(head)
             if stored_compressed(body):
-                pending.append(worker_pool().submit(instance_from_bytes, bytes(body)))
+                if head is None:
+                    head = dcmread(DicomBytesIO(body), force=True, stop_before_pixels=True)
+                body = bytes(body)
+                pending.append([worker_pool().submit(instance_from_bytes, body, part)
+                                for part in _frame_parts(head)])
                 while len(pending) > 4 * (os.cpu_count() or 1):
-                    found.append(pending.popleft().result())
+                    found.append(joined([f.result() for f in pending.popleft()]))
                     bar.update(1)
                 continue
             found.append(instance_from_bytes(body))
             bar.update(1)
         while pending:
-            found.append(pending.popleft().result())
+            found.append(joined([f.result() for f in pending.popleft()]))
             bar.update(1)
     return Images([i for i in found if i is not None], meta)
+
+
+def _frame_parts(head) -> list[tuple[int, int] | None]:
+    """How a compressed instance is shared among the worker processes:
+    whole (``[None]``), or a long cine in runs of frames, one per worker
+    and at least CINE_PART_FRAMES each."""
+    frames = int(head.get("NumberOfFrames", 1) or 1)
+    n = min(os.cpu_count() or 1, frames // CINE_PART_FRAMES)
+    if n < 2:
+        return [None]
+    edges = [round(frames * k / n) for k in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def _agrees(fast, both) -> bool:

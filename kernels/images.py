@@ -210,22 +210,28 @@ class Images:
 
 
 # -- one instance -----------------------------------------------------------------
-def instance_of(ds: Dataset) -> Instance | None:
-    """The :class:`Instance` of a dataset with pixel data (None without)."""
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
+def instance_of(ds: Dataset, part: tuple[int, int] | None = None) -> Instance | None:
+    """The :class:`Instance` of a dataset with pixel data (None without).
+    With ``part`` (start, stop), only those frames are decoded (a worker
+    process's share of a long cine); :func:`joined` puts the parts
+    together."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 
     if "PixelData" not in ds:
         return None
-    arr = ds.pixel_array  # YBR_* to RGB by pydicom's decoders
-    photometric = str(ds.get("PhotometricInterpretation", ""))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if part is None or frames == 1:
+        arr = ds.pixel_array  # YBR_* to RGB by pydicom's decoders
+    else:  # the same decoders, a frame at a time
+        arr = np.stack([pixel_array(ds, index=i) for i in range(*part)])
+    photometric = str(ds.get("PhotometricInterpretation", ""))
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
         samples = 3
     elif samples == 1:
         arr = apply_modality_lut(arr, ds)
-    if frames == 1:
+    if frames == 1 or part is not None and arr.ndim == (2 if samples == 1 else 3):
         arr = arr[None]
     if samples == 1 and arr.ndim != 3 or samples == 3 and arr.ndim != 4:
         raise PACSError(f"instance {ds.get('SOPInstanceUID', '?')}: pixels of shape "
@@ -246,13 +252,22 @@ def instance_of(ds: Dataset) -> Instance | None:
         frame_metadata=_per_frame(ds, frames), display_header=header)
 
 
-def instance_from_bytes(body: bytes) -> Instance | None:
+def instance_from_bytes(body: bytes, part: tuple[int, int] | None = None) -> Instance | None:
     """:func:`instance_of` a DICOM file's bytes (what a worker process does
-    for a compressed instance)."""
+    for a compressed instance, or for ``part`` of its frames)."""
     from pydicom import dcmread
     from pydicom.filebase import DicomBytesIO
 
-    return instance_of(dcmread(DicomBytesIO(body), force=True))
+    return instance_of(dcmread(DicomBytesIO(body), force=True), part)
+
+
+def joined(parts: list[Instance]) -> Instance:
+    """One instance from the parts of its frames, in order."""
+    from dataclasses import replace
+
+    if len(parts) == 1:
+        return parts[0]
+    return replace(parts[0], pixels=np.concatenate([p.pixels for p in parts]))
 
 
 def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:

@@ -95,6 +95,23 @@ def test_a_cine_has_its_timing_and_the_ultrasound_spacing(pacs):
     assert "120 frames" in repr(images) and "30.0 frames/s" in repr(images)
 
 
+def test_a_long_cine_is_decoded_in_parts_that_join_as_one(pacs, monkeypatch):
+    """A compressed cine of many frames is shared among the worker
+    processes, a run of frames each; joined, it is pydicom's own decode."""
+    from imaginghub.kernels import dicomweb
+
+    path = get_testdata_file("examples_ybr_color.dcm")  # 30 frames, YBR_FULL_422 JPEG
+    monkeypatch.setattr(dicomweb, "CINE_PART_FRAMES", 8)
+    monkeypatch.setattr(dicomweb.os, "cpu_count", lambda: 3)
+    head = pydicom.dcmread(path, stop_before_pixels=True)
+    assert dicomweb._frame_parts(head) == [(0, 10), (10, 20), (20, 30)]
+    inst = pacs.load_images(store(pacs, "examples_ybr_color.dcm"), progress=False)[0]
+    assert np.array_equal(inst.pixels, reference(path))
+    assert len(inst.frame_metadata) == 30 and inst.frame_rate == pytest.approx(30.0, abs=0.01)
+    monkeypatch.setattr(dicomweb, "CINE_PART_FRAMES", 16)
+    assert dicomweb._frame_parts(head) == [None]  # 30 frames: one worker
+
+
 def test_spacing_comes_from_pixel_spacing_or_the_detector(pacs):
     """RG1's PixelSpacing is 0\\0 (unknown): no spacing rather than a wrong one."""
     assert pacs.load_images(store(pacs, "RG1_UNCR.dcm"), progress=False)[0].spacing is None
