@@ -34,7 +34,7 @@ _DISPLAY_KEYWORDS = ("PhotometricInterpretation", "BitsStored", "BitsAllocated",
                      "PixelRepresentation", "WindowCenter", "WindowWidth",
                      "VOILUTFunction", "VOILUTSequence", "RescaleSlope", "RescaleIntercept",
                      "RescaleType", "ModalityLUTSequence")
-_DETECTOR = "ImagerPixelSpacing (at the detector)"
+DETECTOR_SPACING = "ImagerPixelSpacing (at the detector)"
 _US_REGIONS = "SequenceOfUltrasoundRegions"
 _CM_UNITS = 3  # PhysicalUnitsXDirection: cm
 
@@ -284,7 +284,7 @@ def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
         measures = shared[0].PixelMeasuresSequence[0]
     for owner, keyword, label in ((ds, "PixelSpacing", "PixelSpacing"),
                                   (measures, "PixelSpacing", "PixelSpacing"),
-                                  (ds, "ImagerPixelSpacing", _DETECTOR)):
+                                  (ds, "ImagerPixelSpacing", DETECTOR_SPACING)):
         if owner is not None and keyword in owner:
             found = pair(owner.get(keyword))
             if found:

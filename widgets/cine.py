@@ -24,7 +24,7 @@ import anywidget
 import numpy as np
 import traitlets as t
 
-from ..kernels.images import Images, Instance
+from ..kernels.images import DETECTOR_SPACING, Images, Instance
 from ._assets import esm
 
 CHUNK_BYTES = 8 << 20  # frames per message: at most this many bytes (and one frame at least)
@@ -269,7 +269,7 @@ class ImagesViewer(anywidget.AnyWidget):
         pixels = float(np.hypot(r1 - r0, c1 - c0))
         if seq.spacing:
             mm = float(np.hypot((r1 - r0) * seq.spacing[0], (c1 - c0) * seq.spacing[1]))
-            where = " at the detector" if "detector" in (seq.spacing_source or "") else ""
+            where = " at the detector" if seq.spacing_source == DETECTOR_SPACING else ""
             self.ruler_text = f"{mm:.1f} mm{where}"
         else:
             self.ruler_text = f"{pixels:.1f} px (no pixel spacing in the header)"
