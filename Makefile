@@ -30,6 +30,9 @@ ORTHANC := /usr/sbin/Orthanc
 PLUGINS := /usr/share/orthanc/plugins
 APT_PACKAGES := orthanc orthanc-dicomweb nftables
 PIP := $(VENV)/bin/pip --disable-pip-version-check
+# The browser viewer's app (OHIF, built, from the npm registry; pinned in pyproject.toml)
+VIEWER_APP := $(VENV)/share/imaginghub/ohif
+VIEWER_STAMP := $(VIEWER_APP)/.imaginghub-app.json
 SOURCES := $(shell find hub kernels widgets notebooks -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
 .PHONY: up test test-fast setup system-deps test-deps apt-install bench clean
@@ -45,7 +48,7 @@ test: setup test-deps
 test-fast: setup
 	$(PY) -m pytest -m "not stack" -q $(PYTEST_ARGS)
 
-setup: system-deps $(STAMP) $(CODE_STAMP)
+setup: system-deps $(STAMP) $(CODE_STAMP) $(VIEWER_STAMP)
 
 # The project's dependencies in a venv. Reinstalled when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -65,6 +68,14 @@ ifeq ($(EDITABLE),)
 	@rm -rf build imaginghub.egg-info
 endif
 	touch $(CODE_STAMP)
+
+# The OHIF viewer app: `npm pack` of the version pinned in pyproject.toml, its
+# SHA-512 checked, its dist/ unpacked as it is (never changed: the viewer
+# service configures it). npm is needed for this step only.
+$(VIEWER_STAMP): pyproject.toml $(CODE_STAMP)
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory apt-install PKGS=npm
+	$(PY) -m imaginghub.hub.services.viewer.install pyproject.toml $(VIEWER_APP)
+	@touch $@
 
 # The archive: Orthanc with its DICOMweb plugin, and nftables, which closes
 # the archive's ports to users' processes, from Debian's packages.

@@ -48,10 +48,12 @@ def classes() -> list[type[Configurable]]:
     from .services.dask_gateway.limits import DaskLimits
     from .services.data.config import DataService
     from .services.jobs.config import JobService
+    from .services.viewer.config import ViewerService
     from .stack import Stack
     from .state import Site
 
-    return [Stack, Site, Archive, HubService, DataService, JobService, DaskLimits]
+    return [Stack, Site, Archive, HubService, DataService, JobService, ViewerService,
+            DaskLimits]
 
 
 # The entry-point groups of plugins whose classes take settings of their own.

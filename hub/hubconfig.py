@@ -116,14 +116,29 @@ c.JupyterHub.services = [
                     {dask_gateway_config!r}],
         "environment": {{"IMAGINGHUB_HOME": str(HOME)}},
     }},
+    # The browser viewer (OHIF) at /services/viewer/: the hub's OAuth logs
+    # users in; its token may reach the data service, where the viewer
+    # forwards the app's DICOMweb reads (GET only) as the user.
+    {{
+        "name": "viewer",
+        "url": "http://127.0.0.1:{viewer_port}",
+        "command": [{python!r}, "-m", "imaginghub.hub.services.viewer"],
+        "environment": {{"IMAGINGHUB_HOME": str(HOME),
+                        "IMAGINGHUB_DATA_URL": "http://127.0.0.1:{data_port}/services/data"}},
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": ["access:services!service=data"],{service_user}
+    }},
     {{"name": "{admin_service}", "api_token": secret("admin_service_token")}},
 ]
+# The OHIF app was built for the site's root path: its own files (scripts,
+# styles, codecs; no data) are served by the viewer at the paths it names.
+c.Proxy.extra_routes = {{path: "http://127.0.0.1:{viewer_port}" for path in {viewer_roots!r}}}
 c.JupyterHub.load_roles = [
     {{
         "name": "user",
         "description": "researchers: their own server, and the archive through the data service",
         "scopes": ["self", "access:services!service=data", "access:services!service=jobs",
-                   "access:services!service=dask-gateway"],
+                   "access:services!service=dask-gateway", "access:services!service=viewer"],
     }},
     {{
         "name": "data-service",
@@ -220,11 +235,20 @@ class HubSettings:
     proxy_api_port: int
     data_port: int
     jobs_port: int
+    viewer_port: int
 
 
 def venv_bin(name: str) -> str:
     """A console script installed beside this Python (the project's venv)."""
     return str(Path(sys.executable).parent / name)
+
+
+def viewer_routes(home: Home) -> list[str]:
+    """The root paths of the OHIF app's own files (see services/viewer)."""
+    from .services.viewer.config import ViewerService, root_entries
+
+    app = ViewerService(config=home.config()).app_path()
+    return [f"/{name}/" for name in root_entries(app)]
 
 
 def write_config(home: Home, settings: HubSettings) -> Path:
@@ -263,6 +287,8 @@ def write_config(home: Home, settings: HubSettings) -> Path:
         server_env=servers.environment(),
         data_port=settings.data_port,
         jobs_port=settings.jobs_port,
+        viewer_port=settings.viewer_port,
+        viewer_roots=viewer_routes(home),
         dask_gateway_url=gateway.url,
         dask_gateway_config=str(gateway.path),
         python=sys.executable,

@@ -228,7 +228,7 @@ class Stack(Configurable):
             self._start_starter()
             hub_settings = hubconfig.HubSettings(
                 port=s["port"], hub_port=free_port(), proxy_api_port=free_port(),
-                data_port=free_port(), jobs_port=free_port(),
+                data_port=free_port(), jobs_port=free_port(), viewer_port=free_port(),
             )
             hub_config = hubconfig.write_config(home, hub_settings)
             if self.multi_user:  # what up wrote (demo projects, configs) is the services'
@@ -257,6 +257,7 @@ class Stack(Configurable):
             "dicomweb_url": self.endpoint.dicomweb,
             "gateway_url": f"http://127.0.0.1:{hub_settings.data_port}/services/data/dicom-web",
             "jobs_url": f"http://127.0.0.1:{hub_settings.jobs_port}/services/jobs",
+            "viewer_url": f"{url}/services/viewer/",
             "dicom_port": s["dicom_port"],
             "pids": self._pids(),
         }
