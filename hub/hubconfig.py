@@ -264,6 +264,7 @@ def write_config(home: Home, settings: HubSettings) -> Path:
         data_url=f"http://127.0.0.1:{settings.data_port}/services/data",
         jobs_url=f"http://127.0.0.1:{settings.jobs_port}/services/jobs",
         jupyter_path=str(share), lab_settings=str(write_lab_settings(share)),
+        viewer_url=f"http://127.0.0.1:{settings.port}/services/viewer",
         dask_environment=dask_gateway.client_environment(f"http://127.0.0.1:{settings.port}",
                                                          gateway.port))
     text = TEMPLATE.format(

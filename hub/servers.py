@@ -38,7 +38,9 @@ class ServerSettings:
     servers reach them; ``dask_environment`` is dask-gateway's client
     settings (see :func:`imaginghub.hub.services.dask_gateway.client_environment`);
     ``jupyter_path`` holds the imaging kernelspec and ``lab_settings`` the
-    JupyterLab overrides (:func:`write_lab_settings`)."""
+    JupyterLab overrides (:func:`write_lab_settings`); ``viewer_url`` is the
+    browser viewer's address as users' browsers reach it (the text of
+    ``view_in_browser``'s links)."""
 
     data_url: str
     jobs_url: str
@@ -46,6 +48,7 @@ class ServerSettings:
     lab_settings: str
     dask_environment: dict[str, str] = field(default_factory=dict)
     python: str = sys.executable
+    viewer_url: str = ""  # the browser viewer as users' browsers reach it
 
     def cmd(self) -> list[str]:
         return [self.python, "-m", "imaginghub.hub.singleuser"]
@@ -61,6 +64,7 @@ class ServerSettings:
             "IMAGINGHUB_DICOMWEB_URL": self.data_url.rstrip("/") + "/dicom-web",
             "IMAGINGHUB_JOBS_URL": self.jobs_url.rstrip("/"),
             **self.dask_environment,
+            **({"IMAGINGHUB_VIEWER_URL": self.viewer_url} if self.viewer_url else {}),
         }
 
     def token_scopes(self) -> list[str]:

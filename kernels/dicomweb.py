@@ -278,7 +278,13 @@ class PACS:
         answer = Dataset()
         batch: list[bytes] = []
         size = 0
+        series: dict[str, dict] = {}  # what was sent, by series: for a job's record
         for ds in datasets:
+            series.setdefault(str(ds.get("SeriesInstanceUID", "")), {
+                "study_uid": str(ds.get("StudyInstanceUID", "")),
+                "modality": str(ds.get("Modality", "")),
+                "description": str(ds.get("SeriesDescription", "")),
+                "instances": set()})["instances"].add(str(ds.get("SOPInstanceUID", "")))
             if getattr(ds, "preamble", None) is None:
                 ds.preamble = b"\0" * 128
             meta = getattr(ds, "file_meta", None) or FileMetaDataset()
@@ -296,6 +302,7 @@ class PACS:
                 batch, size = [], 0
         if batch:
             _merge_stow_answer(answer, self._post_dicom(batch, study_instance_uid, project))
+        _record_stored(answer, series)
         return answer
 
     def _post_dicom(self, bodies: list[bytes], study_instance_uid=None, project=None):
@@ -463,6 +470,30 @@ def _stream_end(pacs, pending: collections.deque, bar):
             for future in item if isinstance(item, list) else [item]:
                 future.cancel()
         bar.close()
+
+
+ENV_JOB_STORED = "IMAGINGHUB_JOB_STORED"
+STORED_FILE = "stored-series.jsonl"  # its name in a job's work folder
+
+
+def _record_stored(answer, series: dict[str, dict]) -> None:
+    """In a job (``$IMAGINGHUB_JOB_STORED`` names a file of its work folder),
+    the series it stored, a JSON line each: the jobs widget links them to the
+    browser viewer."""
+    path = os.environ.get(ENV_JOB_STORED)
+    if not path:
+        return
+    stored = {str(item.get("ReferencedSOPInstanceUID", ""))
+              for item in answer.get("ReferencedSOPSequence", [])}
+    if not stored:
+        return
+    import json
+
+    with open(path, "a") as f:
+        for uid, info in series.items():
+            if uid and info["instances"] & stored:
+                line = {"series_uid": uid, **{k: v for k, v in info.items() if k != "instances"}}
+                f.write(json.dumps(line) + "\n")
 
 
 def _load_images(pacs, series_uid: str, study_uid: str | None, progress):

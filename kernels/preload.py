@@ -6,6 +6,7 @@ viewer only when called.
 """
 
 from ..widgets import cohort_builder, jobs_widget, view
+from .browser_viewer import view_in_browser
 from .catalog import Catalog
 from .cluster import cluster
 from .mapping import map_series
@@ -18,4 +19,4 @@ catalog = Catalog.from_env()
 jobs = Jobs.from_env()
 
 __all__ = ["pacs", "catalog", "jobs", "PACS", "PACSError", "NotAVolume", "view", "cohort_builder",
-           "jobs_widget", "cluster", "map_series"]
+           "jobs_widget", "cluster", "map_series", "view_in_browser"]

@@ -117,6 +117,14 @@ function render({ model, el: root }) {
     }
   }
 
+  // a link to the hub's browser viewer (its path comes from the kernel)
+  function viewerLink(path, cls, text, title) {
+    const a = el("a", cls, text);
+    a.href = path; a.target = "_blank"; a.rel = "noopener"; a.title = title;
+    a.onclick = (ev) => ev.stopPropagation();
+    return a;
+  }
+
   const urls = [];
   function drawResults() {
     for (const u of urls.splice(0)) URL.revokeObjectURL(u);
@@ -143,6 +151,8 @@ function render({ model, el: root }) {
       const open = el("button", "ih-open", "view");
       open.onclick = (ev) => { ev.stopPropagation(); model.send({ action: "view", series_uid: r.series_uid }); };
       card.append(open);
+      if (r.viewer) card.append(viewerLink(r.viewer, "ih-ohif", "open in OHIF",
+        "the study in the browser viewer (OHIF), in a new tab, on this series"));
       card.onclick = () => {
         const sel = new Set(model.get("selected") || []);
         sel.has(r.series_uid) ? sel.delete(r.series_uid) : sel.add(r.series_uid);
@@ -205,6 +215,8 @@ function render({ model, el: root }) {
       const runIt = el("button", "ih-run-cohort", "run workflow");
       runIt.onclick = () => model.send({ action: "run", cohort: c.ref || `${c.name}@${c.version}`, project: c.project });
       cell.append(runIt);
+      if (c.viewer) cell.append(viewerLink(c.viewer, "ih-ohif-cohort", "open in OHIF",
+        "the cohort's studies as the study list of the browser viewer (OHIF), in a new tab"));
       tr.append(cell);
       table.append(tr);
     }

@@ -22,6 +22,8 @@ from pathlib import Path
 import anywidget
 import traitlets as t
 
+from ..kernels.browser_viewer import cohort_path, study_path
+
 from ._assets import esm
 
 FACETS = ["collection", "modality", "body_part", "manufacturer", "patient_sex"]
@@ -93,7 +95,8 @@ class CohortBuilder(anywidget.AnyWidget):
         with self.hold_sync():
             self.total = answer["total"]
             self.facets = answer["facets"]
-            self.rows = answer["rows"]
+            self.rows = [{**r, "viewer": study_path(r["study_uid"], r["series_uid"])}
+                         if r.get("study_uid") else r for r in answer["rows"]]
             self.took_ms = float(answer.get("took_ms") or 0)
             self.thumbs = [self._thumbnail(r["series_uid"]) for r in answer["rows"]]
             self.busy = False
@@ -115,7 +118,8 @@ class CohortBuilder(anywidget.AnyWidget):
     def _load_cohorts(self) -> None:
         try:
             frame = self.catalog.cohorts()
-            self.cohorts = frame.astype(str).to_dict("records")
+            self.cohorts = [{**c, "viewer": cohort_path(c["project"], c["ref"])}
+                            for c in frame.astype(str).to_dict("records")]
         except Exception as e:
             self.message = f"could not list the cohorts: {e}"
 

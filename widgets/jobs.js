@@ -77,7 +77,9 @@ function render({ model, el: root }) {
   logClose.onclick = () => model.send({ action: "hide_log" });
   logHead.append(logTitle, logClose);
   const logText = el("pre", "ih-log");
-  logPanel.append(logHead, logText);
+  // the series the job stored in the archive, each a link to the browser viewer
+  const storedList = el("div", "ih-stored");
+  logPanel.append(logHead, storedList, logText);
 
   root.append(form, message, listHead, table, empty, logPanel);
 
@@ -245,6 +247,14 @@ function render({ model, el: root }) {
     const atEnd = logText.scrollTop + logText.clientHeight >= logText.scrollHeight - 4;
     logText.textContent = model.get("log_text") || "(nothing logged yet)";
     if (atEnd) logText.scrollTop = logText.scrollHeight;
+    const stored = model.get("stored") || [];
+    storedList.replaceChildren(...(stored.length ? [el("span", "", "stored in the archive: ")] : []),
+      ...stored.map((s) => {
+        const a = el("a", "ih-stored-link", `${s.description || s.series_uid} (${s.modality || "?"})`);
+        a.href = s.viewer; a.target = "_blank"; a.rel = "noopener";
+        a.title = "open in the browser viewer (OHIF), with its series";
+        return a;
+      }));
   }
 
   function onCustom(msg) {
@@ -265,6 +275,7 @@ function render({ model, el: root }) {
     ["change:message", drawMessage], ["change:error", drawMessage], ["change:busy", drawMessage],
     ["change:rows", drawRows], ["change:links", drawRows], ["change:refreshed", drawRows],
     ["change:log_id", drawRows], ["change:log_id", drawLog], ["change:log_text", drawLog],
+    ["change:stored", drawLog],
     ["change:rows", drawLog], ["msg:custom", onCustom],
   ];
   for (const [ev, fn] of handlers) model.on(ev, fn);

@@ -247,6 +247,29 @@ def job_rows(frame, me: str = "") -> list[dict]:
     return rows
 
 
+def stored_series(job) -> list[dict]:
+    """The series a job stored in the archive (its runs' ``stored-series.jsonl``,
+    see :mod:`imaginghub.hub.services.jobs.child`), each with its browser
+    viewer path (``viewer``), in the order stored."""
+    from ..kernels.browser_viewer import study_path
+    from ..kernels.dicomweb import STORED_FILE
+
+    found: dict[str, dict] = {}
+    for artifact in job.artifacts():
+        if artifact["path"].rsplit("/", 1)[-1] != STORED_FILE:
+            continue
+        for line in job.read(artifact["path"]).decode(errors="replace").splitlines():
+            try:
+                item = json.loads(line)
+                found.setdefault(item["series_uid"], {
+                    "series_uid": item["series_uid"], "modality": item.get("modality", ""),
+                    "description": item.get("description", ""),
+                    "viewer": study_path(item["study_uid"], item["series_uid"])})
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a killed job
+    return list(found.values())
+
+
 class JobsWidget(anywidget.AnyWidget):
     """Your jobs with live status, and a form to run a workflow (see the
     module's docstring). ``jobs`` is the kernel's client (default: the
@@ -268,6 +291,7 @@ class JobsWidget(anywidget.AnyWidget):
     log_id = t.Unicode("").tag(sync=True)  # the job whose log is shown ("" none)
     log_text = t.Unicode("").tag(sync=True)
     links = t.Dict().tag(sync=True)  # job id: the output notebook's path from the root
+    stored = t.List().tag(sync=True)  # the shown job's stored series (see stored_series)
     lab = t.Dict().tag(sync=True)  # {"base", "root"} of the JupyterLab page (browser)
     refreshed = t.Unicode("").tag(sync=True)  # time of the last refresh (ISO)
 
@@ -446,10 +470,12 @@ class JobsWidget(anywidget.AnyWidget):
 
     # -- per job ----------------------------------------------------------------------
     def _load_log(self, job_id: str) -> None:
-        text = self.jobs.get(job_id).logs()
+        job = self.jobs.get(job_id)
+        text = job.logs()
         if len(text) > LOG_CHARS:
             text = "… (the start is left out)\n" + text[-LOG_CHARS:]
         self.log_text = text
+        self.stored = stored_series(job)
 
     def show_log(self, job_id: str) -> None:
         """Show ``job_id``'s log in the panel (refreshed while it runs)."""
@@ -515,7 +541,7 @@ class JobsWidget(anywidget.AnyWidget):
             elif action == "log":
                 self.show_log(job_id)
             elif action == "hide_log":
-                self.log_id, self.log_text = "", ""
+                self.log_id, self.log_text, self.stored = "", "", []
             elif action == "cancel":
                 self.cancel(job_id)
             elif action == "rerun":

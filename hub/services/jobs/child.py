@@ -7,7 +7,10 @@ job's ``work/`` folder, and leaves beside it:
   so a failing or killed run keeps what it did up to there;
 - ``progress.json``: cells done of all cells, rewritten as cells finish;
 - ``result.json``: how it ended, written last (atomically). A job's process
-  that dies without writing it was killed.
+  that dies without writing it was killed;
+- ``work/stored-series.jsonl``: a JSON line for each series the notebook
+  stored in the archive (``pacs.store_instances``, so also
+  ``write_segmentation``), which the jobs widget links to the browser viewer.
 
 The log (``log.txt``) is this process's output: papermill's cell markers and
 each cell's printed output, as the cells run.
@@ -27,6 +30,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from ....kernels.dicomweb import ENV_JOB_STORED, STORED_FILE
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -120,6 +125,8 @@ def run(job_dir: Path) -> int:
     spec = json.loads((job_dir / "spec.json").read_text())
     work = job_dir / "work"
     work.mkdir(exist_ok=True)
+    # the series the notebook stores (pacs.store_instances) are listed here
+    os.environ[ENV_JOB_STORED] = str(work / STORED_FILE)
     nb = nbformat.read(spec["notebook"], as_version=4)
     # papermill adds the injected-parameters cell: one more than the notebook has
     cells = sum(1 for c in nb.cells) + (1 if spec["parameters"] else 0)
