@@ -131,8 +131,10 @@ c.JupyterHub.services = [
     {{"name": "{admin_service}", "api_token": secret("admin_service_token")}},
 ]
 # The OHIF app was built for the site's root path: its own files (scripts,
-# styles, codecs; no data) are served by the viewer at the paths it names.
-c.Proxy.extra_routes = {{path: "http://127.0.0.1:{viewer_port}" for path in {viewer_roots!r}}}
+# styles, codecs; no data) are served by the viewer at the paths it names,
+# through one router of the proxy's own (not ~100 JupyterHub routes, which
+# the proxy would take a minute to add one by one at every start).
+c.TraefikProxy.extra_dynamic_config = {viewer_app_routes!r}
 c.JupyterHub.load_roles = [
     {{
         "name": "user",
@@ -243,12 +245,22 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def viewer_routes(home: Home) -> list[str]:
-    """The root paths of the OHIF app's own files (see services/viewer)."""
+def viewer_app_routes(home: Home, viewer_url: str) -> dict:
+    """traefik's dynamic configuration of one router that sends the OHIF
+    app's root paths (its top-level files and folders, see services/viewer)
+    to the viewer service; empty when the app is not installed."""
     from .services.viewer.config import ViewerService, root_entries
 
     app = ViewerService(config=home.config()).app_path()
-    return [f"/{name}/" for name in root_entries(app)]
+    rules = [f"PathPrefix(`/{n}/`)" if (app / n).is_dir() else f"Path(`/{n}`)"
+             for n in root_entries(app)]
+    if not rules:
+        return {}
+    name = "imaginghub-viewer-app"
+    return {"http": {
+        "routers": {name: {"rule": " || ".join(rules), "entryPoints": ["http"],
+                           "service": name}},
+        "services": {name: {"loadBalancer": {"servers": [{"url": viewer_url}]}}}}}
 
 
 def write_config(home: Home, settings: HubSettings) -> Path:
@@ -289,7 +301,7 @@ def write_config(home: Home, settings: HubSettings) -> Path:
         data_port=settings.data_port,
         jobs_port=settings.jobs_port,
         viewer_port=settings.viewer_port,
-        viewer_roots=viewer_routes(home),
+        viewer_app_routes=viewer_app_routes(home, f"http://127.0.0.1:{settings.viewer_port}"),
         dask_gateway_url=gateway.url,
         dask_gateway_config=str(gateway.path),
         python=sys.executable,

@@ -68,15 +68,71 @@ def run_cell(page, index: int) -> None:
     page.keyboard.press("Shift+Enter")
 
 
-def save_first_two(page, name: str) -> None:
-    """In the cohort builder: select the first two series of the gallery and
-    save them as cohort ``name`` of oncology (version 1)."""
+def save_first_two(page, name: str, which: tuple[int, int] = (0, 1)) -> None:
+    """In the cohort builder: select the first two series of the gallery (or
+    those at the places ``which``) and save them as cohort ``name`` of
+    oncology (version 1)."""
     cards = page.locator(".ih-cohort .ih-card")
-    cards.nth(0).click()
-    cards.nth(1).click()
+    cards.nth(which[0]).click()
+    cards.nth(which[1]).click()
     page.wait_for_function("document.querySelector('.ih-cohort .ih-selinfo').textContent"
                            " === '2 selected'", timeout=10_000)
     page.fill(".ih-cohort .ih-name", name)
     page.click(".ih-cohort .ih-save")
     page.wait_for_selector(f".ih-cohort .ih-message:has-text('saved oncology/{name}@1')",
                            timeout=30_000)
+
+
+def demo_password(stack, user: str) -> str:
+    """The password ``up --demo`` made for alice or bob."""
+    return json.loads((stack.home.secrets_dir / "demo_logins.json").read_text())[user]
+
+
+def only_the_hub(stack, urls: list[str]) -> list[str]:
+    """The requests of ``urls`` that went anywhere but the hub (none should)."""
+    return [u for u in urls if not u.startswith(stack.url + "/")
+            and not u.startswith(("data:", "blob:"))]
+
+
+@contextlib.contextmanager
+def viewer_page(stack, browser, user: str, password: str, name: str):
+    """A browser of its own logged in to the hub as ``user`` and sent on to the
+    OHIF viewer's study list (the hub's OAuth in between); yields the page,
+    whose every request's URL is in ``page.requests`` and every console
+    error in ``page.errors``."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    requests: list[str] = []
+    errors: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.requests, page.errors = requests, errors
+    try:
+        page.goto(f"{stack.url}/hub/login?next=/services/viewer/")
+        page.fill("#username_input", user)
+        page.fill("#password_input", password)
+        page.click("#login_submit")
+        page.wait_for_selector("text=Study List", timeout=120_000)
+        yield page
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / f"{name}-failure.png"))
+        (ARTIFACTS / f"{name}-console.txt").write_text("\n".join(errors))
+        raise
+    finally:
+        page.close()
+
+
+def skip_tour(page) -> None:
+    """OHIF's first-visit tour of the viewer, dismissed as a user would."""
+    page.wait_for_selector("text=Skip all", timeout=120_000)
+    page.click("text=Skip all")
+
+
+def picture(png: bytes):
+    """A screenshot as an RGB array (rows, columns, 3)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)

@@ -41,7 +41,7 @@ def test_the_wheel_holds_everything(tmp_path):
     for folder, target in FOLDERS.items():
         for path in (REPO / folder).rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts and (
-                    path.suffix in (".py", ".ipynb", ".js", ".css")):
+                    path.suffix in (".py", ".ipynb", ".js", ".css", ".svg")):
                 wanted.add(f"{target}/{path.relative_to(REPO / folder).as_posix()}")
     assert wanted - names == set(), "files the wheel lacks"
     assert "imaginghub/hub/services/data/app.py" in names  # the services too
@@ -50,6 +50,9 @@ def test_the_wheel_holds_everything(tmp_path):
     assert "[imaginghub.job_runners]" in text and "local = imaginghub.hub.services.jobs." \
         "runner:LocalProcessRunner" in text
     assert "imaginghub = imaginghub.hub.cli:main" in text
+    # JupyterLab's launcher card for the browser viewer
+    assert "[jupyter_serverproxy_servers]" in text and "imaging-viewer = imaginghub.kernels." \
+        "browser_viewer:launcher_entry" in text
     # nothing generic at the top level of site-packages
     assert {n.split("/")[0] for n in names} <= {"imaginghub", wheel.name.split("-")[0] + "-"
                                                 + wheel.name.split("-")[1] + ".dist-info"}
