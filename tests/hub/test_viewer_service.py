@@ -10,14 +10,18 @@ page can come out blank); the screenshots are kept in tests/.artifacts/."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
 from browser_support import (ARTIFACTS, demo_password, notebook_page, only_the_hub, picture,
                              run_cell, save_first_two, skip_tour, viewer_page)
 
+from tests_support import axial_ct_series
+
 from imaginghub.hub import demo
 from imaginghub.kernels.catalog import Catalog
+from imaginghub.kernels.dicomweb import PACS
 
 CT = demo.BY_KEY["ct-head"]  # alice's (oncology): 300 slices
 MR = demo.BY_KEY["mr-head"]  # bob's (neuro), with its SEG
@@ -27,7 +31,15 @@ VIEWER = "/services/viewer"
 
 
 def _viewport(page) -> np.ndarray:
-    return picture(page.locator("[data-cy=viewport-pane]").first.screenshot())
+    """The middle of the image canvas as the screen shows it (the edges hold
+    the viewport's overlays: text, icons, its blue frame)."""
+    box = page.locator("[data-cy=viewport-pane] canvas.cornerstone-canvas").first \
+        .bounding_box()
+    # a clip of the page's screenshot: an element's own screenshot of this
+    # WebGL canvas came back as its first frame, whatever was on the screen
+    w, h = box["width"], box["height"]
+    return picture(page.screenshot(clip={"x": box["x"] + w / 5, "y": box["y"] + h / 5,
+                                         "width": w * 3 / 5, "height": h * 3 / 5}))
 
 
 def _slice_text(page) -> str:
@@ -41,10 +53,20 @@ def _offline(stack, page) -> None:
     assert not [e for e in page.errors if "Content Security Policy" in e]
 
 
-def _red(rgb: np.ndarray) -> int:
-    """Pixels of the SEG's first segment's colour (OHIF draws it red)."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    return int(((r > 140) & (r > g + 60) & (r > b + 60)).sum())
+def _coloured(rgb: np.ndarray) -> int:
+    """Pixels in colour (a segment's), not grey (an MR's or a CT's)."""
+    return int((rgb.max(axis=2) - rgb.min(axis=2) > 60).sum())
+
+
+def _open_seg(page, description: str) -> np.ndarray:
+    """Open the SEG of that description over its series, as a user does
+    (double-click its thumbnail, say yes); the viewport once it is coloured."""
+    page.locator(f"text={description}").first.dblclick()
+    page.get_by_role("button", name="Yes").click()
+    deadline = time.monotonic() + 60
+    while _coloured(shown := _viewport(page)) < 300 and time.monotonic() < deadline:
+        time.sleep(1)
+    return shown
 
 
 def test_alice_sees_her_projects_studies_opens_the_ct_and_scrolls(stack, browser):
@@ -68,17 +90,26 @@ def test_alice_sees_her_projects_studies_opens_the_ct_and_scrolls(stack, browser
         assert (first.mean(axis=2) > 60).mean() > 0.15, "the CT was not drawn"
         box = page.locator("[data-cy=viewport-pane]").first.bounding_box()
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        for _ in range(12):
+        # to the middle of the stack, through the sphere (the first slices shown,
+        # at the top of the head, are all the same real slice)
+        for _ in range(140):
             page.mouse.wheel(0, 120)
-            time.sleep(0.1)
+            time.sleep(0.02)
         page.wait_for_function(
             "(t) => document.querySelector('[data-cy=viewport-overlay-bottom-right]')"
             ".textContent !== t", arg=where, timeout=30_000)
-        time.sleep(1.5)
         assert _slice_text(page) != where
-        after = _viewport(page)
+
+        def changed() -> int:
+            # the sphere (+400 HU) in the middle slices; under the header's
+            # window (W 1500, L -600) it is some 15 grey levels above the brain
+            return int((np.abs(_viewport(page) - first).max(axis=2) > 8).sum())
+
+        deadline = time.monotonic() + 60  # the slice is drawn once its frame has come
+        while changed() < 2000 and time.monotonic() < deadline:
+            time.sleep(0.5)
         page.screenshot(path=str(ARTIFACTS / "ohif-ct-scrolled.png"))
-        assert (np.abs(after - first).max(axis=2) > 30).sum() > 200, "scrolling changed nothing"
+        assert changed() >= 2000, "scrolling changed nothing on the screen"
         _offline(stack, page)
 
 
@@ -91,14 +122,49 @@ def test_bob_sees_the_seg_over_the_mr(stack, browser):
             "(document.querySelector('[data-cy=viewport-overlay-bottom-right]') || {})"
             ".textContent?.includes('/60)')", timeout=120_000)
         time.sleep(2)
-        assert _red(_viewport(page)) < 20  # the MR alone: grey
-        page.locator(f"text={MR_SEG.description}").first.dblclick()
-        page.get_by_role("button", name="Yes").click()
-        deadline = time.monotonic() + 60
-        while _red(shown := _viewport(page)) < 300 and time.monotonic() < deadline:
-            time.sleep(1)
+        assert _coloured(_viewport(page)) < 20  # the MR alone: grey
+        shown = _open_seg(page, MR_SEG.description)
         page.screenshot(path=str(ARTIFACTS / "ohif-seg.png"))
-        assert _red(shown) >= 300, "the SEG's colours are not over the MR"
+        assert _coloured(shown) >= 300, "the SEG's colours are not over the MR"
+        _offline(stack, page)
+
+
+def test_a_seg_stored_as_the_segment_workflow_stores_it_shows_over_its_series(stack, browser):
+    """pacs.write_segmentation, what the segment workflow stores its labels
+    with, on a CT of a project of its own (the shared demo projects keep
+    their series); the SEG is an overlay of its series in the viewer."""
+    out = stack.cli("users", "add", "sega", "--project", "ohifseg").stdout
+    password = re.search(r"password: (\S+)", out).group(1)
+    pacs = PACS(stack.run["gateway_url"], token=stack.token("sega"))
+    yy, xx = np.mgrid[:64, :64]
+    body = (((yy - 32) ** 2 + (xx - 32) ** 2) < 28 ** 2) * 300 - 700  # a disc in air
+    study, series, _, slices = axial_ct_series(
+        20, 64, 64, origin=(-32, -32, 0), spacing=(1.0, 1.0), thickness=2.0,
+        pixels=lambda k: body, PatientID="OHIF-SEG", PatientName="Stored^Seg",
+        SeriesDescription="CT under a stored SEG", RescaleIntercept=0, RescaleSlope=1,
+        WindowCenter=-400, WindowWidth=800, PatientBirthDate="", PatientSex="O",
+        StudyDate="20240115", StudyTime="101500", StudyID="1", AccessionNumber="",
+        ReferringPhysicianName="", SeriesNumber=1, Manufacturer="imaginghub tests")
+    pacs.store_instances(slices)
+    volume = pacs.load_series(series, progress=False)
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[4:16, 20:44, 16:48] = 1
+    pacs.write_segmentation(volume, labels, {1: "box"}, description="stored box SEG",
+                            algorithm=("box-model", "1"))
+    with viewer_page(stack, browser, "sega", password, "ohif-stored-seg") as page:
+        page.goto(f"{stack.url}{VIEWER}/viewer?StudyInstanceUIDs={study}"
+                  f"&initialSeriesInstanceUID={series}")
+        skip_tour(page)
+        page.wait_for_function(
+            "(document.querySelector('[data-cy=viewport-overlay-bottom-right]') || {})"
+            ".textContent?.includes('/20)')", timeout=120_000)
+        time.sleep(2)
+        assert _coloured(_viewport(page)) < 20
+        for _ in range(10):  # to a slice the box crosses (it opens on the first)
+            page.keyboard.press("ArrowDown")
+        shown = _open_seg(page, "stored box SEG")
+        page.screenshot(path=str(ARTIFACTS / "ohif-stored-seg.png"))
+        assert _coloured(shown) >= 300, "the stored SEG's colours are not over its CT"
         _offline(stack, page)
 
 
