@@ -8,7 +8,11 @@ run of the demo stack, alice logged in to JupyterLab:
   it plays (the header asks for 30 frames/s);
 - the baseline next to it, today's volume view: ``view(ct)`` on the demo's
   512 x 512 x 300 CT, its time to the first picture and the slices a second
-  the mouse wheel gets (each slice is a round trip to the kernel).
+  the mouse wheel gets (each slice is a round trip to the kernel);
+- the browser viewer (OHIF at /services/viewer/) on the same CT: the time
+  from opening the study's address to the first screenshot with the CT
+  drawn, on the first visit and again in a new tab, next to the notebook's
+  load_series plus its view's first picture.
 
 Both times to the first picture are taken the same way: the kernel's clock
 just before ``view()``, the browser's when the canvas first has pixels (one
@@ -44,9 +48,11 @@ loaded_s = time.time() - t
 print("BENCH", json.dumps({"load_s": loaded_s}))""",
     "cine_at = time.time() * 1000; view(images)",
     """from imaginghub.hub import demo
-ct = pacs.load_series(demo.series("ct-head").series_uid, progress=False)
+t = time.time(); ct = pacs.load_series(demo.series("ct-head").series_uid, progress=False)
+ct_load_s = time.time() - t
 volume_at = time.time() * 1000; view(ct)""",
-    'print("BENCH", json.dumps({"cine_at": cine_at, "volume_at": volume_at}))',
+    'print("BENCH", json.dumps({"cine_at": cine_at, "volume_at": volume_at, '
+    '"ct_load_s": ct_load_s}))',
     'view(pacs.load_images(demo.series("sc-jpeg-baseline").series_uid, progress=False))',
 ]
 
@@ -135,6 +141,7 @@ def main():
                                    "document.querySelectorAll('.ih-cine')[1].dataset.firstPaint",
                                    timeout=60_000)
             shoot(page, page.locator(".ih-cine").nth(1), args.screenshots / "view-colour.png")
+        ohif_cold, ohif_warm = (ohif_first_image(page.context, run["url"]) for _ in range(2))
         browser.close()
 
     rows = [
@@ -149,6 +156,51 @@ def main():
     print(f"{'':58} {'first picture':>14}")
     for label, first_ms, rest in rows:
         print(f"{label:58} {first_ms / 1000:11.2f} s   {rest}")
+    print("\nthe demo CT (300 x 512 x 512) from its address to the first drawn image")
+    print(f"{'OHIF at /services/viewer/, first visit (app not cached)':58} {ohif_cold:11.2f} s")
+    print(f"{'OHIF at /services/viewer/, again in a new tab':58} {ohif_warm:11.2f} s")
+    print(f"{'baseline: the notebook, load_series + view(ct)':58} "
+          f"{marks['ct_load_s'] + (volume_first - marks['volume_at']) / 1000:11.2f} s   "
+          f"(load_series {marks['ct_load_s']:.2f} s, then the first picture)")
+
+
+def ohif_first_image(context, url: str) -> float:
+    """Seconds from opening the CT's study address in a new tab (alice is
+    logged in to the hub: the viewer's OAuth passes without a form) to the
+    first screenshot in which the CT is drawn (a WebGL canvas read back in
+    the page can be blank, so the screen is looked at: a tenth of a second or
+    so per look)."""
+    from imaginghub.hub import demo
+
+    study = demo.series("ct-head").study_uid
+    page = context.new_page()
+    start = time.perf_counter()
+    page.goto(f"{url}/services/viewer/viewer?StudyInstanceUIDs={study}")
+    canvas = page.locator("[data-cy=viewport-pane] canvas.cornerstone-canvas").first
+    canvas.wait_for(timeout=300_000)
+    while True:
+        box = canvas.bounding_box()
+        if box and box["width"] > 10 and drawn(page.screenshot(clip={
+                "x": box["x"] + box["width"] / 5, "y": box["y"] + box["height"] / 5,
+                "width": box["width"] * 3 / 5, "height": box["height"] * 3 / 5})):
+            took = time.perf_counter() - start
+            break
+        if time.perf_counter() - start > 300:
+            sys.exit("OHIF drew nothing in 300 s")
+    page.close()
+    return took
+
+
+def drawn(png: bytes) -> bool:
+    """Whether a screenshot of the CT's viewport shows the head (more than
+    15% of it brighter than dark grey), not a black canvas."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    return bool((grey > 60).mean() > 0.15)
 
 
 def shoot(page, widget, path: Path) -> None:

@@ -1,10 +1,11 @@
 """The cohort builder as a user sees it, on the demo archive's catalog:
 facet bars that filter, chips, thumbnails, selection, saving a cohort, the
-shared cohorts tab, and opening a series in the viewer."""
+shared cohorts tab, opening a series in the viewer, and "open in OHIF" on
+a series and on a saved cohort (the browser viewer)."""
 
 from __future__ import annotations
 
-from browser_support import ARTIFACTS, notebook_page, run_cell, save_first_two
+from browser_support import ARTIFACTS, notebook_page, run_cell, save_first_two, skip_tour
 
 from imaginghub.hub import demo
 from imaginghub.kernels.catalog import Catalog
@@ -59,11 +60,32 @@ def test_build_and_save_a_cohort(stack, browser):
         rows = page.locator(".ih-cohort .ih-table tr:has-text('two-cts')").all_inner_texts()
         cells = [r.replace("\n", "\t").split("\t") for r in rows]
         assert [(c[2], c[3], c[4]) for c in cells] == [("2", "3", "cora"), ("1", "2", "cora")]
+        # "open in OHIF" on a saved cohort: its studies are the browser viewer's list
+        studies = set(mine.search(series_uid=mine.cohort("two-cts@1").series)["study_uid"])
+        with page.context.expect_page(timeout=60_000) as opened:
+            page.locator(".ih-cohort tr:has-text('two-cts'):has-text('cora')").nth(1) \
+                .locator(".ih-ohif-cohort").click()
+        listed = opened.value
+        listed.wait_for_selector(f"text=/1-{len(studies)} of {len(studies)}/", timeout=120_000)
+        assert "/services/viewer/cohorts/oncology/two-cts@1/" in listed.url
+        assert "Demo, Head" not in listed.inner_text("body")  # neuro's
+        listed.close()
         page.click(".ih-cohort .ih-tab:has-text('search')")
         # open a small series in the viewer, below the builder
         small = demo.series("ct-slice")
         page.locator(f".ih-cohort .ih-card[data-uid='{small.series_uid}'] .ih-open").click()
         page.wait_for_selector(".ih-viewer .ih-readout:not(:empty)", timeout=60_000)
+        # and in the browser viewer: its study, opened on it
+        with page.context.expect_page(timeout=60_000) as opened:
+            page.locator(f".ih-cohort .ih-card[data-uid='{small.series_uid}'] .ih-ohif").click()
+        viewer = opened.value
+        skip_tour(viewer)
+        viewer.wait_for_function(
+            "(d) => (document.querySelector('[data-cy=viewport-overlay-top-left]') || {})"
+            ".textContent?.includes(d)", arg=small.description, timeout=120_000)
+        assert f"StudyInstanceUIDs={small.study_uid}" in viewer.url
+        viewer.screenshot(path=str(ARTIFACTS / "ohif-from-builder.png"))
+        viewer.close()
         # and an ultrasound cine, which is no volume: its frames, in colour
         cine = demo.series("us-cine")
         page.click(".ih-cohort .ih-chip:has-text('modality: CT')")  # off: every modality

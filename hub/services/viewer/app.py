@@ -29,11 +29,12 @@ import os
 import logging
 import re
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import httpx
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
+from tornado.iostream import StreamClosedError
 
 from ..data import answers
 from ..web import ServiceHandler
@@ -140,22 +141,30 @@ class DicomWebHandler(ViewerHandler):
                                     f"{public}{PREFIX}/dicom-web/s/{quote(xsrf, safe='')}".encode())
         if project is not None and rest.rstrip("/") == "studies":
             return await self._cohort_studies(project, ref, headers, rewriter)
-        url = f"{self.ctx.data_url}/dicom-web/{quote(rest)}"
+        url = f"{self.ctx.data_url}/dicom-web/{quote(rest, safe='/,')}"
         if self.request.query:
             url += "?" + self.request.query
-        async with self.ctx.http.stream("GET", url, headers=headers) as r:
-            self.set_status(r.status_code)
-            kind = r.headers.get("Content-Type", "")
-            if "json" in kind:  # metadata, searches: their addresses become ours
-                body = rewriter.all(await r.aread())
-                self._pass_headers(r, skip=("Content-Length",))
-                self.finish(body)
-                return
-            self._pass_headers(r)
-            async for chunk in r.aiter_raw():
-                self.write(chunk)
-                await self.flush()
-            self.finish()
+        try:
+            async with self.ctx.http.stream("GET", url, headers=headers) as r:
+                self.set_status(r.status_code)
+                kind = r.headers.get("Content-Type", "")
+                if "json" in kind:  # metadata, searches: their addresses become ours
+                    body = rewriter.all(await r.aread())
+                    self._pass_headers(r, skip=("Content-Length",))
+                    self.finish(body)
+                    return
+                self._pass_headers(r)
+                async for chunk in r.aiter_raw():
+                    self.write(chunk)
+                    await self.flush()
+                self.finish()
+        except httpx.TransportError:
+            if self._headers_written:
+                raise  # cut off in the middle: the browser sees a broken answer
+            raise web.HTTPError(503, reason="the data service did not answer: try again, "
+                                            "or ask the site's admin") from None
+        except StreamClosedError:
+            pass  # the browser went away (a scrolled-past frame)
 
     def _pass_headers(self, r: httpx.Response, skip=()):
         for name in PASSED:
@@ -177,8 +186,8 @@ class DicomWebHandler(ViewerHandler):
             return
         records = [rec for rec in json.loads(rewriter.all(r.content))
                    if (rec.get("0020000D", {}).get("Value") or [None])[0] in studies]
-        offset = int(self.get_argument("offset", "0") or 0)
-        limit = self.get_argument("limit", "")
+        offset, limit = self.get_argument("offset", "0"), self.get_argument("limit", "")
+        offset = int(offset) if offset.isdigit() else 0
         end = offset + int(limit) if limit.isdigit() and int(limit) else None
         self.set_header("Content-Type", "application/dicom+json")
         self.finish(json.dumps(records[offset:end]))
