@@ -93,7 +93,8 @@ def main():
         nb.metadata["kernelspec"] = {"name": "imaging", "display_name": "Imaging (Python 3)"}
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
         page.goto(f"{run['url']}/hub/login")
         page.fill("#username_input", "alice")
         page.fill("#password_input", password)
@@ -141,7 +142,7 @@ def main():
                                    "document.querySelectorAll('.ih-cine')[1].dataset.firstPaint",
                                    timeout=60_000)
             shoot(page, page.locator(".ih-cine").nth(1), args.screenshots / "view-colour.png")
-        ohif_cold, ohif_warm = (ohif_first_image(page.context, run["url"]) for _ in range(2))
+        ohif_cold, ohif_warm = (ohif_first_image(context, run["url"]) for _ in range(2))
         browser.close()
 
     rows = [
