@@ -93,3 +93,44 @@ def kernels_as(stack, user: str):
         mp.setenv("IMAGINGHUB_CACHE_DIR", "off")
         mp.delenv("IMAGINGHUB_DICOMWEB_USER", raising=False)
         yield token
+
+
+def structure_set(study, series, frame, rois: dict[int, tuple[str, list]]) -> Dataset:
+    """pydicom's rtstruct.dcm (read with force=True) made into the structure
+    set of a series (its study, series and frame of reference UIDs), with
+    ``rois``: {number: (name, [contour points x, y, z, ...])}, closed planar."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+    ds = pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ref = ds.ReferencedFrameOfReferenceSequence[0]
+    ref.FrameOfReferenceUID = frame
+    ref.RTReferencedStudySequence[0].ReferencedSOPInstanceUID = study
+    ref.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].SeriesInstanceUID = series
+    template_roi, template_contour = ds.StructureSetROISequence[0], ds.ROIContourSequence[0]
+    ds.StructureSetROISequence, ds.ROIContourSequence = [], []
+    ds.RTROIObservationsSequence = []
+    for number, (name, contours) in rois.items():
+        roi = Dataset()
+        roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = number, name, frame
+        roi.ROIGenerationAlgorithm = template_roi.ROIGenerationAlgorithm
+        ds.StructureSetROISequence.append(roi)
+        item = Dataset()
+        item.ReferencedROINumber = number
+        item.ROIDisplayColor = template_contour.ROIDisplayColor
+        item.ContourSequence = []
+        for n, data in enumerate(contours, start=1):
+            c = Dataset()
+            c.ContourGeometricType, c.ContourNumber = "CLOSED_PLANAR", n
+            c.NumberOfContourPoints = len(data) // 3
+            c.ContourData = [round(float(v), 4) for v in data]
+            item.ContourSequence.append(c)
+        ds.ROIContourSequence.append(item)
+    return ds

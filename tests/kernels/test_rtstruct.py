@@ -7,12 +7,9 @@ a missing referenced series is named."""
 from __future__ import annotations
 
 import numpy as np
-import pydicom
 import pytest
-from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from tests_support import axial_ct_series
+from pydicom.dataset import Dataset
+from tests_support import axial_ct_series, structure_set
 
 from imaginghub.kernels.errors import NotFound
 
@@ -51,41 +48,6 @@ def sphere_contours(center_mm, radius, n=72):
         r = np.sqrt(r2)
         t = np.linspace(0, 2 * np.pi, n, endpoint=False)
         yield [c for a in t for c in (center_mm[0] + r * np.cos(a), center_mm[1] + r * np.sin(a), z)]
-
-
-def structure_set(study, series, frame, rois: dict[int, tuple[str, list]]) -> Dataset:
-    """pydicom's rtstruct.dcm with these ROIs, on this series."""
-    ds = pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ref = ds.ReferencedFrameOfReferenceSequence[0]
-    ref.FrameOfReferenceUID = frame
-    ref.RTReferencedStudySequence[0].ReferencedSOPInstanceUID = study
-    ref.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].SeriesInstanceUID = series
-    template_roi, template_contour = ds.StructureSetROISequence[0], ds.ROIContourSequence[0]
-    ds.StructureSetROISequence, ds.ROIContourSequence = [], []
-    ds.RTROIObservationsSequence = []
-    for number, (name, contours) in rois.items():
-        roi = Dataset()
-        roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = number, name, frame
-        roi.ROIGenerationAlgorithm = template_roi.ROIGenerationAlgorithm
-        ds.StructureSetROISequence.append(roi)
-        item = Dataset()
-        item.ReferencedROINumber = number
-        item.ROIDisplayColor = template_contour.ROIDisplayColor
-        item.ContourSequence = []
-        for n, data in enumerate(contours, start=1):
-            c = Dataset()
-            c.ContourGeometricType, c.ContourNumber = "CLOSED_PLANAR", n
-            c.NumberOfContourPoints = len(data) // 3
-            c.ContourData = [round(float(v), 4) for v in data]
-            item.ContourSequence.append(c)
-        ds.ROIContourSequence.append(item)
-    return ds
 
 
 def test_an_rtstruct_becomes_labels_on_its_series_grid(pacs):

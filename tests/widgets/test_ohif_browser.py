@@ -1,7 +1,8 @@
 """The browser viewer (OHIF at /services/viewer/) on the real stack, in
 Debian's Chromium: the study list of the user's projects, a CT drawn and
 scrolled, a SEG over its MR, someone else's study read as an unknown one,
-a SEG stored as the segment workflow stores it over its series, reads only and only with the page's XSRF token, a cohort's study
+a SEG stored as the segment workflow stores it and an RTSTRUCT over their
+series, reads only and only with the page's XSRF token, a cohort's study
 list, nothing fetched from anywhere but the hub.
 
 Drawn pixels are checked in screenshots (a WebGL canvas read back in the
@@ -20,7 +21,8 @@ import numpy as np
 from browser_support import (ARTIFACTS, demo_password, only_the_hub, picture, skip_tour,
                              viewer_page)
 
-from tests_support import axial_ct_series
+from pydicom.dataset import Dataset
+from tests_support import axial_ct_series, structure_set
 
 from imaginghub.hub import demo
 from imaginghub.kernels.catalog import Catalog
@@ -160,15 +162,16 @@ def test_bob_sees_the_seg_over_the_mr(stack, browser):
 
 def test_a_seg_stored_as_the_segment_workflow_stores_it_shows_over_its_series(stack, browser):
     """A SEG stored with pacs.write_segmentation (what the segment workflow
-    stores its labels with), on a CT of a project of its own (the shared
-    demo projects keep their series), is an overlay of its series in the
-    viewer, in colour. Its box is on slices 5 to 12."""
+    stores its labels with) and an RT Structure Set, on a CT of a project of
+    its own (the shared demo projects keep their series), are overlays of
+    their series in the viewer, in colour: the SEG's box on slices 5 to 12,
+    the structure set's square on slices 15 to 19."""
     out = stack.cli("users", "add", "sega", "--project", "ohifseg").stdout
     password = re.search(r"password: (\S+)", out).group(1)
     pacs = PACS(stack.run["gateway_url"], token=stack.token("sega"))
     yy, xx = np.mgrid[:64, :64]
     body = (((yy - 32) ** 2 + (xx - 32) ** 2) < 28 ** 2) * 300 - 700  # a disc in air
-    study, series, _, slices = axial_ct_series(
+    study, series, frame, slices = axial_ct_series(
         20, 64, 64, origin=(-32, -32, 0), spacing=(1.0, 1.0), thickness=2.0,
         pixels=lambda k: body, PatientID="OHIF-SEG", PatientName="Stored^Seg",
         SeriesDescription="CT under a stored SEG", RescaleIntercept=0, RescaleSlope=1,
@@ -181,6 +184,26 @@ def test_a_seg_stored_as_the_segment_workflow_stores_it_shows_over_its_series(st
     labels[4:12, 20:44, 16:48] = 1
     pacs.write_segmentation(volume, labels, {1: "box"}, description="stored box SEG",
                             algorithm=("box-model", "1"))
+    # and an RT Structure Set: a square on slices 15 to 19 (k = 14 to 18)
+    rs = structure_set(study, series, frame, {1: ("square", [
+        [-12, -12, 2.0 * k, 12, -12, 2.0 * k, 12, 12, 2.0 * k, -12, 12, 2.0 * k]
+        for k in range(14, 19)])})
+    rs.SeriesDescription = "stored square RTSTRUCT"
+    for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate",
+                    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
+        setattr(rs, keyword, slices[0].get(keyword))  # one patient, one study
+    # OHIF shows a structure set whose ReferencedSeriesSequence names its series
+    # (without it, this one was listed in the study but never shown)
+    ref = Dataset()
+    ref.SeriesInstanceUID = series
+    ref.ReferencedInstanceSequence = []
+    for image in slices:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = (image.SOPClassUID,
+                                                                     image.SOPInstanceUID)
+        ref.ReferencedInstanceSequence.append(item)
+    rs.ReferencedSeriesSequence = [ref]
+    pacs.store_instances([rs], study)
     with viewer_page(stack, browser, "sega", password, "ohif-stored") as page:
         page.goto(f"{stack.url}{VIEWER}/viewer?StudyInstanceUIDs={study}"
                   f"&initialSeriesInstanceUID={series}")
@@ -194,6 +217,17 @@ def test_a_seg_stored_as_the_segment_workflow_stores_it_shows_over_its_series(st
         shown = _open_seg(page, "stored box SEG")
         page.screenshot(path=str(ARTIFACTS / "ohif-stored-seg.png"))
         assert _coloured(shown) >= 300, "the stored SEG's colours are not over its CT"
+        _to_instance(page, 17)  # the structure set's square only (k = 16)
+        assert _coloured(_viewport(page)) < 20
+        page.locator("text=stored square RTSTRUCT").first.dblclick()
+        page.get_by_role("button", name="Yes").click()
+        time.sleep(3)
+        _to_instance(page, 17)  # opening it may move the viewport
+        deadline = time.monotonic() + 60
+        while _coloured(shown := _viewport(page)) < 100 and time.monotonic() < deadline:
+            time.sleep(1)  # an outline: fewer pixels than a filled segment
+        page.screenshot(path=str(ARTIFACTS / "ohif-stored-rtstruct.png"))
+        assert _coloured(shown) >= 100, "the structure set's contour is not over its CT"
         _offline(stack, page)
 
 
