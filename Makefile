@@ -25,7 +25,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CODE_STAMP := $(VENV)/.code-installed
-EXTRAS ?= hub,kernel,ml,dev
+EXTRAS ?= hub,kernel,ml,k8s,dev
 ORTHANC := /usr/sbin/Orthanc
 PLUGINS := /usr/share/orthanc/plugins
 APT_PACKAGES := orthanc orthanc-dicomweb nftables

@@ -7,6 +7,7 @@ admins and projects.
 
 from __future__ import annotations
 
+import pprint
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,33 +136,9 @@ c.JupyterHub.services = [
 # through one router of the proxy's own (not ~100 JupyterHub routes, which
 # the proxy would take a minute to add one by one at every start).
 c.TraefikProxy.extra_dynamic_config = {viewer_app_routes!r}
-c.JupyterHub.load_roles = [
-    {{
-        "name": "user",
-        "description": "researchers: their own server, and the archive through the data service",
-        "scopes": ["self", "access:services!service=data", "access:services!service=jobs",
-                   "access:services!service=dask-gateway", "access:services!service=viewer"],
-    }},
-    {{
-        "name": "data-service",
-        "description": "the data service reads users' projects (groups) and admin flag",
-        "scopes": ["read:users", "read:users:groups", "read:groups"],
-        "services": ["data"],
-    }},
-    {{
-        "name": "jobs-service",
-        "description": "the job service: users' projects, and a token per job for its user",
-        "scopes": ["read:users", "read:users:groups", "tokens"],
-        "services": ["jobs"],
-    }},
-    {{
-        "name": "{admin_service}",
-        "description": "the imaginghub command line: users, projects, tokens",
-        "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "read:hub",
-                   "access:services!service=data", "access:services!service=jobs"],
-        "services": ["{admin_service}"],
-    }},
-]
+# Roles: what users, the services and the command line may do
+# (imaginghub.hub.hubconfig.roles, which the Kubernetes chart uses too).
+c.JupyterHub.load_roles = {load_roles}
 
 # -- User servers: local processes, {spawner_line} --
 c.JupyterHub.spawner_class = "imaginghub.hub.spawner.ImagingSpawner"
@@ -208,6 +185,42 @@ MULTI_USER_LINE = ("Every hub user's server, kernels, terminals, jobs and Dask w
                    "account {service}.")
 SINGLE_USER_LINE = ("Everything runs as the account that started it: projects are a "
                     "convenience, not a security boundary.")
+
+
+def roles(admin_service: str | None = ADMIN_SERVICE, *, culler: str | None = None) -> list[dict]:
+    """JupyterHub's roles of a site: users reach their own server and the
+    imaginghub services; the data service reads users' projects; the job
+    service also makes a token per job; the command line (``admin_service``)
+    manages users, projects and tokens; the idle culler (``culler``) stops
+    idle servers."""
+    out = [
+        {"name": "user",
+         "description": "researchers: their own server, and the archive through the data service",
+         "scopes": ["self", "access:services!service=data", "access:services!service=jobs",
+                    "access:services!service=dask-gateway", "access:services!service=viewer"]},
+        {"name": "data-service",
+         "description": "the data service reads users' projects (groups) and admin flag",
+         "scopes": ["read:users", "read:users:groups", "read:groups"],
+         "services": ["data"]},
+        {"name": "jobs-service",
+         "description": "the job service: users' projects, and a token per job for its user",
+         "scopes": ["read:users", "read:users:groups", "tokens"],
+         "services": ["jobs"]},
+    ]
+    if admin_service:
+        out.append({"name": admin_service,
+                    "description": "the imaginghub command line: users, projects, tokens",
+                    "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens",
+                               "read:hub", "access:services!service=data",
+                               "access:services!service=jobs"],
+                    "services": [admin_service]})
+    if culler:
+        out.append({"name": culler,
+                    "description": "jupyterhub-idle-culler: stops servers idle too long",
+                    "scopes": ["list:users", "read:users:activity", "read:servers",
+                               "delete:servers"],
+                    "services": [culler]})
+    return out
 
 
 def find_proxy() -> str:
@@ -306,6 +319,7 @@ def write_config(home: Home, settings: HubSettings) -> Path:
         dask_gateway_config=str(gateway.path),
         python=sys.executable,
         admin_service=ADMIN_SERVICE,
+        load_roles=pprint.pformat(roles(), width=92, sort_dicts=False),
         config_file=str(home.config_file),
     )
     path = home.hub_dir / "jupyterhub_config.py"

@@ -53,6 +53,9 @@ def test_the_wheel_holds_everything(tmp_path):
     # JupyterLab's launcher card for the browser viewer
     assert "[jupyter_serverproxy_servers]" in text and "imaging-viewer = imaginghub.kernels." \
         "browser_viewer:launcher_entry" in text
+    # the Kubernetes chart's login and spawner by JupyterHub's short names
+    assert "imaginghub-oidc = imaginghub.hub.oidc:ImagingOIDCAuthenticator" in text
+    assert "imaginghub-kubernetes = imaginghub.hub.kubespawn:ImagingKubeSpawner" in text
     # nothing generic at the top level of site-packages
     assert {n.split("/")[0] for n in names} <= {"imaginghub", wheel.name.split("-")[0] + "-"
                                                 + wheel.name.split("-")[1] + ".dist-info"}
