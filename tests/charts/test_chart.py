@@ -101,9 +101,15 @@ def test_bad_values_are_refused_by_the_schema(values, where):
     assert where in str(e.value)
 
 
-def test_oidc_needs_a_client_secret():
-    with pytest.raises(helm.HelmError, match="auth.oidc.clientSecret is required"):
-        render({"auth": {"type": "oidc"}})
+@pytest.mark.parametrize("values, message", [
+    ({"auth": {"type": "oidc"}}, "auth.oidc.clientSecret is required"),
+    ({"archive": {"type": "external", "external": {"password": {"name": "p", "key": "k"}}}},
+     "archive.external.url is required"),
+    ({"postgresql": {"type": "external"}}, "postgresql.external.host is required"),
+])
+def test_what_a_choice_needs_is_required(values, message):
+    with pytest.raises(helm.HelmError, match=message):
+        render(values)
 
 
 def test_generated_secrets_are_random_and_kept():
