@@ -129,7 +129,7 @@ def remove_site(home: Path) -> None:
 
 # Fixtures that start real services: a test that uses one (directly or
 # through another fixture) is marked ``stack``; ``make test-fast`` runs the rest.
-SERVICE_FIXTURES = {"archive", "main_stack", "data_stack", "postgres", "browser",
+SERVICE_FIXTURES = {"archive", "main_stack", "data_stack", "postgres", "browser", "kube",
                     "any_archive_stack"}
 
 

@@ -15,37 +15,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
+import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-
-helm = pytest.importorskip("helm_python", reason="the [dev] extra has helm-python-sdk")
-
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "imaginghub"
-VALUES = sorted((CHART / "ci" / "values").glob("*.yaml"))
-NAMESPACE = "imaginghub"
-
-
-def values_of(name: str) -> dict:
-    return yaml.safe_load((CHART / "ci" / "values" / f"{name}.yaml").read_text()) or {}
-
-
-def render(values: dict | None = None) -> list[dict]:
-    out = helm.Chart.load(str(CHART)).render(values or {}, name="ih", namespace=NAMESPACE,
-                                             is_install=True)
-    return [d for text in out.values() for d in yaml.safe_load_all(text) if d]
-
-
-def one(objects, kind, name):
-    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
-    assert len(found) == 1, f"{kind} {name}: {len(found)} found"
-    return found[0]
-
-
-def rendered_values(objects) -> dict:
-    secret = one(objects, "Secret", "ih-imaginghub-config")
-    return json.loads(secret["stringData"]["values.json"])
+from chart_support import (CHART, NAMESPACE, ROOT, VALUES, hub_config, one, render,
+                           rendered_values, values_of)
 
 
 def test_schema_json_and_reference_are_generated_from_the_yaml():
@@ -190,20 +165,6 @@ def test_users_code_reaches_the_services_never_the_archive_or_postgresql():
     for component in ("hub", "data", "jobs", "archive"):
         assert _allowed(policies, pods[component], pods["postgresql"], 5432), component
     assert not _allowed(policies, pods["viewer"], pods["postgresql"], 5432)
-
-
-# -- the hub's configuration from the rendered values ------------------------------
-def hub_config(values: dict, tmp_path: Path, env: dict | None = None):
-    """The hub's configuration as the chart's jupyterhub_config.py makes it."""
-    from traitlets.config import PyFileConfigLoader
-
-    objects = render(values)
-    secret = one(objects, "Secret", "ih-imaginghub-config")["stringData"]
-    (tmp_path / "values.json").write_text(secret["values.json"])
-    (tmp_path / "jupyterhub_config.py").write_text(secret["jupyterhub_config.py"])
-    environ = {"IMAGINGHUB_CHART_VALUES": str(tmp_path / "values.json"), **(env or {})}
-    with mock.patch.dict(os.environ, environ):
-        return PyFileConfigLoader("jupyterhub_config.py", path=str(tmp_path)).load_config()
 
 
 def test_hub_config_from_values(tmp_path):
