@@ -329,6 +329,22 @@ def configure_services(c: Config, path: str | os.PathLike) -> Rendered:
             d.archive_password_file = f"{SECRETS_DIR}/archive-password"
             if ext.get("username"):
                 d.archive_username = ext["username"]
+    # jobs: Kubernetes Jobs in the user image, sending their results back
+    user = r.values["images"]["user"]
+    job = (r.values.get("jobs") or {}).get("job") or {}
+    c.JobService.runner = "kubernetes"
+    k = c.KubernetesJobRunner
+    k.namespace = r.release["namespace"]
+    k.image = f"{user['name']}:{user['tag']}"
+    k.image_pull_policy = user.get("pullPolicy", "IfNotPresent")
+    k.image_pull_secrets = list(r.values.get("imagePullSecrets") or [])
+    k.upload_url = r.url("jobs", path="/services/jobs")
+    k.extra_labels = {**r.instance_labels(), "app.kubernetes.io/part-of": "imaginghub"}
+    k.uid = USER_UID
+    if job.get("resources"):
+        k.resources = job["resources"]
+    if job.get("ttlSecondsAfterFinished") is not None:
+        k.ttl_seconds_after_finished = int(job["ttlSecondsAfterFinished"])
     limits = (r.values.get("daskGateway") or {}).get("limits") or {}
     for key, value in limits.items():
         c.DaskLimits[_camel_to_snake(key)] = value

@@ -30,6 +30,7 @@ class Caller:
     admin: bool
     all_projects: bool  # sees every series (the admin service, or an admin who asked)
     kind: str = "user"  # or "service"
+    token_id: str | None = None  # the hub's id of the token the request came with
 
     @property
     def scope(self) -> set[str] | None:
@@ -95,4 +96,5 @@ async def identify(handler: web.RequestHandler, users: Users, service: str) -> C
     full = await users.model(name)
     admin = bool(full.get("admin"))
     asked = handler.request.headers.get(SCOPE_HEADER, "").lower() == "all"
-    return Caller(name, await users.projects(name), admin, all_projects=admin and asked)
+    return Caller(name, await users.projects(name), admin, all_projects=admin and asked,
+                  token_id=model.get("token_id"))

@@ -239,6 +239,13 @@ def test_services_config_from_values(tmp_path):
     assert c.DataService.archive_password_file == ("/usr/local/etc/imaginghub/secrets/"
                                                    "archive-password")
     assert c.DaskLimits.max_workers_per_cluster == 8
+    # jobs run as Kubernetes Jobs in the user image, and send their results back
+    assert c.JobService.runner == "kubernetes"
+    k = c.KubernetesJobRunner
+    assert k.image == "imaginghub/user:0.1.0" and k.namespace == NAMESPACE
+    assert k.upload_url == "http://ih-imaginghub-jobs:8080/services/jobs"
+    assert k.extra_labels["imaginghub.org/user-code"] == "true"
+    assert k.resources["requests"] == {"cpu": "1", "memory": "4Gi"}
     c = service_config(values_of("external-dicomweb"), tmp_path)
     assert c.DataService.archive_url == values_of("external-dicomweb")["archive"]["external"]["url"]
     assert c.DataService.archive_username == "imaginghub"

@@ -82,7 +82,7 @@ def test_a_plugins_settings_are_checked(thirdparty):
 
 def test_an_unknown_or_wrong_runner_is_named(thirdparty):
     with pytest.raises(ValueError, match=r"no job runner called 'slurm'.*the installed ones are "
-                                         r"broken, local, queue"):
+                                         r"broken, kubernetes, local, queue"):
         runner("slurm", thirdparty)
     with pytest.raises(ValueError, match="is not a subclass of"):
         runner("broken", thirdparty)

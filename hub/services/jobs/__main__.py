@@ -49,6 +49,13 @@ async def serve() -> None:
     user_env = json.loads(os.environ.get("IMAGINGHUB_USER_ENV") or "{}")
     scopes = json.loads(os.environ.get("IMAGINGHUB_JOB_SCOPES") or
                         '["access:services!service=data"]')
+    if not user_env and os.environ.get("IMAGINGHUB_CHART_VALUES"):
+        # in the Helm chart: what users' servers get, from the rendered values
+        from ...chart import Rendered, server_settings
+
+        settings = server_settings(Rendered.load(os.environ["IMAGINGHUB_CHART_VALUES"]))
+        user_env = settings.environment()
+        scopes = [s for s in settings.token_scopes() if s.startswith("access:services")]
     data_api = user_env.get("IMAGINGHUB_DICOMWEB_URL", "").rsplit("/dicom-web", 1)[0] + "/api"
     scheduler = Scheduler(
         JobStore(db_url(home)), Registry(conf.workflow_dirs),
@@ -62,7 +69,8 @@ async def serve() -> None:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/jobs/")
     bind = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8891"))
     app = make_app(Context(scheduler, users), prefix)
-    server = app.listen(bind.port, address=bind.hostname or "127.0.0.1")
+    server = app.listen(bind.port, address=bind.hostname or "127.0.0.1",
+                        max_buffer_size=257 * 1024**2)  # a job's files (FilesHandler)
     loop_task = asyncio.create_task(scheduler.run())
     logging.getLogger("imaginghub.jobs").info("job service on %s%s", bind.netloc, prefix)
     await until_stopped()

@@ -16,6 +16,11 @@ and submits as a named user.
   ``GET jobs/ID/artifacts/PATH``.
 - ``POST jobs/ID/cancel``, ``POST jobs/ID/rerun``, ``PATCH jobs/ID``
   (``{"shared": true}``).
+- ``PUT jobs/ID/files/NAME``: a running job sends what it wrote (its
+  progress, result, executed notebook, ``work/...``), with the job's own
+  token and no other, to a runner whose runs have no shared disk with the
+  service (the Kubernetes runner); 404 for anyone else, as for an unknown
+  job.
 """
 
 from __future__ import annotations
@@ -38,9 +43,10 @@ MAX_LIMIT = 500
 
 
 class Context:
-    def __init__(self, scheduler: Scheduler, users: Users):
+    def __init__(self, scheduler: Scheduler, users: Users, max_upload_bytes: int = 256 * 1024**2):
         self.scheduler = scheduler
         self.users = users
+        self.max_upload_bytes = max_upload_bytes
 
 
 class BaseHandler(ServiceHandler):
@@ -224,6 +230,33 @@ class ArtifactsHandler(BaseHandler):
         self.finish()
 
 
+class FilesHandler(BaseHandler):
+    """What a running job sends (see the module's text)."""
+
+    async def put(self, job_id: str, path: str):
+        from .db import RUNNING
+
+        job = self.ctx.scheduler.store.get(job_id)
+        runner = self.ctx.scheduler.runner
+        c = self.caller
+        if (job is None or c.kind != "user" or job.user != c.name or not job.token_id
+                or c.token_id != job.token_id or job.status != RUNNING):
+            raise web.HTTPError(404)
+        if not getattr(runner, "accepts_uploads", False):
+            raise web.HTTPError(409, reason=f"the {runner.name} runner's jobs write their "
+                                            "files themselves")
+        limit = self.ctx.max_upload_bytes
+        if len(self.request.body) > limit:
+            raise web.HTTPError(413, reason=f"a job's file may have at most "
+                                            f"{limit // 1024**2} MB")
+        try:
+            runner.store(job_id, path, self.request.body)
+        except ValueError as e:
+            raise web.HTTPError(400, reason=str(e)) from None
+        self.set_status(204)
+        self.finish()
+
+
 class NotFoundHandler(BaseHandler):
     def get(self, *_):
         raise web.HTTPError(404)
@@ -252,5 +285,6 @@ def make_app(ctx: Context, prefix: str) -> web.Application:
         (rf"{api}/jobs/(?P<job_id>{JOB_ID})/notebook", NotebookHandler, k),
         (rf"{api}/jobs/(?P<job_id>{JOB_ID})/artifacts", ArtifactsHandler, k),
         (rf"{api}/jobs/(?P<job_id>{JOB_ID})/artifacts/(?P<path>.+)", ArtifactsHandler, k),
+        (rf"{api}/jobs/(?P<job_id>{JOB_ID})/files/(?P<path>.+)", FilesHandler, k),
         (r".*", NotFoundHandler, k),
     ])

@@ -132,7 +132,32 @@ class Runner(LoggingConfigurable):
         return await self.read(job_id, "output.ipynb")
 
 
-class LocalProcessRunner(Runner):
+class RunsFolderRunner(Runner):
+    """A runner whose runs' files are in ``runs_dir/ID`` on the service's
+    machine: written there by the run itself (the local runner) or by the
+    service from what the run sent (the Kubernetes runner)."""
+
+    runs_dir: Path
+
+    # The run's folder is written by the user's code: nothing is followed out
+    # of it (see imaginghub.hub.safeio). Reads run in threads: a log or a
+    # folder of results may be large, and the scheduler's loop serves everyone.
+    async def read(self, job_id, name, offset=0, limit=None) -> bytes | None:
+        return await asyncio.to_thread(safeio.read_file, self.runs_dir, f"{job_id}/{name}",
+                                       offset, limit)
+
+    async def artifacts(self, job_id: str) -> list[tuple[str, int]]:
+        return await asyncio.to_thread(
+            lambda: list(safeio.walk_files(self.runs_dir, f"{job_id}/work")))
+
+    async def open_artifact(self, job_id: str, path: str) -> BinaryIO | None:
+        try:
+            return os.fdopen(safeio.open_file(self.runs_dir, f"{job_id}/work/{path}"), "rb")
+        except OSError:
+            return None
+
+
+class LocalProcessRunner(RunsFolderRunner):
     """A job is :func:`.child.run` in a process and session of its own,
     forked by the job starter and running as the job's user: stopping the
     service does not stop it, and a restarted service adopts it by pid and
@@ -248,23 +273,6 @@ class LocalProcessRunner(Runner):
         deadline = time.monotonic() + grace + 5
         while time.monotonic() < deadline and self._process(handle) is not None:
             time.sleep(0.1)
-
-    # The run's folder is written by the user's code: nothing is followed out
-    # of it (see imaginghub.hub.safeio). Reads run in threads: a log or a
-    # folder of results may be large, and the scheduler's loop serves everyone.
-    async def read(self, job_id, name, offset=0, limit=None) -> bytes | None:
-        return await asyncio.to_thread(safeio.read_file, self.runs_dir, f"{job_id}/{name}",
-                                       offset, limit)
-
-    async def artifacts(self, job_id: str) -> list[tuple[str, int]]:
-        return await asyncio.to_thread(
-            lambda: list(safeio.walk_files(self.runs_dir, f"{job_id}/work")))
-
-    async def open_artifact(self, job_id: str, path: str) -> BinaryIO | None:
-        try:
-            return os.fdopen(safeio.open_file(self.runs_dir, f"{job_id}/work/{path}"), "rb")
-        except OSError:
-            return None
 
     async def clean_up(self, job_id: str) -> None:
         try:

@@ -1,0 +1,207 @@
+"""The Kubernetes job runner against a real API server and its job
+controller. No kubelet runs here: the test plays it by writing the pod's
+status (exit codes), and plays the job by sending files the way
+jobs/pod.py does (the service's side of that is FilesHandler). The runner
+uses the admin's kubeconfig here; the job service's rights in the chart are
+checked in test_chart_cluster.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import pytest
+from traitlets.config import Config
+
+from imaginghub.hub.services.jobs.kubernetes import KubernetesJobRunner, job_name
+from imaginghub.hub.services.jobs.runner import GONE
+
+NS = "jobs-test"
+TOKEN = "job-token-5e2f71"
+
+
+@pytest.fixture(scope="module")
+def jobs_ns(kube):
+    kube.kubectl("create", "namespace", NS)
+    # pods are refused until the namespace's default ServiceAccount has its token
+    for _ in range(100):
+        sa = kube.get("serviceaccount", "default", "-n", NS) if kube.kubectl(
+            "get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0 else {}
+        if sa.get("secrets"):
+            break
+        time.sleep(0.1)
+    return kube
+
+
+def make_runner(kube, tmp_path) -> KubernetesJobRunner:
+    return KubernetesJobRunner(runs_dir=tmp_path / "runs", config=Config({
+        "KubernetesJobRunner": {
+            "namespace": NS, "kubeconfig": str(kube.admin),
+            "image": "registry.example.org/imaginghub/user:0.1.0",
+            "upload_url": "http://ih-imaginghub-jobs:8080/services/jobs/",
+            "extra_labels": {"imaginghub.org/user-code": "true"},
+            "ttl_seconds_after_finished": 600}}))
+
+
+def notebook(tmp_path):
+    path = tmp_path / "input.ipynb"
+    path.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
+                                "nbformat_minor": 5}))
+    return path
+
+
+ENV = {"JUPYTERHUB_API_TOKEN": TOKEN, "IMAGINGHUB_DICOMWEB_TOKEN": TOKEN,
+       "IMAGINGHUB_DICOMWEB_URL": "http://ih-imaginghub-data:8080/services/data/dicom-web",
+       "JUPYTERHUB_USER": "alice", "HOME": "/home/alice", "PATH": "/usr/bin"}
+
+
+def pod_of(kube, handle: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = kube.get("pods", "-n", NS, "-l", f"job-name={handle}")["items"]
+        if pods:
+            return pods[0]
+        time.sleep(0.2)
+    raise AssertionError(f"the job controller made no pod for {handle}")
+
+
+def play_kubelet(kube, handle: str, exit_code: int) -> None:
+    """What a kubelet would report of the job's container: it ended."""
+    pod = pod_of(kube, handle)
+    status = {"status": {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "containerStatuses": [{"name": "job", "image": "x", "imageID": "", "ready": False,
+                               "restartCount": 0,
+                               "state": {"terminated": {"exitCode": exit_code}}}]}}
+    kube.kubectl("patch", "pod", pod["metadata"]["name"], "-n", NS, "--subresource=status",
+                 "--type=merge", "-p", json.dumps(status))
+
+
+async def until_done(runner, handle: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = await runner.poll(handle)
+        if code is not None:
+            return code
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{handle} did not end")
+
+
+def test_a_job_runs_succeeds_and_cleans_up(jobs_ns, tmp_path):
+    kube = jobs_ns
+
+    async def life():
+        runner = make_runner(kube, tmp_path)
+        spec = {"parameters": {"x": 1}, "kernel": "imaging",
+                "resources": {"requests": {"cpu": "2", "memory": "6Gi"}}}
+        handle = await runner.start("a1b2c3d4e5f60718", "alice", spec, notebook(tmp_path), ENV)
+        assert handle == job_name("a1b2c3d4e5f60718")
+        job = await asyncio.to_thread(kube.get, "job", handle, "-n", NS)
+        secret = await asyncio.to_thread(kube.get, "secret", handle, "-n", NS)
+        assert await runner.poll(handle) is None
+        await asyncio.to_thread(play_kubelet, kube, handle, 0)
+        code = await until_done(runner, handle)
+        log = await runner.log("a1b2c3d4e5f60718")
+        await runner.clean_up("a1b2c3d4e5f60718")
+        gone = await asyncio.to_thread(kube.kubectl, "get", "secret", handle, "-n", NS,
+                                       check=False)
+        await runner.close()
+        return job, secret, code, log, gone
+
+    job, secret, code, log, gone = asyncio.run(life())
+    assert code == 0
+    spec = job["spec"]
+    assert spec["ttlSecondsAfterFinished"] == 600 and spec["backoffLimit"] == 0
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "registry.example.org/imaginghub/user:0.1.0"
+    assert container["resources"]["requests"] == {"cpu": "2", "memory": "6Gi"}  # the workflow's
+    assert pod["automountServiceAccountToken"] is False
+    assert spec["template"]["metadata"]["labels"]["imaginghub.org/user-code"] == "true"
+    # the token only in the job's Secret
+    assert TOKEN not in json.dumps(job)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["JUPYTERHUB_API_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == job_name(
+        "a1b2c3d4e5f60718")
+    assert env["IMAGINGHUB_JOB_UPLOAD_URL"]["value"] == \
+        "http://ih-imaginghub-jobs:8080/services/jobs"
+    assert "PATH" not in env  # the image's own
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data["JUPYTERHUB_API_TOKEN"] == TOKEN
+    assert json.loads(data["spec.json"])["notebook"] == "/run/imaginghub/job/input.ipynb"
+    assert json.loads(data["input.ipynb"])["nbformat"] == 4
+    # no kubelet, so no log: said, not failed
+    assert log.startswith(b"(logs unavailable")
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
+def test_a_failed_job_gives_its_exit_code(jobs_ns, tmp_path):
+    async def life():
+        runner = make_runner(jobs_ns, tmp_path)
+        handle = await runner.start("0000000000000f01", "alice", {"parameters": {}},
+                                    notebook(tmp_path), ENV)
+        await asyncio.to_thread(play_kubelet, jobs_ns, handle, 3)
+        code = await until_done(runner, handle)
+        await runner.close()
+        return code
+
+    assert asyncio.run(life()) == 3
+
+
+def test_cancel_or_time_limit_deletes_the_job(jobs_ns, tmp_path):
+    async def life():
+        runner = make_runner(jobs_ns, tmp_path)
+        handle = await runner.start("0000000000000c01", "alice", {"parameters": {}},
+                                    notebook(tmp_path), ENV)
+        await asyncio.to_thread(pod_of, jobs_ns, handle)
+        await runner.stop(handle)
+        code = await until_done(runner, handle)
+        left = await asyncio.to_thread(jobs_ns.kubectl, "get", "secret", handle, "-n", NS,
+                                       check=False)
+        await runner.close()
+        return code, left
+
+    code, left = asyncio.run(life())
+    assert code == GONE
+    assert "NotFound" in left.stderr
+
+
+def test_a_restarted_service_adopts_a_running_job(jobs_ns, tmp_path):
+    async def first():
+        runner = make_runner(jobs_ns, tmp_path)
+        handle = await runner.start("0000000000000a01", "alice", {"parameters": {}},
+                                    notebook(tmp_path), ENV)
+        await runner.close()  # the service stops; the job goes on
+        return handle
+
+    handle = asyncio.run(first())
+
+    async def second():
+        runner = make_runner(jobs_ns, tmp_path)  # a new service, same handle
+        running = await runner.poll(handle)
+        await asyncio.to_thread(play_kubelet, jobs_ns, handle, 0)
+        code = await until_done(runner, handle)
+        await runner.close()
+        return running, code
+
+    assert asyncio.run(second()) == (None, 0)
+
+
+def test_what_a_run_may_send(tmp_path):
+    runner = KubernetesJobRunner(runs_dir=tmp_path, config=Config(
+        {"KubernetesJobRunner": {"namespace": NS}}))
+    runner.store("0000000000000b01", "result.json", b'{"status": "succeeded"}')
+    runner.store("0000000000000b01", "work/masks/seg.dcm", b"DICM")
+    for bad in ("../escape", "work/../../x", "spec.json", "work/", "log.txt", "/abs"):
+        with pytest.raises(ValueError, match="a run may send"):
+            runner.store("0000000000000b01", bad, b"x")
+
+    async def read():
+        return (await runner.result("0000000000000b01"),
+                await runner.artifacts("0000000000000b01"))
+
+    result, artifacts = asyncio.run(read())
+    assert result == {"status": "succeeded"}
+    assert artifacts == [("masks/seg.dcm", 4)]
