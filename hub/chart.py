@@ -262,8 +262,8 @@ def services(r: Rendered) -> list[dict]:
     for name in SERVICES:
         if not r.enabled(name):
             continue
-        url = (r.url("dask-gateway", 8000) if name == "dask-gateway"
-               else r.url(name))
+        # Dask Gateway: its traefik, which routes the API and the dashboards
+        url = r.url("dask-traefik", 8000) if name == "dask-gateway" else r.url(name)
         entry = {"name": name, "url": url,
                  "api_token": os.environ.get(f"IMAGINGHUB_TOKEN_{name.upper().replace('-', '_')}",
                                              ""),
@@ -349,6 +349,64 @@ def configure_services(c: Config, path: str | os.PathLike) -> Rendered:
     for key, value in limits.items():
         c.DaskLimits[_camel_to_snake(key)] = value
     apply_passthrough(c, r.values["hub"].get("config") or {}, ours_only=True)
+    return r
+
+
+def configure_dask_gateway(c: Config, path: str | os.PathLike) -> Rendered:
+    """Dask Gateway's API and controller from the values: the Kubernetes
+    backend with the embedded stack's per-user limits and options, clusters
+    in the user image with the labels of users' code, JupyterHub's users."""
+    from .services.dask_gateway import CLUSTER_ENVIRONMENT, PREFIX, site_limits
+    from .services.dask_gateway.backend import cluster_options
+
+    r = Rendered.load(path)
+    ns = r.release["namespace"]
+    instance = r.release["fullname"]
+    user = r.values["images"]["user"]
+    c.DaskGateway.address = ":8000"
+    c.DaskGateway.backend_class = "imaginghub.hub.services.dask_gateway.kube.HubKubeBackend"
+    c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
+    c.JupyterHubAuthenticator.jupyterhub_api_url = r.url("hub", HUB_PORT, "/hub/api")
+    c.JupyterHubAuthenticator.jupyterhub_service_name = "dask-gateway"
+    for cls in ("KubeBackend", "KubeController"):
+        c[cls].gateway_instance = instance
+    c.KubeController.address = ":8000"
+    c.KubeController.api_url = r.url("dask-gateway", 8000, "/api")
+    c.KubeController.proxy_prefix = PREFIX
+    c.KubeController.proxy_web_entrypoint = "web"
+    c.KubeController.proxy_tcp_entrypoint = "tcp"
+    k = c.KubeClusterConfig
+    k.namespace = ns
+    k.image = f"{user['name']}:{user['tag']}"
+    k.image_pull_policy = user.get("pullPolicy", "IfNotPresent")
+    k.image_pull_secrets = [{"name": n} for n in r.values.get("imagePullSecrets") or []]
+    bin_dir = IMAGE_PYTHON.rsplit("/", 1)[0]
+    k.scheduler_cmd = [f"{bin_dir}/dask", "scheduler"]
+    k.worker_cmd = [f"{bin_dir}/dask", "worker"]
+    labels = {**r.instance_labels(), "app.kubernetes.io/part-of": "imaginghub"}
+    k.scheduler_extra_pod_labels = labels
+    k.worker_extra_pod_labels = labels
+    pod = {"automountServiceAccountToken": False,
+           "securityContext": {"runAsUser": USER_UID, "runAsGroup": USER_UID,
+                               "runAsNonRoot": True}}
+    k.scheduler_extra_pod_config = pod
+    k.worker_extra_pod_config = pod
+    # what a worker needs to reach the data service (the user's token comes
+    # with the work: kernels/cluster.py)
+    k.environment = {**CLUSTER_ENVIRONMENT,
+                     **{key: v for key, v in server_settings(r).environment().items()
+                        if key.startswith("IMAGINGHUB_")}}
+    cfg = Config()
+    for key, value in ((r.values.get("daskGateway") or {}).get("limits") or {}).items():
+        cfg.DaskLimits[_camel_to_snake(key)] = value
+    limits, user_limits = site_limits(cfg)
+    c.HubKubeBackend.limits = limits
+    c.HubKubeBackend.user_limits = user_limits
+    k.idle_timeout = float(limits["idle_timeout_seconds"])
+    c.Backend.cluster_options = cluster_options(limits, user_limits)
+    apply_passthrough(c, {name: section for name, section in
+                          (r.values["hub"].get("config") or {}).items()
+                          if name.startswith(("Dask", "Kube", "Cluster", "Backend"))})
     return r
 
 

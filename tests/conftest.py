@@ -133,6 +133,14 @@ SERVICE_FIXTURES = {"archive", "main_stack", "data_stack", "postgres", "browser"
                     "any_archive_stack"}
 
 
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory):
+    """A real Kubernetes API server (see kube_support.py)."""
+    from kube_support import start_kube
+
+    yield from start_kube(tmp_path_factory)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):

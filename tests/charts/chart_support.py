@@ -10,14 +10,11 @@ from unittest import mock
 
 import helm_python as helm
 import yaml
+from kube_support import HUB_SA, NAMESPACE, RELEASE  # noqa: F401 (the tests import them here)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "imaginghub"
 VALUES = sorted((CHART / "ci" / "values").glob("*.yaml"))
-# the release and namespace of every test; the control plane's "hub" identity
-# is the chart's hub ServiceAccount
-RELEASE, NAMESPACE = "ih", "imaginghub"
-HUB_SA = f"{RELEASE}-imaginghub-hub"
 
 
 def values_of(name: str) -> dict:
@@ -54,3 +51,31 @@ def hub_config(values: dict, tmp_path: Path, env: dict | None = None):
         return PyFileConfigLoader("jupyterhub_config.py", path=str(tmp_path)).load_config()
 
 
+
+
+def crds() -> list[dict]:
+    """The chart's CustomResourceDefinitions (crds/)."""
+    return [d for p in sorted((CHART / "crds").glob("*.yaml"))
+            for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+def crd_schema(obj: dict) -> dict | None:
+    """The schema of ``obj``'s kind when the chart defines it, else None."""
+    group, _, version = obj["apiVersion"].rpartition("/")
+    for crd in crds():
+        if crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == obj["kind"]:
+            for v in crd["spec"]["versions"]:
+                if v["name"] == version:
+                    return v["schema"]["openAPIV3Schema"]
+    return None
+
+
+def dask_config(values: dict, tmp_path: Path):
+    """Dask Gateway's configuration as the chart's dask_gateway_config.py makes it."""
+    from traitlets.config import PyFileConfigLoader
+
+    secret = one(render(values), "Secret", "ih-imaginghub-config")["stringData"]
+    (tmp_path / "values.json").write_text(secret["values.json"])
+    (tmp_path / "dask_gateway_config.py").write_text(secret["dask_gateway_config.py"])
+    with mock.patch.dict(os.environ, {"IMAGINGHUB_CHART_VALUES": str(tmp_path / "values.json")}):
+        return PyFileConfigLoader("dask_gateway_config.py", path=str(tmp_path)).load_config()

@@ -16,11 +16,12 @@ from types import SimpleNamespace
 from unittest import mock
 
 import helm_python as helm
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from chart_support import (CHART, NAMESPACE, ROOT, VALUES, hub_config, one, render,
-                           rendered_values, values_of)
+from chart_support import (CHART, NAMESPACE, ROOT, VALUES, crd_schema, crds, dask_config,
+                           hub_config, one, render, rendered_values, values_of)
 
 
 def test_schema_json_and_reference_are_generated_from_the_yaml():
@@ -41,6 +42,10 @@ def test_every_object_is_valid_kubernetes(path):
     kinds = {o["kind"] for o in objects}
     assert {"Deployment", "Service", "Secret", "NetworkPolicy"} <= kinds
     for o in objects:
+        schema = crd_schema(o)
+        if schema is not None:  # a custom resource: its definition's schema
+            jsonschema.validate(o, schema)
+            continue
         for version in ("1.30.0", "1.32.0"):
             try:
                 kubernetes_validate.validate(o, version, strict=True)
@@ -51,6 +56,47 @@ def test_every_object_is_valid_kubernetes(path):
         for c in (spec or {}).get("containers", []):
             req = c.get("resources", {}).get("requests", {})
             assert req.get("cpu") and req.get("memory"), f"{o['metadata']['name']}/{c['name']}"
+
+
+def test_the_resource_definitions_are_valid_and_a_dask_cluster_fits_its_own(tmp_path):
+    defined = {c["spec"]["names"]["kind"] for c in crds()}
+    assert {"DaskCluster", "IngressRoute", "IngressRouteTCP"} <= defined
+    for crd in crds():
+        for version in ("1.30.0", "1.32.0"):
+            kubernetes_validate.validate(crd, version, strict=True)
+    # a DaskCluster as the gateway's backend makes it, from the chart's configuration
+    from imaginghub.hub.services.dask_gateway.kube import HubKubeBackend, HubKubeClusterConfig
+
+    c = dask_config({}, tmp_path)
+    backend = HubKubeBackend(config=c)
+    config = HubKubeClusterConfig(config=c, workers=2)
+    obj = backend.make_cluster_object("alice", {"workers": 2}, config)
+    obj["metadata"]["namespace"] = NAMESPACE
+    jsonschema.validate(obj, crd_schema(obj))
+    assert obj["spec"]["replicas"] == 2 and obj["spec"]["username"] == "alice"
+    assert obj["spec"]["config"]["image"] == "imaginghub/user:0.1.0"
+    bad = {**obj, "spec": {**obj["spec"], "replicas": -1}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, crd_schema(obj))
+
+
+def test_dask_gateway_config_from_values(tmp_path):
+    c = dask_config(values_of("gpu"), tmp_path)
+    assert c.DaskGateway.backend_class.endswith("HubKubeBackend")
+    assert c.JupyterHubAuthenticator.jupyterhub_api_url == "http://ih-imaginghub-hub:8081/hub/api"
+    assert c.KubeController.api_url == "http://ih-imaginghub-dask-gateway:8000/api"
+    assert c.KubeBackend.gateway_instance == c.KubeController.gateway_instance == "ih-imaginghub"
+    k = c.KubeClusterConfig
+    assert k.image == "registry.example.org/imaginghub/user:0.1.0"
+    assert k.image_pull_secrets == [{"name": "site-registry"}]
+    assert k.worker_extra_pod_labels["imaginghub.org/user-code"] == "true"
+    assert k.environment["IMAGINGHUB_DICOMWEB_URL"].startswith("http://ih-imaginghub-data:8080")
+    assert not any("TOKEN" in key for key in k.environment)
+    assert c.HubKubeBackend.limits["max_workers_per_cluster"] == 8  # daskGateway.limits
+    # the same options, bounded by the same limits, as the embedded stack's
+    options = c.Backend.cluster_options(SimpleNamespace(name="alice"))
+    with pytest.raises(ValueError, match="over this hub's limit"):
+        options.parse_options({"workers": 99})
 
 
 @pytest.mark.parametrize("path", VALUES, ids=lambda p: p.stem)

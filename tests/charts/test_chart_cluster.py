@@ -15,7 +15,8 @@ from unittest import mock
 import pytest
 import yaml
 
-from chart_support import CHART, HUB_SA, NAMESPACE, RELEASE, VALUES, hub_config, values_of
+from chart_support import (CHART, HUB_SA, NAMESPACE, RELEASE, VALUES, dask_config, hub_config,
+                           one, render, values_of)
 
 
 def template(kube, values: Path, namespace: str) -> list[dict]:
@@ -28,6 +29,10 @@ def template(kube, values: Path, namespace: str) -> list[dict]:
 def test_the_api_server_accepts_every_object(kube, values):
     namespace = f"dry-{values.stem}"
     kube.kubectl("create", "namespace", namespace)
+    # the chart's resource definitions first (helm installs crds/ before the rest)
+    kube.kubectl("apply", "-f", str(CHART / "crds"))
+    kube.kubectl("wait", "--for=condition=established", "--timeout=30s", "-f",
+                 str(CHART / "crds"))
     objects = template(kube, values, namespace)
     # what API level 1.20 cannot know (policy/v1) is left to the schema checks
     known = [o for o in objects if o["apiVersion"] != "policy/v1"]
@@ -93,6 +98,15 @@ def can(kube, account: str, verb: str, resource: str, namespace: str = NAMESPACE
       ("create", "secrets"), ("watch", "pods")],
      [("create", "pods"), ("delete", "pods"), ("get", "secrets"), ("create", "pods/exec"),
       ("create", "persistentvolumeclaims"), ("update", "jobs.batch")]),
+    ("dask-gateway",
+     [("create", "daskclusters.gateway.dask.org"), ("patch", "daskclusters.gateway.dask.org"),
+      ("get", "secrets")],
+     [("create", "pods"), ("list", "secrets"), ("create", "jobs.batch")]),
+    ("dask-controller",
+     [("create", "pods"), ("create", "secrets"), ("create", "services"),
+      ("patch", "daskclusters.gateway.dask.org/status"), ("create", "ingressroutes.traefik.io")],
+     [("create", "jobs.batch"), ("create", "pods/exec"), ("create",
+      "daskclusters.gateway.dask.org"), ("create", "persistentvolumeclaims")]),
 ])
 def test_each_component_has_what_it_needs_and_no_more(release, account, allowed, refused):
     for verb, resource in allowed:
@@ -146,8 +160,17 @@ def test_a_real_spawn_with_the_gpu_profile(release, tmp_path):
                                        "component=singleuser-server")
         return pod, pvc, secret, s, left
 
-    with mock.patch.dict(os.environ, {"KUBECONFIG": str(kube.hub)}):
-        pod, pvc, secret, spawner, left = asyncio.run(spawn())
+    # kubernetes_asyncio reads $KUBECONFIG when it is imported, and KubeSpawner
+    # loads its configuration once: both pointed at the hub's identity here
+    from kubernetes_asyncio.config import kube_config
+    from kubespawner import clients
+
+    clients.load_config.cache_clear()
+    try:
+        with mock.patch.object(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kube.hub)):
+            pod, pvc, secret, spawner, left = asyncio.run(spawn())
+    finally:
+        clients.load_config.cache_clear()
     container = pod["spec"]["containers"][0]
     # the API server filled requests from limits for the GPU
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -172,3 +195,63 @@ def test_a_real_spawn_with_the_gpu_profile(release, tmp_path):
     denied = kube.kubectl("get", "secrets", "-n", NAMESPACE, kubeconfig=kube.hub, check=False)
     assert denied.returncode and f"serviceaccount:{NAMESPACE}:{HUB_SA}" in denied.stderr \
         and "forbidden" in denied.stderr
+
+
+def test_the_controller_turns_a_dask_cluster_into_its_scheduler(release, tmp_path):
+    """dask-gateway's controller, configured by the chart, against the API
+    server: a DaskCluster as the chart's gateway makes it becomes the
+    scheduler's Pod and Secret (its TLS credentials), with the labels of
+    users' code. (Its Service and traefik's routes follow once the pod runs,
+    which needs a kubelet.)"""
+    import subprocess
+    import sys
+    import time
+
+    from imaginghub.hub.services.dask_gateway.kube import HubKubeBackend, HubKubeClusterConfig
+    from imaginghub.hub.state import free_port
+
+    kube = release
+    c = dask_config(values_of("gpu"), tmp_path)
+    secret = one(render(values_of("gpu")), "Secret", "ih-imaginghub-config")["stringData"]
+    (tmp_path / "dask_gateway_config.py").write_text(secret["dask_gateway_config.py"])
+    log = tmp_path / "controller.log"
+    controller = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dask-gateway-server"), "kube-controller",
+         "--config", str(tmp_path / "dask_gateway_config.py"),
+         f"--KubeController.address=127.0.0.1:{free_port()}"],
+        env={**os.environ, "KUBECONFIG": str(kube.admin),
+             "IMAGINGHUB_CHART_VALUES": str(tmp_path / "values.json")},
+        stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        obj = HubKubeBackend(config=c).make_cluster_object(
+            "alice", {"workers": 1}, HubKubeClusterConfig(config=c, workers=1))
+        name = obj["metadata"]["name"]
+        kube.kubectl("create", "-n", NAMESPACE, "-f", "-", input=json.dumps(obj))
+        selector = f"gateway.dask.org/cluster={name}"
+        pods = secrets = []
+        for _ in range(150):
+            pods = kube.get("pods", "-n", NAMESPACE, "-l", selector)["items"]
+            secrets = kube.get("secrets", "-n", NAMESPACE, "-l", selector)["items"]
+            if pods and secrets:
+                break
+            assert controller.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert pods and secrets, log.read_text()[-3000:]
+    finally:
+        controller.terminate()
+        controller.wait(20)
+    scheduler = [p for p in pods if p["metadata"]["labels"].get(
+        "app.kubernetes.io/component") == "dask-scheduler"]
+    assert len(scheduler) == 1
+    pod = scheduler[0]
+    assert pod["metadata"]["labels"]["imaginghub.org/user-code"] == "true"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["securityContext"]["runAsUser"] == 1000
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "registry.example.org/imaginghub/user:0.1.0"
+    assert container["args"][:2] == ["/opt/imaginghub/venv/bin/dask", "scheduler"], container
+    assert {s["metadata"]["name"] for s in secrets} == {f"dask-credentials-{name}"}
+    assert {"dask.crt", "dask.pem", "api-token"} <= set(secrets[0]["data"])
+    # the cluster's workers: asked for at the start (spec.replicas from the options)
+    cluster = kube.get("daskcluster", name, "-n", NAMESPACE)
+    assert cluster["spec"]["replicas"] == 1

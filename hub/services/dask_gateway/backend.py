@@ -118,6 +118,17 @@ def cluster_options(limits: dict, user_limits: dict):
     return for_user
 
 
+def check_cluster_count(name: str, count: int, limits: dict, user_limits: dict) -> None:
+    """A PublicException (the user reads it) when ``name``, who has ``count``
+    clusters pending or running, may not start another."""
+    lim = limits_for(name, limits, user_limits)
+    if count >= lim.max_clusters_per_user:
+        raise PublicException(
+            f"{name} has {count} Dask clusters already, the most this hub allows "
+            f"per user ({lim.max_clusters_per_user}): shut one down first "
+            "(client.shutdown(), or Gateway().list_clusters() to find them)")
+
+
 class HubClusterConfig(LocalClusterConfig):
     """A local cluster's configuration, plus the workers it starts with."""
 
@@ -169,13 +180,8 @@ class HubLocalBackend(LocalBackend):
         return "imaginghub.hub.services.dask_gateway.backend.HubClusterConfig"
 
     async def start_cluster(self, user, cluster_options):
-        lim = limits_for(user.name, self.limits, self.user_limits)
         mine = self.db.list_clusters(username=user.name)  # pending and running
-        if len(mine) >= lim.max_clusters_per_user:
-            raise PublicException(
-                f"{user.name} has {len(mine)} Dask clusters already, the most this hub allows "
-                f"per user ({lim.max_clusters_per_user}): shut one down first "
-                "(client.shutdown(), or Gateway().list_clusters() to find them)")
+        check_cluster_count(user.name, len(mine), self.limits, self.user_limits)
         return await super().start_cluster(user, cluster_options)
 
     async def _cluster_to_running(self, cluster):

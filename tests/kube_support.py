@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from chart_support import HUB_SA, NAMESPACE, ROOT
-
+ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "tests" / "k8s"
+# the chart's release and namespace in the tests; the control plane's "hub"
+# identity is the chart's hub ServiceAccount
+RELEASE, NAMESPACE = "ih", "imaginghub"
+HUB_SA = f"{RELEASE}-imaginghub-hub"
 
 
 @dataclass
@@ -55,8 +58,9 @@ class Kube:
         return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
 
 
-@pytest.fixture(scope="session")
-def kube(tmp_path_factory):
+def start_kube(tmp_path_factory):
+    """The control plane, started; a generator for the session's fixture
+    ``kube`` (tests/conftest.py), which stops it at the end."""
     cache = Path(os.environ.get("IMAGINGHUB_K8S_CACHE", "/var/cache/imaginghub-k8s"))
     missing = [p for p in ("kube-apiserver", "kube-controller-manager", "etcd", "helm",
                            "kubectl") if not (cache / "bin" / p).exists()]
