@@ -41,7 +41,7 @@ K8S_CACHE ?= /var/cache/imaginghub-k8s
 K8S_BIN := $(K8S_CACHE)/bin
 SOURCES := $(shell find hub kernels widgets notebooks -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: up test test-fast setup system-deps test-deps control-plane apt-install bench clean
+.PHONY: up test test-fast setup system-deps test-deps control-plane images apt-install bench clean
 
 up: setup
 	$(VENV)/bin/imaginghub up --demo
@@ -115,6 +115,15 @@ $(K8S_BIN)/kube-apiserver: tests/k8s/build-control-plane.sh
 $(K8S_BIN)/.kube-tools: pyproject.toml tests/k8s/kube_tools.py $(STAMP)
 	$(SUDO) $(PY) tests/k8s/kube_tools.py pyproject.toml $(K8S_CACHE)
 	@$(SUDO) touch $@
+
+# The user image's root file system without Docker (mmdebstrap, runc), checked
+# by running `imaginghub --help` and the imaging kernel in it; not part of
+# `make test`. The Dockerfiles a site builds with are in docker/.
+IMAGES_DIR ?= /var/cache/imaginghub-images
+images: setup
+	@command -v mmdebstrap >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 \
+	  || $(MAKE) --no-print-directory apt-install PKGS="mmdebstrap runc"
+	$(SUDO) docker/build-rootfs.sh $(IMAGES_DIR) $(PY)
 
 apt-install:
 	@if ! command -v apt-get >/dev/null 2>&1; then \

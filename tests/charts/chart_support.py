@@ -21,8 +21,8 @@ def values_of(name: str) -> dict:
     return yaml.safe_load((CHART / "ci" / "values" / f"{name}.yaml").read_text()) or {}
 
 
-def render(values: dict | None = None) -> list[dict]:
-    out = helm.Chart.load(str(CHART)).render(values or {}, name="ih", namespace=NAMESPACE,
+def render(values: dict | None = None, namespace: str = NAMESPACE) -> list[dict]:
+    out = helm.Chart.load(str(CHART)).render(values or {}, name=RELEASE, namespace=namespace,
                                              is_install=True)
     return [d for text in out.values() for d in yaml.safe_load_all(text) if d]
 
