@@ -343,7 +343,11 @@ def test_service_restart_adopts_running_and_starts_queued(stack, alice):
     # JupyterHub restarts its managed service (it looks every 10 s)
     wait_for(lambda: _try_pid(stack) not in (None, old), 60, "the service to restart")
     wait_for(lambda: _refreshed(jobs[0]), 30, "the restarted service to answer")
-    assert sum(j.refresh().status == "running" for j in jobs) == 2, [(j.status, j.reason) for j in jobs]
+    # adopted: still running, or (on a slow machine the restart takes longer
+    # than they do) ended well; a job the service did not adopt would have
+    # been ended as interrupted
+    states = [(j.refresh().status, j.reason) for j in jobs[:2]]
+    assert all(s in ("running", "succeeded") and not r for s, r in states), states
     for j in jobs:
         wait_for(lambda: _refreshed(j), 60, "the service to answer")
         j.wait(timeout=120, progress=False)
