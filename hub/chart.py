@@ -22,6 +22,7 @@ from pathlib import Path
 
 from traitlets.config import Config
 
+from .config import merge
 from .errors import ConfigError
 
 # Where things are in the images (docker/): the user image's Python, its
@@ -345,11 +346,27 @@ def configure_services(c: Config, path: str | os.PathLike) -> Rendered:
         k.resources = job["resources"]
     if job.get("ttlSecondsAfterFinished") is not None:
         k.ttl_seconds_after_finished = int(job["ttlSecondsAfterFinished"])
-    limits = (r.values.get("daskGateway") or {}).get("limits") or {}
-    for key, value in limits.items():
-        c.DaskLimits[_camel_to_snake(key)] = value
     apply_passthrough(c, r.values["hub"].get("config") or {}, ours_only=True)
+    merge(c, dask_limits(r))
     return r
+
+
+# dask-gateway's classes that hub.config may set for the gateway's pods
+DASK_CLASSES = ("DaskGateway", "Backend", "KubeBackend", "HubKubeBackend", "KubeController",
+                "ClusterConfig", "KubeClusterConfig", "HubKubeClusterConfig",
+                "JupyterHubAuthenticator", "UserLimits")
+
+
+def dask_limits(r: Rendered) -> Config:
+    """``c.DaskLimits`` of the release: ``daskGateway.limits`` (camelCase),
+    then ``hub.config.DaskLimits``, checked as the embedded stack's are."""
+    from .config import check
+
+    cfg = Config()
+    for key, value in ((r.values.get("daskGateway") or {}).get("limits") or {}).items():
+        cfg.DaskLimits[_camel_to_snake(key)] = value
+    cfg.DaskLimits.update((r.values["hub"].get("config") or {}).get("DaskLimits") or {})
+    return check(cfg, "the chart's daskGateway.limits")
 
 
 def configure_dask_gateway(c: Config, path: str | os.PathLike) -> Rendered:
@@ -396,17 +413,14 @@ def configure_dask_gateway(c: Config, path: str | os.PathLike) -> Rendered:
     k.environment = {**CLUSTER_ENVIRONMENT,
                      **{key: v for key, v in server_settings(r).environment().items()
                         if key.startswith("IMAGINGHUB_")}}
-    cfg = Config()
-    for key, value in ((r.values.get("daskGateway") or {}).get("limits") or {}).items():
-        cfg.DaskLimits[_camel_to_snake(key)] = value
-    limits, user_limits = site_limits(cfg)
+    limits, user_limits = site_limits(dask_limits(r))
     c.HubKubeBackend.limits = limits
     c.HubKubeBackend.user_limits = user_limits
     k.idle_timeout = float(limits["idle_timeout_seconds"])
     c.Backend.cluster_options = cluster_options(limits, user_limits)
     apply_passthrough(c, {name: section for name, section in
                           (r.values["hub"].get("config") or {}).items()
-                          if name.startswith(("Dask", "Kube", "Cluster", "Backend"))})
+                          if name in DASK_CLASSES})
     return r
 
 
@@ -415,7 +429,7 @@ def apply_passthrough(c: Config, sections: dict, *, ours_only: bool = False) -> 
     check of imaginghub's own classes' sections (an unknown setting or a
     wrong type is a ConfigError naming it). With ``ours_only``, only
     imaginghub's classes (the services have no use for JupyterHub's)."""
-    from .config import check, classes, merge
+    from .config import check, classes
 
     ours = {cls.__name__ for cls in classes()}
     cfg = Config({k: v for k, v in sections.items() if not ours_only or k in ours})

@@ -68,10 +68,6 @@ class ImagingOIDCAuthenticator(GenericOAuthenticator):
     def _manage_groups(self):
         return True  # JupyterHub's groups are the provider's, at every login
 
-    @default("auth_state_groups_key")
-    def _groups_key(self):
-        return self.groups_claim
-
     async def get_user_groups(self, auth_state: dict) -> set[str]:
         info = (auth_state or {}).get(self.user_auth_state_key) or {}
         return set(project_groups(info.get(self.groups_claim),

@@ -101,6 +101,11 @@ def test_dask_gateway_config_from_values(tmp_path):
     assert k.environment["IMAGINGHUB_DICOMWEB_URL"].startswith("http://ih-imaginghub-data:8080")
     assert not any("TOKEN" in key for key in k.environment)
     assert c.HubKubeBackend.limits["max_workers_per_cluster"] == 8  # daskGateway.limits
+    # hub.config.DaskLimits comes on top, checked as the embedded stack's
+    values = {**values_of("gpu"), "hub": {"config": {"DaskLimits": {"max_clusters_per_user": 5}}}}
+    assert dask_config(values, tmp_path).HubKubeBackend.limits["max_clusters_per_user"] == 5
+    with pytest.raises(Exception, match="max_cluster_per_user"):
+        dask_config({"hub": {"config": {"DaskLimits": {"max_cluster_per_user": 5}}}}, tmp_path)
     # the same options, bounded by the same limits, as the embedded stack's
     options = c.Backend.cluster_options(SimpleNamespace(name="alice"))
     with pytest.raises(ValueError, match="over this hub's limit"):
@@ -219,6 +224,11 @@ def test_users_code_reaches_the_services_never_the_archive_or_postgresql():
     for component in ("hub", "data", "jobs", "archive"):
         assert _allowed(policies, pods[component], pods["postgresql"], 5432), component
     assert not _allowed(policies, pods["viewer"], pods["postgresql"], 5432)
+    # from outside (the Ingress controller): the proxy's public port, and only the proxy's
+    outsider = {"app": "ingress-nginx"}
+    assert _allowed(policies, outsider, pods["proxy"], 8000)
+    assert not _allowed(policies, outsider, pods["dask-gateway"], 8000)
+    assert not _allowed(policies, outsider, pods["hub"], 8081)
 
 
 def test_hub_config_from_values(tmp_path):

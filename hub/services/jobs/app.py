@@ -33,7 +33,7 @@ from tornado import web
 
 from ..identity import Caller, Users, identify, request_token
 from ..web import ServiceHandler
-from .db import Job
+from .db import RUNNING, Job
 from .scheduler import Scheduler
 
 log = logging.getLogger("imaginghub.jobs")
@@ -234,8 +234,6 @@ class FilesHandler(BaseHandler):
     """What a running job sends (see the module's text)."""
 
     async def put(self, job_id: str, path: str):
-        from .db import RUNNING
-
         job = self.ctx.scheduler.store.get(job_id)
         runner = self.ctx.scheduler.runner
         c = self.caller

@@ -6,8 +6,8 @@ image (``c.JobService.runner = "kubernetes"``; the Helm chart sets it).
   ``python -m imaginghub.hub.services.jobs.pod``. Only the token is secret:
   the rest of the environment (the services' URLs) is plain. The pod has the
   labels of users' code (the chart's NetworkPolicies), no service-account
-  token, the resources of the job's spec (its workflow's) or this runner's
-  defaults, and ``ttlSecondsAfterFinished``. The handle is the Job's name.
+  token, the resources of the job's spec when it names some (the scheduler
+  does not yet pass a workflow's) or this runner's defaults, and ``ttlSecondsAfterFinished``. The handle is the Job's name.
 - The run sends its progress, result, executed notebook and work files to
   the job service's API with its own token (:mod:`.pod`; the service checks
   that the token is the job's and keeps them in ``runs_dir/ID``, see
@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 from traitlets import Dict, Integer, List, Unicode
@@ -67,8 +66,8 @@ class KubernetesJobRunner(RunsFolderRunner):
         it: where a run sends its results with its token.""").tag(config=True)
     resources = Dict({"requests": {"cpu": "1", "memory": "4Gi"},
                       "limits": {"memory": "8Gi"}}, help="""
-        A job's container resources unless its workflow asks for others
-        (``resources`` in the workflow's metadata).""").tag(config=True)
+        A job's container resources, unless the job's spec names others
+        (``resources``).""").tag(config=True)
     ttl_seconds_after_finished = Integer(3600, help="""
         How long Kubernetes keeps a finished Job and its pod (its log).""").tag(config=True)
     extra_labels = Dict(help="""
@@ -260,7 +259,7 @@ class KubernetesJobRunner(RunsFolderRunner):
         any other name."""
         parts = path.split("/")
         if not (path in RUN_FILES or (len(parts) > 1 and parts[0] == "work" and all(
-                p and p not in (".", "..") and re.fullmatch(r"[^\x00]+", p) for p in parts))):
+                p and p not in (".", "..") and "\x00" not in p for p in parts))):
             raise ValueError(f"a run may send {', '.join(RUN_FILES)} or work/PATH, "
                              f"not {path!r}")
         target = self.runs_dir / job_id / Path(*parts)
