@@ -15,7 +15,7 @@ import time
 import pytest
 from traitlets.config import Config
 
-from imaginghub.hub.services.jobs.kubernetes import KubernetesJobRunner, job_name
+from imaginghub.hub.services.jobs.kubernetes import MOUNT, KubernetesJobRunner, job_name
 from imaginghub.hub.services.jobs.runner import GONE
 
 NS = "jobs-test"
@@ -205,3 +205,140 @@ def test_what_a_run_may_send(tmp_path):
     result, artifacts = asyncio.run(read())
     assert result == {"status": "succeeded"}
     assert artifacts == [("masks/seg.dcm", 4)]
+
+
+def test_a_job_service_on_kubernetes_takes_a_jobs_files_only_from_the_job(jobs_ns):
+    """The whole path of a job's results on Kubernetes, with a real job
+    service (runner "kubernetes") behind a real hub: the service makes the
+    Job; the test plays the kubelet by running the pod's command
+    (``jobs/pod.py``) as the user's account with what the Job's pod would
+    get (its environment, its Secret mounted), and then by writing the pod's
+    exit code. The run sends its files with the job's own token; another
+    token of the same user, a name the run may not send, and anything after
+    the job ended are refused."""
+    import grp
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import httpx
+    from conftest import (MULTI_USER, TEST_WORKFLOWS, RunningStack, as_account, new_home,
+                          private_folder, remove_site, start_stack, stop_stack)
+
+    from imaginghub.hub.accounts import ensure_service_account
+    from imaginghub.hub.state import free_port
+    from imaginghub.kernels.jobs import Jobs
+
+    kube = jobs_ns
+    if MULTI_USER:
+        ensure_service_account()  # the kubeconfig's group
+    secrets = private_folder("k8sjob")
+    kubeconfig = secrets / "kubeconfig"
+    shutil.copyfile(kube.admin, kubeconfig)  # the service's identity in the cluster
+    os.chmod(kubeconfig, 0o640)
+    if MULTI_USER:
+        os.chown(kubeconfig, 0, grp.getgrnam("imaginghub").gr_gid)
+    port = free_port()
+    upload_url = f"http://127.0.0.1:{port}/services/jobs"  # through the hub's proxy
+    home = new_home("k8sjob", {
+        "JobService": {"runner": "kubernetes", "workflow_dirs": [str(TEST_WORKFLOWS)]},
+        "KubernetesJobRunner": {"namespace": NS, "kubeconfig": str(kubeconfig),
+                                "image": "registry.example.org/imaginghub/user:0.1.0",
+                                "upload_url": upload_url}})
+    proc, output = start_stack(home, port=port)
+    try:
+        assert proc.poll() is None, output.read_text()
+        s = RunningStack(home, proc, output)
+        s.cli("users", "add", "alice", "--project", "k8s")
+        alice_token = s.token("alice")
+        alice = Jobs(s.run["jobs_url"], alice_token)
+        job = alice.submit("echo", message="sent from the pod", times=2)
+        handle = job_name(job.id)
+        k8s_job = _wait(lambda: _get_or_none(kube, "job", handle), "the service's Job")
+        secret = kube.get("secret", handle, "-n", NS)
+        assert _wait(lambda: job.refresh().status == "running", "the job to run")
+
+        # the pod's files and environment, as a kubelet would give them
+        data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+        job_token = data["JUPYTERHUB_API_TOKEN"].decode()
+        assert job_token != alice_token
+        account = s.home.accounts().ensure("alice") if s.home.multi_user else None
+        mount = private_folder("k8smnt")
+        (mount / "input.ipynb").write_bytes(data["input.ipynb"])
+        # the kubelet would mount the Secret at MOUNT; here it is a folder of its own
+        spec = json.loads(data["spec.json"])
+        assert spec["notebook"] == f"{MOUNT}/input.ipynb"
+        (mount / "spec.json").write_text(json.dumps({**spec,
+                                                      "notebook": str(mount / "input.ipynb")}))
+        container = k8s_job["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: (e["value"] if "value" in e
+                           else data[e["valueFrom"]["secretKeyRef"]["key"]].decode())
+               for e in container["env"]}
+        assert env["IMAGINGHUB_JOB_UPLOAD_URL"] == upload_url
+        assert container["command"][-1] == MOUNT
+        assert env["HOME"] == "/tmp"  # the pod's own; here a short private one (kernels'
+        pod_home = Path(tempfile.mkdtemp(prefix="k8s", dir="/tmp"))  # socket paths)
+        env.update(PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin", HOME=str(pod_home))
+        if account:
+            for p in (mount, *mount.iterdir(), pod_home):
+                os.chown(p, account.uid, account.gid)
+
+        files = f"{upload_url}/api/jobs/{job.id}/files"
+
+        def put(name: str, token: str, body: bytes = b'{"status": "succeeded"}'):
+            return httpx.put(f"{files}/{name}", content=body, timeout=30,
+                             headers={"Authorization": f"token {token}"})
+
+        # the attacks: alice's own token is not the job's; a run sends only its files
+        assert put("result.json", alice_token).status_code == 404
+        refused = put("spec.json", job_token)
+        assert refused.status_code == 400 and "a run may send" in refused.text
+
+        ran = subprocess.run(
+            [*as_account(account.name if account else None), "env", "-i",
+             *[f"{k}={v}" for k, v in env.items()], *container["command"][:-1], str(mount)],
+            capture_output=True, text=True, timeout=300, cwd="/")
+        # (the pod's command is "python3 -m ..."; on this PATH, the venv's)
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+        assert "refused" not in ran.stderr, ran.stderr
+        play_kubelet(kube, handle, ran.returncode)
+        done = job.wait(timeout=120, progress=False)
+        assert done.status == "succeeded", (done.reason, done.logs())
+        assert json.loads(done.read("out/values.json")) == {
+            "message": "sent from the pod", "times": 2, "scale": 1.0, "flag": False,
+            "items": [], "user": "alice"}
+        assert {a["path"] for a in done.artifacts()} >= {"out/message.txt", "out/values.json"}
+        executed = done.output_notebook()
+        assert any("sent from the pod" in "".join(o.get("text", ""))
+                   for c in executed.cells for o in c.get("outputs", []))
+        assert done.logs().startswith("(logs unavailable")
+        # after the end, not even the job's token may send; the token is gone
+        assert put("result.json", job_token).status_code == 404
+        hub_api = s.url.rstrip("/") + "/hub/api/user"
+        assert httpx.get(hub_api, headers={"Authorization": f"token {job_token}"},
+                         timeout=30).status_code == 403
+        assert _wait(lambda: _get_or_none(kube, "secret", handle) is None,
+                     "the job's Secret to go")
+    finally:
+        assert stop_stack(proc) == 0, output.read_text()
+        remove_site(home)
+        if "pod_home" in locals():
+            shutil.rmtree(pod_home, ignore_errors=True)
+
+
+def _get_or_none(kube, kind: str, name: str):
+    got = kube.kubectl("get", kind, name, "-n", NS, "-o", "json", check=False)
+    return json.loads(got.stdout) if got.returncode == 0 else None
+
+
+def _wait(predicate, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")

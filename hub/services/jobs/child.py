@@ -68,6 +68,7 @@ def ipc_kernel_manager():
 
     from jupyter_client import AsyncKernelManager
     from jupyter_core.paths import jupyter_runtime_dir
+    from jupyter_core.utils import ensure_dir_exists
     from traitlets import CaselessStrEnum, default
 
     class IPCKernelManager(AsyncKernelManager):
@@ -76,8 +77,11 @@ def ipc_kernel_manager():
         @default("ip")
         def _ip_in_runtime_dir(self):
             # jupyter_client's default is "kernel-ipc" in the working folder
-            # when no connection file is named yet: the job's work/ folder
-            return os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}-ipc")
+            # when no connection file is named yet: the job's work/ folder.
+            # A Kubernetes job's HOME is a fresh /tmp: the folder may not be there.
+            runtime = jupyter_runtime_dir()
+            ensure_dir_exists(runtime, 0o700)
+            return os.path.join(runtime, f"kernel-{uuid.uuid4()}-ipc")
 
     return IPCKernelManager
 

@@ -79,7 +79,9 @@ class KubernetesJobRunner(RunsFolderRunner):
 
     def __init__(self, home=None, *, runs_dir: Path | None = None, **kwargs):
         super().__init__(home, **kwargs)
-        self.runs_dir = Path(runs_dir or home.runs_dir())
+        # the service's own folder: the runs' files come through its API, and
+        # no process of a user's touches them (not the spool of local runs)
+        self.runs_dir = Path(runs_dir or home.jobs_dir / "runs")
         self._api = None
         if not self.namespace:
             sa = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
