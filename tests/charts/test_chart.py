@@ -231,6 +231,44 @@ def test_users_code_reaches_the_services_never_the_archive_or_postgresql():
     assert not _allowed(policies, outsider, pods["hub"], 8081)
 
 
+def test_dask_workers_reach_the_data_service_with_the_users_token_only(tmp_path):
+    """A Dask worker's and scheduler's pods as dask-gateway's controller
+    makes them from the chart's configuration: the worker knows the data
+    service's address and holds no token of the user's (that comes with the
+    work, as on the embedded stack: kernels/mapping.py); the NetworkPolicies
+    let it reach the data service and its scheduler, never the archive or
+    PostgreSQL, and let the scheduler reach the gateway's API. (No kubelet
+    here runs them: these are the pods as they would be made.)"""
+    from dask_gateway_server.backends.kubernetes.controller import KubeController
+
+    from imaginghub.hub.services.dask_gateway.kube import HubKubeClusterConfig
+
+    values = values_of("gpu")
+    c = dask_config(values, tmp_path)
+    controller = KubeController(config=c)
+    cluster = HubKubeClusterConfig(config=c, workers=1)
+    worker = controller.make_pod(NAMESPACE, "c0ffee", cluster, is_worker=True)
+    scheduler = controller.make_pod(NAMESPACE, "c0ffee", cluster, is_worker=False)
+    env = {e["name"]: e.get("value") for e in worker["spec"]["containers"][0]["env"]}
+    assert env["IMAGINGHUB_DICOMWEB_URL"] == \
+        "http://ih-imaginghub-data:8080/services/data/dicom-web"
+    assert not {"JUPYTERHUB_API_TOKEN", "IMAGINGHUB_DICOMWEB_TOKEN"} & set(env)
+    assert worker["spec"]["automountServiceAccountToken"] is False
+
+    objects = render(values)
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    pods = {o["metadata"]["labels"]["app.kubernetes.io/component"]:
+            o["spec"]["template"]["metadata"]["labels"]
+            for o in objects if o["kind"] in ("Deployment", "StatefulSet")}
+    w, sch = worker["metadata"]["labels"], scheduler["metadata"]["labels"]
+    assert _allowed(policies, w, pods["data"], 8080)
+    assert _allowed(policies, w, sch, 8786) and _allowed(policies, sch, w, 8786)
+    assert _allowed(policies, sch, pods["dask-gateway"], 8000)  # its heartbeats
+    assert _allowed(policies, pods["dask-traefik"], sch, 8786)  # clients through traefik
+    assert not _allowed(policies, w, pods["archive"], 8042)
+    assert not _allowed(policies, sch, pods["archive"], 8042)
+
+
 def test_hub_config_from_values(tmp_path):
     c = hub_config(values_of("gpu"), tmp_path, {"IMAGINGHUB_TOKEN_DATA": "tok-data"})
     assert c.JupyterHub.spawner_class == "imaginghub.hub.kubespawn.ImagingKubeSpawner"
