@@ -116,14 +116,18 @@ $(K8S_BIN)/.kube-tools: pyproject.toml tests/k8s/kube_tools.py $(STAMP)
 	$(SUDO) $(PY) tests/k8s/kube_tools.py pyproject.toml $(K8S_CACHE)
 	@$(SUDO) touch $@
 
-# The user image's root file system without Docker (mmdebstrap, runc), checked
-# by running `imaginghub --help` and the imaging kernel in it; not part of
-# `make test`. The Dockerfiles a site builds with are in docker/.
+# The chart's images as root file systems without Docker (mmdebstrap, runc),
+# each checked in runc: the user image runs `imaginghub --help` and the
+# imaging kernel; the hub image runs PostgreSQL and Orthanc on it with the
+# chart's configuration (docker/check-hub.py). Not part of `make test`.
+# `make images IMAGES=hub` builds one. The Dockerfiles a site builds with
+# are in docker/.
 IMAGES_DIR ?= /var/cache/imaginghub-images
+IMAGES ?= user hub
 images: setup
 	@command -v mmdebstrap >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 \
 	  || $(MAKE) --no-print-directory apt-install PKGS="mmdebstrap runc"
-	$(SUDO) docker/build-rootfs.sh $(IMAGES_DIR) $(PY)
+	$(SUDO) docker/build-rootfs.sh $(IMAGES_DIR) $(PY) $(IMAGES)
 
 apt-install:
 	@if ! command -v apt-get >/dev/null 2>&1; then \

@@ -337,6 +337,9 @@ def configure_services(c: Config, path: str | os.PathLike) -> Rendered:
     k = c.KubernetesJobRunner
     k.namespace = r.release["namespace"]
     k.image = f"{user['name']}:{user['tag']}"
+    gpu_image = r.values["images"].get("userGPU")
+    if gpu_image:
+        k.gpu_image = f"{gpu_image['name']}:{gpu_image['tag']}"
     k.image_pull_policy = user.get("pullPolicy", "IfNotPresent")
     k.image_pull_secrets = list(r.values.get("imagePullSecrets") or [])
     k.upload_url = r.url("jobs", path="/services/jobs")
@@ -344,6 +347,14 @@ def configure_services(c: Config, path: str | os.PathLike) -> Rendered:
     k.uid = USER_UID
     if job.get("resources"):
         k.resources = job["resources"]
+    for key, selector, tolerations in (("scheduling", "node_selector", "tolerations"),
+                                       ("gpuScheduling", "gpu_node_selector",
+                                        "gpu_tolerations")):
+        where = job.get(key) or {}
+        if where.get("nodeSelector"):
+            k[selector] = dict(where["nodeSelector"])
+        if where.get("tolerations"):
+            k[tolerations] = list(where["tolerations"])
     if job.get("ttlSecondsAfterFinished") is not None:
         k.ttl_seconds_after_finished = int(job["ttlSecondsAfterFinished"])
     apply_passthrough(c, r.values["hub"].get("config") or {}, ours_only=True)

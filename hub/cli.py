@@ -139,10 +139,13 @@ def cmd_token(args) -> int:
     from .users import Registry
 
     home = _home(args)
-    if Registry(home.users_file).get(args.name) is None:
-        raise ImagingHubError(f"no user {args.name!r}; add one with 'imaginghub users add {args.name}'")
     api = HubAPI(home)
-    api.ensure_user(args.name, admin=False)
+    if Registry(home.users_file).get(args.name) is not None:
+        api.ensure_user(args.name, admin=False)
+    elif not api.has_user(args.name):  # nor one who logged in with the site's provider
+        raise ImagingHubError(f"no user {args.name!r}: add one with 'imaginghub users add "
+                              f"{args.name}' (with the site's identity provider, a user "
+                              "exists once they have logged in)")
     print(api.new_token(args.name, note=args.note))
     return 0
 

@@ -24,12 +24,15 @@ class HubAPI:
             timeout=30,
         )
 
-    def request(self, method: str, path: str, **kw) -> httpx.Response:
+    def request(self, method: str, path: str, *, missing_ok: bool = False,
+                **kw) -> httpx.Response:
+        """The hub's answer; an error for any refusal (but a 404 with
+        ``missing_ok``)."""
         try:
             r = self._client.request(method, path, **kw)
         except httpx.TransportError as e:
             raise HubNotRunning(f"cannot reach the hub at {self.url} ({type(e).__name__})") from None
-        if r.status_code >= 400:
+        if r.status_code >= 400 and not (missing_ok and r.status_code == 404):
             try:
                 message = r.json().get("message", r.text)
             except ValueError:
@@ -37,6 +40,11 @@ class HubAPI:
             raise ImagingHubError(f"the hub refused {method} {path} as {ADMIN_SERVICE}: "
                                   f"HTTP {r.status_code} {message}")
         return r
+
+    def has_user(self, name: str) -> bool:
+        """Whether the hub knows ``name`` (a registry user, or one who logged
+        in with the site's identity provider)."""
+        return self.request("GET", f"/users/{name}", missing_ok=True).status_code == 200
 
     def ensure_user(self, name: str, admin: bool) -> None:
         if self._client.get(f"/users/{name}").status_code == 404:

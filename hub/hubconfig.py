@@ -172,6 +172,17 @@ c.Spawner.environment = {server_env!r}
 # (c.Spawner.environment.update({{...}}) adds to what is above)
 load_site_config(c, {config_file!r})
 
+# -- A login of the site's own (its identity provider: "imaginghub-oidc") ------
+# It decides who may log in, who is an admin and the projects (its groups,
+# at every login): the registry's lists are not for its users (a provider's
+# user called "admin" must not become the registry's admin).
+if c.JupyterHub.authenticator_class != "imaginghub.hub.auth.RegistryAuthenticator":
+    c.JupyterHub.load_groups = {{}}
+    for _key, _ours in (("admin_users", {{n for n, u in _registry.items() if u.get("admin")}}),
+                        ("allowed_users", set(_registry))):
+        if set(c.Authenticator[_key]) == _ours:  # not the site's own setting
+            c.Authenticator[_key] = set()
+
 # -- Jobs run as their user, with what the user's server gets -----------------
 for _service in c.JupyterHub.services:
     if _service["name"] == "jobs":

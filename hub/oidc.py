@@ -15,16 +15,20 @@ imaginghub's projects and its user names held to imaginghub's naming rules.
 
 Used by the Kubernetes chart, and by an embedded site with
 ``c.JupyterHub.authenticator_class = "imaginghub-oidc"`` and the
-``c.ImagingOIDCAuthenticator`` settings (GenericOAuthenticator's).
+``c.ImagingOIDCAuthenticator`` settings (GenericOAuthenticator's, and
+``client_secret_file``) in its imaginghub_config.py.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from oauthenticator.generic import GenericOAuthenticator
 from traitlets import Unicode, default
 
 from .accounts import MAX_NAME, RESERVED
 from .errors import ConfigError
+from .safeio import read_secret
 from .users import PROJECT_PREFIX, validate_name
 
 
@@ -63,6 +67,21 @@ class ImagingOIDCAuthenticator(GenericOAuthenticator):
     groups_claim = Unicode("groups", help="""
         The claim of the provider's user info that lists the user's groups
         (Keycloak: a "Group Membership" mapper with this name).""").tag(config=True)
+
+    client_secret_file = Unicode("", help="""
+        A file whose first line is the provider's client secret: a regular
+        file, not open to every account (root's on an embedded site, 0600).
+        Instead of client_secret, so that no secret is in a configuration
+        file; the chart passes the secret in OAUTH_CLIENT_SECRET instead.""").tag(
+        config=True)
+
+    @default("client_secret")
+    def _client_secret_from_file(self):
+        if self.client_secret_file:
+            return read_secret(Path(self.client_secret_file),
+                               "c.ImagingOIDCAuthenticator.client_secret_file",
+                               "the provider's client secret")
+        return super()._client_secret_default()  # OAUTH_CLIENT_SECRET
 
     @default("manage_groups")
     def _manage_groups(self):

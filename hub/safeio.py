@@ -141,3 +141,27 @@ def chmod_file(path: str | os.PathLike, mode: int) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def read_secret(path: Path, setting: str, what: str) -> str:
+    """The first line of ``path`` (named by ``setting``; it holds ``what``):
+    a regular file, not a link, that no other account may read. A
+    ConfigError says what is wrong and what to do."""
+    from .errors import ConfigError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(f"{setting} {path} cannot be read ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{setting} {path} is not a file")
+        if st.st_mode & 0o007:
+            raise ConfigError(
+                f"{path} ({setting}) is open to every account "
+                f"(mode {st.st_mode & 0o777:o}): run 'chmod o-rwx {path}'")
+        lines = f.read(4096).decode("utf-8", errors="strict").splitlines()
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{path} ({setting}) is empty: write {what} on its first line")
+    return lines[0].strip()

@@ -68,18 +68,22 @@ class Jobs(ServiceClient):
         return self._json("GET", f"workflows/{name}")
 
     def submit(self, workflow: str, *, shared: bool = False, time_limit: int | None = None,
-               **parameters) -> Job:
+               resources: dict | None = None, **parameters) -> Job:
         """Queue ``workflow`` with ``parameters`` (``cohort="lung-ct@3"`` or
         ``series=[...]`` for the ones that read series). ``shared=True`` lets
         the members of the cohort's project see it; ``time_limit`` in seconds
-        (at most the site's). Parameters the workflow does not take, or of
-        the wrong type, are refused before anything is queued."""
+        (at most the site's); ``resources`` what one run needs, over the
+        workflow's own (``{"cpu": 4, "memory": "16Gi", "gpu": 1}``: used
+        where jobs run on Kubernetes). Parameters the workflow does not take,
+        or of the wrong type, are refused before anything is queued."""
         if hasattr(parameters.get("cohort"), "ref"):  # a Cohort object
             c = parameters["cohort"]
             parameters.update(cohort=c.ref, project=c.project)
         body = {"workflow": workflow, "parameters": parameters, "shared": shared}
         if time_limit is not None:
             body["time_limit"] = time_limit
+        if resources is not None:
+            body["resources"] = resources
         return Job(self, self._json("POST", "jobs", body))
 
     def list(self, *, status: str | None = None, limit: int = 50, mine: bool = False):

@@ -348,6 +348,11 @@ def test_services_config_from_values(tmp_path):
     assert k.upload_url == "http://ih-imaginghub-jobs:8080/services/jobs"
     assert k.extra_labels["imaginghub.org/user-code"] == "true"
     assert k.resources["requests"] == {"cpu": "1", "memory": "4Gi"}
+    # a job that asks for a GPU: the GPU image on the GPU nodes
+    k = service_config(values_of("gpu"), tmp_path).KubernetesJobRunner
+    assert k.gpu_image == "registry.example.org/imaginghub/user-gpu:0.1.0"
+    assert k.gpu_node_selector == {"nvidia.com/gpu.present": "true"}
+    assert k.gpu_tolerations[0]["key"] == "nvidia.com/gpu"
     c = service_config(values_of("external-dicomweb"), tmp_path)
     assert c.DataService.archive_url == values_of("external-dicomweb")["archive"]["external"]["url"]
     assert c.DataService.archive_username == "imaginghub"

@@ -95,7 +95,7 @@ def test_a_job_runs_succeeds_and_cleans_up(jobs_ns, tmp_path):
     async def life():
         runner = make_runner(kube, tmp_path)
         spec = {"parameters": {"x": 1}, "kernel": "imaging",
-                "resources": {"requests": {"cpu": "2", "memory": "6Gi"}}}
+                "resources": {"cpu": 2.0, "memory": "6Gi"}}  # the workflow's and the job's
         handle = await runner.start("a1b2c3d4e5f60718", "alice", spec, notebook(tmp_path), ENV)
         assert handle == job_name("a1b2c3d4e5f60718")
         job = await asyncio.to_thread(kube.get, "job", handle, "-n", NS)
@@ -117,7 +117,8 @@ def test_a_job_runs_succeeds_and_cleans_up(jobs_ns, tmp_path):
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"] == "registry.example.org/imaginghub/user:0.1.0"
-    assert container["resources"]["requests"] == {"cpu": "2", "memory": "6Gi"}  # the workflow's
+    assert container["resources"] == {"requests": {"cpu": "2", "memory": "6Gi"},
+                                      "limits": {"memory": "6Gi"}}
     assert pod["automountServiceAccountToken"] is False
     assert spec["template"]["metadata"]["labels"]["imaginghub.org/user-code"] == "true"
     # the token only in the job's Secret
@@ -189,6 +190,27 @@ def test_a_restarted_service_adopts_a_running_job(jobs_ns, tmp_path):
     assert asyncio.run(second()) == (None, 0)
 
 
+def test_a_job_that_asks_for_a_gpu_gets_one_and_the_gpu_nodes(tmp_path):
+    runner = KubernetesJobRunner(runs_dir=tmp_path, config=Config({"KubernetesJobRunner": {
+        "namespace": NS, "image": "reg/user:1", "gpu_image": "reg/user-gpu:1",
+        "node_selector": {"zone": "a"}, "gpu_node_selector": {"gpu": "true"},
+        "gpu_tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}))
+    gpu = runner.job_manifest("0000000000000d01", "alice",
+                              {"resources": {"gpu": 1, "memory": "24Gi"}}, ENV)
+    pod = gpu["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "reg/user-gpu:1"
+    assert container["resources"] == {"requests": {"cpu": "1", "memory": "24Gi"},
+                                      "limits": {"memory": "24Gi", "nvidia.com/gpu": 1}}
+    assert pod["nodeSelector"] == {"zone": "a", "gpu": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    cpu = runner.job_manifest("0000000000000d02", "alice", {"resources": {}}, ENV)
+    pod = cpu["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "reg/user:1"
+    assert pod["containers"][0]["resources"] == runner.resources  # the runner's defaults
+    assert pod["nodeSelector"] == {"zone": "a"} and "tolerations" not in pod
+
+
 def test_what_a_run_may_send(tmp_path):
     runner = KubernetesJobRunner(runs_dir=tmp_path, config=Config(
         {"KubernetesJobRunner": {"namespace": NS}}))
@@ -255,7 +277,8 @@ def test_a_job_service_on_kubernetes_takes_a_jobs_files_only_from_the_job(jobs_n
         s.cli("users", "add", "alice", "--project", "k8s")
         alice_token = s.token("alice")
         alice = Jobs(s.run["jobs_url"], alice_token)
-        job = alice.submit("echo", message="sent from the pod", times=2)
+        job = alice.submit("echo", message="sent from the pod", times=2,
+                           resources={"cpu": 2, "memory": "6Gi"})
         handle = job_name(job.id)
         k8s_job = _wait(lambda: _get_or_none(kube, "job", handle), "the service's Job")
         secret = kube.get("secret", handle, "-n", NS)
@@ -274,6 +297,7 @@ def test_a_job_service_on_kubernetes_takes_a_jobs_files_only_from_the_job(jobs_n
         (mount / "spec.json").write_text(json.dumps({**spec,
                                                       "notebook": str(mount / "input.ipynb")}))
         container = k8s_job["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["requests"] == {"cpu": "2", "memory": "6Gi"}
         env = {e["name"]: (e["value"] if "value" in e
                            else data[e["valueFrom"]["secretKeyRef"]["key"]].decode())
                for e in container["env"]}

@@ -28,6 +28,7 @@ USERS = [
     {"sub": "u-bob", "preferred_username": "bob", "groups": ["/imaging/project-neuro"]},
     {"sub": "u-root", "preferred_username": "root", "groups": ["/project-oncology"]},
     {"sub": "u-carol", "preferred_username": "carol", "groups": ["/staff"]},
+    {"sub": "u-erin", "preferred_username": "Erin", "groups": ["/project-neuro"]},
 ]
 
 
@@ -45,18 +46,24 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) 
     raise AssertionError(f"{url} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def start_provider(tmp: Path) -> tuple[str, subprocess.Popen, Path]:
+    """The provider process with USERS: (its URL, the process, its log)."""
+    port = free_port()
+    log = tmp / "idp.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oidc_provider_mock", "-p", str(port),
+         *[a for u in USERS for a in ("--user-claims", json.dumps(u))]],
+        stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return f"http://127.0.0.1:{port}", proc, log
+
+
 @pytest.fixture(scope="module")
 def oidc_hub(tmp_path_factory):
     """The provider, and a hub that logs in with it."""
     tmp = tmp_path_factory.mktemp("oidc")
-    idp_port, hub_port, hub_api, proxy_api = (free_port() for _ in range(4))
-    procs = []
-    idp_log = tmp / "idp.log"
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "oidc_provider_mock", "-p", str(idp_port),
-         *[a for u in USERS for a in ("--user-claims", json.dumps(u))]],
-        stdout=idp_log.open("w"), stderr=subprocess.STDOUT))
-    idp = f"http://127.0.0.1:{idp_port}"
+    hub_port, hub_api, proxy_api = (free_port() for _ in range(3))
+    idp, idp_proc, idp_log = start_provider(tmp)
+    procs = [idp_proc]
     token = secrets.token_hex(16)
     hub_url = f"http://127.0.0.1:{hub_port}"
     (tmp / "jupyterhub_config.py").write_text(f"""
@@ -154,3 +161,91 @@ def test_refused_logins(oidc_hub, sub, name):
     got = login(oidc_hub["hub"], sub)
     assert got.status_code == 403 and not got.logged_in, (got.status_code, got.text[:300])
     assert user(oidc_hub, name).status_code == 404  # no hub user was made
+
+
+def test_an_embedded_site_logs_in_with_its_provider(tmp_path_factory):
+    """`imaginghub up` with the site's provider (imaginghub_config.py, the
+    client secret in a file of root's): a user the site's registry does not
+    know logs in there, gets the projects of her provider groups, sees those
+    projects' series and no others, and her server runs as a Unix account
+    of her own."""
+    from conftest import (MULTI_USER, RunningStack, new_home, private_folder, remove_site,
+                          start_stack, stop_stack)
+
+    from imaginghub.hub import demo
+    from imaginghub.kernels.dicomweb import PACS
+
+    tmp = tmp_path_factory.mktemp("oidc-embedded")
+    idp, idp_proc, idp_log = start_provider(tmp)
+    secret = private_folder("oidcsec") / "client-secret"
+    secret.write_text("the-sites-client-secret\n")
+    os.chmod(secret, 0o600)
+    port = free_port()
+    hub_url = f"http://127.0.0.1:{port}"
+    home = new_home("oidc", extra=f"""
+c.JupyterHub.authenticator_class = "imaginghub-oidc"
+c.ImagingOIDCAuthenticator.client_id = "imaginghub"
+c.ImagingOIDCAuthenticator.client_secret_file = "{secret}"
+c.ImagingOIDCAuthenticator.authorize_url = "{idp}/oauth2/authorize"
+c.ImagingOIDCAuthenticator.token_url = "{idp}/oauth2/token"
+c.ImagingOIDCAuthenticator.userdata_url = "{idp}/userinfo"
+c.ImagingOIDCAuthenticator.oauth_callback_url = "{hub_url}/hub/oauth_callback"
+c.ImagingOIDCAuthenticator.scope = ["openid", "profile"]
+c.ImagingOIDCAuthenticator.username_claim = "preferred_username"
+""")
+    proc = output = None
+    try:
+        wait_http(f"{idp}/.well-known/openid-configuration", idp_proc, idp_log)
+        proc, output = start_stack(home, "--demo", port=port)
+        assert proc.poll() is None, output.read_text()
+        s = RunningStack(home, proc, output)
+        assert "erin" not in s.cli("users", "list").stdout  # not in the site's registry
+        done = login(hub_url, "u-erin")
+        assert done.status_code == 302 and done.logged_in, done.text[:500]
+        admin = {"Authorization": f"token {s.home.secret('admin_service_token')}"}
+        erin = httpx.get(f"{hub_url}/hub/api/users/erin", headers=admin, timeout=30).json()
+        assert erin["groups"] == ["project-neuro"]
+        pacs = PACS(s.run["gateway_url"], token=s.token("erin"))
+        def found(key: str) -> bool:
+            uid = demo.series(key).series_uid
+            return bool(pacs.search_for_series(search_filters={"SeriesInstanceUID": uid}))
+
+        assert found("mr-head") and not found("ct-head")  # neuro's, not oncology's
+        # her server: spawned as a Unix account of her own
+        started = httpx.post(f"{hub_url}/hub/api/users/erin/server", headers=admin,
+                             timeout=60)
+        assert started.status_code in (201, 202), started.text
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            model = httpx.get(f"{hub_url}/hub/api/users/erin", headers=admin,
+                              timeout=30).json()
+            if model["servers"].get("", {}).get("ready"):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"erin's server did not start:\n{output.read_text()[-3000:]}")
+        if MULTI_USER:
+            account = s.home.accounts().lookup("erin")
+            assert account is not None and account.name.endswith("erin")
+        assert "the-sites-client-secret" not in (home / "logs" / "jupyterhub.log").read_text()
+    finally:
+        if proc is not None:
+            assert stop_stack(proc) == 0, output.read_text()
+        remove_site(home)
+        idp_proc.terminate()
+        idp_proc.wait(20)
+
+
+def test_the_client_secret_file_is_checked(tmp_path):
+    from imaginghub.hub.errors import ConfigError
+    from imaginghub.hub.oidc import ImagingOIDCAuthenticator
+
+    f = tmp_path / "secret"
+    f.write_text("s3cret-value\n")
+    os.chmod(f, 0o600)
+    assert ImagingOIDCAuthenticator(client_secret_file=str(f)).client_secret == "s3cret-value"
+    os.chmod(f, 0o644)
+    with pytest.raises(ConfigError, match="open to every account"):
+        ImagingOIDCAuthenticator(client_secret_file=str(f)).client_secret
+    with pytest.raises(ConfigError, match="cannot be read"):
+        ImagingOIDCAuthenticator(client_secret_file=str(tmp_path / "none")).client_secret

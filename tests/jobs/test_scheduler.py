@@ -73,6 +73,7 @@ class FakeRunner(Runner):
         self.stopped: list[str] = []
         self.cleaned: list[str] = []
         self.exits: dict[str, int] = {}  # handle: exit code, once ended
+        self.specs: dict[str, dict] = {}  # job id: the spec it was started with
         self.unavailable = False
 
     async def start(self, job_id, user, spec, notebook, env):
@@ -82,6 +83,7 @@ class FakeRunner(Runner):
         assert env["JUPYTERHUB_API_TOKEN"] == f"token-of-{user}"
         (self.runs_dir / job_id).mkdir(parents=True)
         self.started.append(job_id)
+        self.specs[job_id] = spec
         return f"handle-{job_id}"
 
     async def poll(self, handle):
@@ -243,3 +245,61 @@ def test_submissions_that_cannot_be_queued(queue):
     with pytest.raises(SubmitError, match="above this site's limit"):
         run(sched.submit("alice", "echo", {}, token=None, projects={"p"}, time_limit=7200))
     assert not sched.store.with_status(QUEUED)
+
+
+# -- resources ---------------------------------------------------------------------------
+def test_resources_come_from_the_workflow_and_the_job(queue, tmp_path):
+    """A workflow's metadata says what one run needs; a job asks for more or
+    less of it; the runner gets both, the job's on top; a rerun asks for the
+    same; a wrong value is refused before anything is queued."""
+    import nbformat
+
+    sched, runner = queue
+    nb = nbformat.read(str(WORKFLOWS / "echo.ipynb"), as_version=4)
+    nb.metadata["imaginghub"]["resources"] = {"cpu": 2, "memory": "8Gi"}
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    nbformat.write(nb, str(folder / "big-echo.ipynb"))
+    sched.registry = Registry([folder])
+    assert sched.registry.get("big-echo").model()["resources"] == {"cpu": 2.0,
+                                                                  "memory": "8Gi"}
+    plain = run(sched.submit("alice", "big-echo", {}, token=None, projects={"p"}))
+    more = run(sched.submit("alice", "big-echo", {}, token=None, projects={"p"},
+                            resources={"memory": "32Gi", "gpu": 1}))
+    run(sched.step())
+    assert runner.specs[plain.id]["resources"] == {"cpu": 2.0, "memory": "8Gi"}
+    assert runner.specs[more.id]["resources"] == {"cpu": 2.0, "memory": "32Gi", "gpu": 1}
+    assert sched.store.get(more.id).model()["resources"]["gpu"] == 1
+    again = run(sched.submit("alice", "big-echo", {}, token=None, projects={"p"},
+                             rerun_of=sched.store.get(more.id)))
+    assert json.loads(sched.store.get(again.id).resources)["memory"] == "32Gi"
+    for bad, said in [({"gpus": 1}, "no resource gpus"), ({"cpu": -1}, "cpu must be"),
+                      ({"memory": "lots"}, "memory must be"), ({"gpu": 0.5}, "gpu must be"),
+                      ("4 cores", "must be an object")]:
+        with pytest.raises(SubmitError, match=said):
+            run(sched.submit("alice", "big-echo", {}, token=None, projects={"p"},
+                             resources=bad))
+    # a workflow whose metadata asks for something wrong is not offered
+    nb.metadata["imaginghub"]["resources"] = {"memory": 8}
+    with pytest.raises(ValueError, match="memory must be"):
+        nbformat.write(nb, str(folder / "bad.ipynb"))
+        load(folder / "bad.ipynb")
+
+
+def test_a_database_of_an_older_release_gets_the_new_columns(tmp_path):
+    """A jobs database made before ``resources`` existed: its jobs stay and
+    read as asking for nothing."""
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    JobStore(f"sqlite:///{db}")
+    with sqlite3.connect(db) as c:  # back to the older release's table
+        c.execute("ALTER TABLE jobs DROP COLUMN resources")
+        c.execute("INSERT INTO jobs (id, user, project, shared, workflow, title, "
+                  "notebook_path, notebook_sha256, parameters, cohort, cohort_series_hash, "
+                  "series_count, packages, status, reason, progress, submitted_at, "
+                  "time_limit, runner, handle, token_id, per_series) VALUES ('j1', 'alice', "
+                  "'', 0, 'echo', '', 'x', 'y', '{}', '', '', 0, '{}', 'succeeded', '', 1.0, "
+                  "'2026-01-01 00:00:00', 60, 'local', '', '', 0)")
+    store = JobStore(f"sqlite:///{db}")
+    assert store.get("j1").model()["resources"] == {}

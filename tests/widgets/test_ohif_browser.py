@@ -38,8 +38,13 @@ VIEWER = "/services/viewer"
 def _viewport(page) -> np.ndarray:
     """The middle of the image canvas as the screen shows it (the edges hold
     the viewport's overlays: text, icons, its blue frame)."""
-    box = page.locator("[data-cy=viewport-pane] canvas.cornerstone-canvas").first \
-        .bounding_box()
+    canvas = page.locator("[data-cy=viewport-pane] canvas.cornerstone-canvas").first
+    # while a SEG loads, OHIF builds the viewport anew: no canvas for a moment
+    canvas.wait_for(state="visible", timeout=30_000)
+    box = canvas.bounding_box()
+    if box is None:  # replaced between the two looks
+        canvas.wait_for(state="visible", timeout=30_000)
+        box = canvas.bounding_box()
     # a clip of the page's screenshot: an element's own screenshot of this
     # WebGL canvas came back as its first frame, whatever was on the screen
     w, h = box["width"], box["height"]

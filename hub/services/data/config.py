@@ -4,9 +4,7 @@ dependencies)."""
 
 from __future__ import annotations
 
-import os
 import ssl
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,6 +13,7 @@ from traitlets import Bool, Integer, Unicode, validate
 from traitlets import TraitError
 
 from ...errors import ConfigError
+from ...safeio import read_secret
 from .. import HubService
 
 
@@ -152,7 +151,9 @@ def archive_endpoint(home) -> ArchiveEndpoint:
             if not conf.archive_password_file:
                 raise ConfigError("c.DataService.archive_username is set without "
                                   "archive_password_file: name the file that holds its password")
-            auth = (conf.archive_username, read_password(Path(conf.archive_password_file)))
+            auth = (conf.archive_username, read_secret(Path(conf.archive_password_file),
+                                                        "c.DataService.archive_password_file",
+                                                        "the archive's password"))
         elif conf.archive_password_file:
             raise ConfigError("c.DataService.archive_password_file is set without "
                               "archive_username: name the user it is the password of")
@@ -166,23 +167,3 @@ def archive_endpoint(home) -> ArchiveEndpoint:
                            (orthanc.ARCHIVE_USER, home.secret("archive_password")), rest)
 
 
-def read_password(path: Path) -> str:
-    """The first line of ``path``, a regular file no other account may read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise ConfigError(f"c.DataService.archive_password_file {path} cannot be read "
-                          f"({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"c.DataService.archive_password_file {path} is not a file")
-        if st.st_mode & 0o007:
-            raise ConfigError(
-                f"{path} (c.DataService.archive_password_file) is open to every account "
-                f"(mode {st.st_mode & 0o777:o}): run 'chmod o-rwx {path}'")
-        lines = f.read(4096).decode("utf-8", errors="strict").splitlines()
-    if not lines or not lines[0].strip():
-        raise ConfigError(f"{path} (c.DataService.archive_password_file) is empty: write "
-                          "the archive's password on its first line")
-    return lines[0].strip()

@@ -7,7 +7,7 @@ user (or an admin) cancels it or changes its sharing. Anything else answers
 and submits as a named user.
 
 - ``GET workflows``, ``GET workflows/NAME``: the workflows and their parameters.
-- ``POST jobs``: ``{"workflow", "parameters", "shared", "time_limit"}`` (the
+- ``POST jobs``: ``{"workflow", "parameters", "shared", "time_limit", "resources"}`` (the
   admin service adds ``"user"``); 201 with the job, 400 for parameters the
   workflow does not take, nothing queued.
 - ``GET jobs[?status=&limit=&offset=&mine=1]``: newest first.
@@ -124,10 +124,12 @@ class JobsHandler(BaseHandler):
 
     async def post(self):
         body = self.body()
-        unknown = set(body) - {"workflow", "parameters", "shared", "time_limit", "user"}
+        unknown = set(body) - {"workflow", "parameters", "shared", "time_limit", "user",
+                               "resources"}
         if unknown:
             raise web.HTTPError(400, reason=f"unknown field(s) {', '.join(sorted(unknown))}: "
-                                "a job takes workflow, parameters, shared and time_limit")
+                                "a job takes workflow, parameters, shared, time_limit and "
+                                "resources")
         workflow = body.get("workflow")
         params = body.get("parameters") or {}
         if not isinstance(workflow, str) or not workflow:
@@ -146,7 +148,8 @@ class JobsHandler(BaseHandler):
             raise web.HTTPError(403, reason="you can submit jobs only as yourself")
         job = await self.ctx.scheduler.submit(
             user, workflow, params, token=token, projects=projects,
-            shared=bool(body.get("shared", False)), time_limit=body.get("time_limit"))
+            shared=bool(body.get("shared", False)), time_limit=body.get("time_limit"),
+            resources=body.get("resources"))
         self.send(self.model(self.ctx.scheduler.store.get(job.id)), 201)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterable
 
 from sqlalchemy import (Boolean, DateTime, Float, Integer, String, Text, create_engine, or_,
@@ -23,6 +24,8 @@ QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 CANCELLED, TIMED_OUT, INTERRUPTED = "cancelled", "timed_out", "interrupted"
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, INTERRUPTED)
+
+log = logging.getLogger("imaginghub.jobs")
 
 
 def now() -> dt.datetime:
@@ -62,6 +65,9 @@ class Job(Base):
     token_id: Mapped[str] = mapped_column(String(64), default="")
     rerun_of: Mapped[str | None] = mapped_column(String(32), default=None)
     per_series: Mapped[bool] = mapped_column(Boolean, default=False)
+    # JSON: what one run needs (workflows.check_resources), the workflow's
+    # with the job's own on top; a runner that places jobs (Kubernetes) uses it
+    resources: Mapped[str] = mapped_column(Text, default="{}")
 
     def model(self, children: list[Job] | None = None) -> dict:
         """The job as the REST API shows it."""
@@ -84,6 +90,7 @@ class Job(Base):
             "submitted": iso(self.submitted_at), "started": iso(self.started_at),
             "ended": iso(self.ended_at), "time_limit": self.time_limit, "runner": self.runner,
             "rerun_of": self.rerun_of, "per_series": self.per_series,
+            "resources": json.loads(self.resources or "{}"),
         }
         if children is not None:
             counts: dict[str, int] = {}
@@ -98,7 +105,24 @@ class JobStore:
     def __init__(self, url: str):
         self.engine = create_engine(url, future=True)
         Base.metadata.create_all(self.engine)
+        self._add_new_columns()
         self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    # columns added after the first release: (name, SQL type and default)
+    NEW_COLUMNS = (("resources", "TEXT DEFAULT '{}'"),)
+
+    def _add_new_columns(self) -> None:
+        """A database an older imaginghub made gets the columns added since
+        (create_all makes missing tables only); its jobs keep their rows."""
+        from sqlalchemy import inspect, text
+
+        have = {c["name"] for c in inspect(self.engine).get_columns("jobs")}
+        missing = [(n, t) for n, t in self.NEW_COLUMNS if n not in have]
+        if missing:
+            with self.engine.begin() as c:
+                for name, kind in missing:
+                    c.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {kind}"))
+            log.info("jobs database: added the column(s) %s", ", ".join(n for n, _ in missing))
 
     def add(self, jobs: Iterable[Job]) -> None:
         """Add jobs at once: a fan-out's parent and children all, or none."""

@@ -6,8 +6,9 @@ image (``c.JobService.runner = "kubernetes"``; the Helm chart sets it).
   ``python -m imaginghub.hub.services.jobs.pod``. Only the token is secret:
   the rest of the environment (the services' URLs) is plain. The pod has the
   labels of users' code (the chart's NetworkPolicies), no service-account
-  token, the resources of the job's spec when it names some (the scheduler
-  does not yet pass a workflow's) or this runner's defaults, and ``ttlSecondsAfterFinished``. The handle is the Job's name.
+  token, its resources (:meth:`container_resources`: what the workflow's
+  metadata and the job asked for, over this runner's defaults), and
+  ``ttlSecondsAfterFinished``. The handle is the Job's name.
 - The run sends its progress, result, executed notebook and work files to
   the job service's API with its own token (:mod:`.pod`; the service checks
   that the token is the job's and keeps them in ``runs_dir/ID``, see
@@ -66,8 +67,21 @@ class KubernetesJobRunner(RunsFolderRunner):
         it: where a run sends its results with its token.""").tag(config=True)
     resources = Dict({"requests": {"cpu": "1", "memory": "4Gi"},
                       "limits": {"memory": "8Gi"}}, help="""
-        A job's container resources, unless the job's spec names others
-        (``resources``).""").tag(config=True)
+        A job's container resources (Kubernetes' form), for what neither its
+        workflow nor the job asks for. A namespace LimitRange or
+        ResourceQuota bounds what jobs may ask for: the API server refuses
+        a Job above it, and the job fails saying so.""").tag(config=True)
+    gpu_image = Unicode("", help="""
+        The image of a job that asks for a GPU (the user image's GPU
+        variant); empty: :attr:`image`.""").tag(config=True)
+    gpu_resource = Unicode("nvidia.com/gpu", help="""
+        The extended resource a job's ``gpu`` asks for.""").tag(config=True)
+    gpu_node_selector = Dict(help="""
+        Node labels a job that asks for a GPU requires (besides
+        node_selector).""").tag(config=True)
+    gpu_tolerations = List(Dict(), help="""
+        Tolerations of a job that asks for a GPU (GPU nodes are often
+        tainted).""").tag(config=True)
     ttl_seconds_after_finished = Integer(3600, help="""
         How long Kubernetes keeps a finished Job and its pod (its log).""").tag(config=True)
     extra_labels = Dict(help="""
@@ -133,8 +147,29 @@ class KubernetesJobRunner(RunsFolderRunner):
         return {"app.kubernetes.io/part-of": "imaginghub", "component": "job",
                 "imaginghub.org/job-id": job_id, **self.extra_labels}
 
+    def container_resources(self, needs: dict) -> dict:
+        """Kubernetes' resources of a job's container: ``needs`` (a
+        workflow's and a job's, workflows.check_resources: cpu, memory,
+        gpu) over :attr:`resources`. cpu and memory are requests; memory is
+        the limit too (a job over it is stopped, not the node's other
+        pods); a GPU is a limit of :attr:`gpu_resource`."""
+        requests = dict(self.resources.get("requests") or {})
+        limits = dict(self.resources.get("limits") or {})
+        if "cpu" in needs:
+            requests["cpu"] = f"{needs['cpu']:g}"
+        if "memory" in needs:
+            requests["memory"] = limits["memory"] = needs["memory"]
+        if needs.get("gpu"):
+            limits[self.gpu_resource] = int(needs["gpu"])
+        out = {"requests": requests} if requests else {}
+        if limits:
+            out["limits"] = limits
+        return out
+
     def job_manifest(self, job_id: str, user: str, spec: dict, env: dict[str, str]) -> dict:
         name = job_name(job_id)
+        needs = spec.get("resources") or {}
+        gpu = bool(needs.get("gpu"))
         plain = {k: v for k, v in env.items() if k not in SECRET_VARIABLES
                  and k not in ("HOME", "PATH")}
         plain.update(IMAGINGHUB_JOB_UPLOAD_URL=self.upload_url.rstrip("/"),
@@ -149,10 +184,11 @@ class KubernetesJobRunner(RunsFolderRunner):
             "securityContext": {"runAsUser": self.uid, "runAsGroup": self.uid,
                                 "runAsNonRoot": True, "fsGroup": self.uid},
             "containers": [{
-                "name": "job", "image": self.image, "imagePullPolicy": self.image_pull_policy,
+                "name": "job", "image": (self.gpu_image or self.image) if gpu else self.image,
+                "imagePullPolicy": self.image_pull_policy,
                 "command": ["python3", "-m", "imaginghub.hub.services.jobs.pod", MOUNT],
                 "env": container_env,
-                "resources": spec.get("resources") or self.resources,
+                "resources": self.container_resources(needs),
                 "securityContext": {"allowPrivilegeEscalation": False,
                                     "capabilities": {"drop": ["ALL"]}},
                 "volumeMounts": [{"name": "job", "mountPath": MOUNT, "readOnly": True},
@@ -163,10 +199,12 @@ class KubernetesJobRunner(RunsFolderRunner):
         }
         if self.image_pull_secrets:
             pod["imagePullSecrets"] = [{"name": n} for n in self.image_pull_secrets]
-        if self.node_selector:
-            pod["nodeSelector"] = dict(self.node_selector)
-        if self.tolerations:
-            pod["tolerations"] = list(self.tolerations)
+        selector = {**self.node_selector, **(self.gpu_node_selector if gpu else {})}
+        tolerations = [*self.tolerations, *(self.gpu_tolerations if gpu else [])]
+        if selector:
+            pod["nodeSelector"] = selector
+        if tolerations:
+            pod["tolerations"] = tolerations
         labels = self.labels(job_id)
         return {
             "apiVersion": "batch/v1", "kind": "Job",

@@ -29,7 +29,7 @@ from .db import (ACTIVE, CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNI
                  TIMED_OUT, Job, JobStore, now)
 from .errors import ParameterError, RunnerUnavailable, SubmitError
 from .runner import GONE, Runner, base_environment
-from .workflows import Registry, Workflow
+from .workflows import Registry, Workflow, check_resources
 
 log = logging.getLogger("imaginghub.jobs")
 
@@ -86,11 +86,13 @@ class Scheduler:
     # -- submitting -------------------------------------------------------------------
     async def submit(self, user: str, workflow: str, parameters: dict, *, token: str | None,
                      projects=frozenset(), shared: bool = False, time_limit: int | None = None,
-                     rerun_of: Job | None = None) -> Job:
+                     rerun_of: Job | None = None, resources: dict | None = None) -> Job:
         """Queue a run of ``workflow`` as ``user``. ``token`` is one of the
         user's (to look the cohort up as them); None: one is made for it.
         The job's project (whose members see it when it is shared) is the
-        cohort's, else the parameter ``project``, else the user's only one."""
+        cohort's, else the parameter ``project``, else the user's only one.
+        ``resources`` (checked: workflows.check_resources) go over the
+        workflow's; a rerun asks for what the first run asked for."""
         if rerun_of is None:
             wf = self.registry.get(workflow)
             if wf is None:
@@ -109,6 +111,14 @@ class Scheduler:
             if not notebook.exists():
                 raise SubmitError(f"the notebook of job {rerun_of.id} is no longer kept", 410)
         limit = self._limit(time_limit)
+        try:
+            asked = check_resources(resources, "the job's resources")
+        except ParameterError as e:
+            raise SubmitError(str(e)) from None
+        if rerun_of is not None:
+            needs = {**json.loads(rerun_of.resources or "{}"), **asked}
+        else:
+            needs = {**wf.resources, **asked}
         cohort, series_hash, series = "", "", None
         project = str(params.get("project") or "")
         if params.get("cohort"):
@@ -144,6 +154,7 @@ class Scheduler:
                     notebook_path=rerun_of.notebook_path if rerun_of else str(wf.path),
                     notebook_sha256=notebook.stem, cohort=cohort,
                     cohort_series_hash=series_hash, series_count=len(series or ()),
+                    resources=json.dumps(needs),
                     packages=json.dumps(self.packages), time_limit=limit,
                     runner=self.runner.name, rerun_of=rerun_of.id if rerun_of else None)
         parent = Job(id=_new_id(), parameters=json.dumps(params), per_series=per_series,
@@ -299,7 +310,8 @@ class Scheduler:
 
     async def _start(self, job: Job) -> bool:
         notebook = self.notebook_copy(job.notebook_sha256)
-        spec = {"parameters": json.loads(job.parameters), "kernel": "imaging"}
+        spec = {"parameters": json.loads(job.parameters), "kernel": "imaging",
+                "resources": json.loads(job.resources or "{}")}
         try:
             token, token_id = await self._mint(job.user, f"job {job.id}", job.time_limit + 600)
         except (SubmitError, httpx.HTTPError) as e:

@@ -5,9 +5,12 @@ A workflow is found in a folder the site configures (the project's
 with an entry point in the group ``imaginghub.workflows`` (the entry point
 loads to a notebook's path, or a folder of them). Its name is the file name
 without ``.ipynb``. The notebook's ``metadata.imaginghub`` holds ``title``,
-``description``, ``reads``, ``writes`` and ``per_series`` (run once per
-series of a cohort). Parameter names, types and defaults come from
-papermill's notebook inspection; submitted values are checked against them.
+``description``, ``reads``, ``writes``, ``per_series`` (run once per
+series of a cohort) and ``resources`` (what one run needs where a runner
+places it: ``{"cpu": 2, "memory": "8Gi", "gpu": 1}``, see
+:func:`check_resources`; a job may ask for other values). Parameter names,
+types and defaults come from papermill's notebook inspection; submitted
+values are checked against them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import importlib.metadata
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +53,7 @@ class Workflow:
     writes: str
     per_series: bool
     parameters: dict[str, dict] = field(default_factory=dict)  # name: {type, default, help}
+    resources: dict = field(default_factory=dict)  # check_resources' form
 
     @property
     def takes_cohort(self) -> bool:
@@ -57,7 +62,8 @@ class Workflow:
     def model(self) -> dict:
         return {"name": self.name, "title": self.title, "description": self.description,
                 "reads": self.reads, "writes": self.writes, "per_series": self.per_series,
-                "sha256": self.sha256, "parameters": self.parameters}
+                "sha256": self.sha256, "parameters": self.parameters,
+                "resources": self.resources}
 
     def check(self, values: dict) -> dict:
         """``values`` checked against the notebook's parameters: a
@@ -76,6 +82,53 @@ class Workflow:
                     f"{type(value).__name__} {value!r:.80}")
             out[name] = float(value) if kind == "float" else value
         return out
+
+
+RESOURCES = {"cpu": "CPU cores (a number, e.g. 2 or 0.5)",
+             "memory": 'memory as Kubernetes writes it (e.g. "8Gi", "512Mi")',
+             "gpu": "GPUs (a whole number)"}
+_MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+
+
+def check_resources(value, where: str) -> dict:
+    """What one run needs, as a workflow's metadata or a job asks for it:
+    ``{"cpu": 2, "memory": "8Gi", "gpu": 1}``, each key optional; the same
+    keys with checked values (cpu a float, memory a string, gpu an int). A
+    ParameterError says which value is wrong (``where``: whose they are)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ParameterError(f"{where}: resources must be an object such as "
+                             '{"cpu": 2, "memory": "8Gi", "gpu": 1}')
+    unknown = sorted(set(value) - set(RESOURCES))
+    if unknown:
+        raise ParameterError(f"{where}: no resource {', '.join(unknown)}; a run may ask for "
+                             + "; ".join(f"{k}: {v}" for k, v in RESOURCES.items()))
+    out = {}
+    if "cpu" in value:
+        cpu = value["cpu"]
+        if isinstance(cpu, str):
+            try:
+                cpu = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+            except ValueError:
+                cpu = None
+        if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) \
+                or not math.isfinite(cpu) or cpu <= 0:
+            raise ParameterError(f"{where}: cpu must be {RESOURCES['cpu']}, not {value['cpu']!r}")
+        out["cpu"] = float(cpu)
+    if "memory" in value:
+        memory = value["memory"]
+        if not isinstance(memory, str) or not _MEMORY.match(memory) \
+                or not float(re.match(r"[0-9.]+", memory).group()) > 0:
+            raise ParameterError(f"{where}: memory must be {RESOURCES['memory']}, "
+                                 f"not {memory!r}")
+        out["memory"] = memory
+    if "gpu" in value:
+        gpu = value["gpu"]
+        if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
+            raise ParameterError(f"{where}: gpu must be {RESOURCES['gpu']}, not {gpu!r}")
+        out["gpu"] = gpu
+    return out
 
 
 def fits(kind: str, value) -> bool:
@@ -119,10 +172,15 @@ def load(path: Path) -> Workflow:
     for name, p in papermill.inspect_notebook(str(path)).items():
         params[name] = {"type": p["inferred_type_name"], "default": p["default"],
                         "help": p["help"]}
+    try:
+        resources = check_resources(meta.get("resources"), f"{path.name}'s metadata")
+    except ParameterError as e:
+        raise ValueError(str(e)) from None
     return Workflow(name=path.stem, path=path.resolve(), sha256=sha256_of(path),
                     title=meta.get("title", path.stem), description=meta.get("description", ""),
                     reads=meta.get("reads", ""), writes=meta.get("writes", ""),
-                    per_series=bool(meta.get("per_series", False)), parameters=params)
+                    per_series=bool(meta.get("per_series", False)), parameters=params,
+                    resources=resources)
 
 
 class Registry:
