@@ -1,6 +1,7 @@
 """Small datasets built in memory for tests, and kernels run as a user."""
 
 import contextlib
+import time
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -134,3 +135,15 @@ def structure_set(study, series, frame, rois: dict[int, tuple[str, list]]) -> Da
             item.ContourSequence.append(c)
         ds.ROIContourSequence.append(item)
     return ds
+
+
+def wait_for(predicate, timeout=60, what="a condition"):
+    """``predicate()``'s first true value, asked every 0.2 s; an
+    AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -253,6 +253,7 @@ def test_a_job_service_on_kubernetes_takes_a_jobs_files_only_from_the_job(jobs_n
     from imaginghub.hub.accounts import ensure_service_account
     from imaginghub.hub.state import free_port
     from imaginghub.kernels.jobs import Jobs
+    from tests_support import wait_for
 
     kube = jobs_ns
     if MULTI_USER:
@@ -280,9 +281,9 @@ def test_a_job_service_on_kubernetes_takes_a_jobs_files_only_from_the_job(jobs_n
         job = alice.submit("echo", message="sent from the pod", times=2,
                            resources={"cpu": 2, "memory": "6Gi"})
         handle = job_name(job.id)
-        k8s_job = _wait(lambda: _get_or_none(kube, "job", handle), "the service's Job")
+        k8s_job = wait_for(lambda: _get_or_none(kube, "job", handle), what="the service's Job")
         secret = kube.get("secret", handle, "-n", NS)
-        assert _wait(lambda: job.refresh().status == "running", "the job to run")
+        assert wait_for(lambda: job.refresh().status == "running", what="the job to run")
 
         # the pod's files and environment, as a kubelet would give them
         data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
@@ -344,8 +345,8 @@ def test_a_job_service_on_kubernetes_takes_a_jobs_files_only_from_the_job(jobs_n
         hub_api = s.url.rstrip("/") + "/hub/api/user"
         assert httpx.get(hub_api, headers={"Authorization": f"token {job_token}"},
                          timeout=30).status_code == 403
-        assert _wait(lambda: _get_or_none(kube, "secret", handle) is None,
-                     "the job's Secret to go")
+        assert wait_for(lambda: _get_or_none(kube, "secret", handle) is None,
+                        what="the job's Secret to go")
     finally:
         assert stop_stack(proc) == 0, output.read_text()
         remove_site(home)
@@ -357,12 +358,3 @@ def _get_or_none(kube, kind: str, name: str):
     got = kube.kubectl("get", kind, name, "-n", NS, "-o", "json", check=False)
     return json.loads(got.stdout) if got.returncode == 0 else None
 
-
-def _wait(predicate, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")

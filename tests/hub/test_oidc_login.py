@@ -46,6 +46,24 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) 
     raise AssertionError(f"{url} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def login_settings(idp: str, hub_url: str, secret: str) -> str:
+    """The lines of a hub's configuration that log in with the provider at
+    ``idp`` (``secret``: the line that gives the client secret)."""
+    return f"""
+# by its entry-point name, as a site would choose it
+c.JupyterHub.authenticator_class = "imaginghub-oidc"
+a = c.ImagingOIDCAuthenticator
+a.client_id = "imaginghub"
+{secret}
+a.authorize_url = "{idp}/oauth2/authorize"
+a.token_url = "{idp}/oauth2/token"
+a.userdata_url = "{idp}/userinfo"
+a.oauth_callback_url = "{hub_url}/hub/oauth_callback"
+a.scope = ["openid", "profile"]
+a.username_claim = "preferred_username"
+"""
+
+
 def start_provider(tmp: Path) -> tuple[str, subprocess.Popen, Path]:
     """The provider process with USERS: (its URL, the process, its log)."""
     port = free_port()
@@ -78,17 +96,7 @@ c.TraefikProxy.traefik_api_username = "jupyterhub"
 c.TraefikProxy.traefik_api_password = "{secrets.token_hex(8)}"
 c.TraefikProxy.static_config_file = "{tmp}/traefik.toml"
 c.TraefikFileProviderProxy.dynamic_config_file = "{tmp}/routes.toml"
-# by its entry-point name, as a site would choose it
-c.JupyterHub.authenticator_class = "imaginghub-oidc"
-a = c.ImagingOIDCAuthenticator
-a.client_id = "imaginghub"
-a.client_secret = "not-checked-by-this-provider"
-a.authorize_url = "{idp}/oauth2/authorize"
-a.token_url = "{idp}/oauth2/token"
-a.userdata_url = "{idp}/userinfo"
-a.oauth_callback_url = "{hub_url}/hub/oauth_callback"
-a.scope = ["openid", "profile"]
-a.username_claim = "preferred_username"
+{login_settings(idp, hub_url, 'a.client_secret = "not-checked-by-this-provider"')}
 a.admin_groups = {{"imaginghub-admins"}}
 c.JupyterHub.services = [{{"name": "check", "api_token": "{token}"}}]
 c.JupyterHub.load_roles = [{{"name": "check", "services": ["check"],
@@ -182,17 +190,8 @@ def test_an_embedded_site_logs_in_with_its_provider(tmp_path_factory):
     os.chmod(secret, 0o600)
     port = free_port()
     hub_url = f"http://127.0.0.1:{port}"
-    home = new_home("oidc", extra=f"""
-c.JupyterHub.authenticator_class = "imaginghub-oidc"
-c.ImagingOIDCAuthenticator.client_id = "imaginghub"
-c.ImagingOIDCAuthenticator.client_secret_file = "{secret}"
-c.ImagingOIDCAuthenticator.authorize_url = "{idp}/oauth2/authorize"
-c.ImagingOIDCAuthenticator.token_url = "{idp}/oauth2/token"
-c.ImagingOIDCAuthenticator.userdata_url = "{idp}/userinfo"
-c.ImagingOIDCAuthenticator.oauth_callback_url = "{hub_url}/hub/oauth_callback"
-c.ImagingOIDCAuthenticator.scope = ["openid", "profile"]
-c.ImagingOIDCAuthenticator.username_claim = "preferred_username"
-""")
+    home = new_home("oidc", extra=login_settings(idp, hub_url,
+                                                 f'a.client_secret_file = "{secret}"'))
     proc = output = None
     try:
         wait_http(f"{idp}/.well-known/openid-configuration", idp_proc, idp_log)

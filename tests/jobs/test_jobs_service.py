@@ -19,6 +19,8 @@ from imaginghub.kernels.catalog import Catalog
 from imaginghub.kernels.errors import NotFound
 from imaginghub.kernels.jobs import Jobs
 
+from tests_support import wait_for
+
 from conftest import (TEST_WORKFLOWS, RunningStack, new_home, remove_site, start_stack,
                       stop_stack)
 
@@ -64,14 +66,6 @@ def raw(jobs: Jobs, method: str, path: str) -> httpx.Response:
                          headers={"Authorization": f"token {jobs._token}"})
 
 
-def wait_for(predicate, timeout=60, what="a condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_workflows_and_their_parameters(alice):
