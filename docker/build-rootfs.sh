@@ -10,7 +10,8 @@
 #   hub:  docker/check-hub.py: the programs the chart runs from it, and
 #         PostgreSQL (imaginghub-postgresql) with Orthanc on its index, with
 #         the chart's own Orthanc configuration (ci/values/orthanc-postgres.yaml).
-# Prints what each took. OUT_DIR/IMAGE-rootfs is the root file system,
+# Prints what each took (CHECK_ONLY=1 checks and packs a root file system
+# built before, again). OUT_DIR/IMAGE-rootfs is the root file system,
 # OUT_DIR/IMAGE-rootfs.tar.gz the same packed (what `umoci`, `buildah` or
 # `docker import` take).
 set -Eeuo pipefail
@@ -98,7 +99,9 @@ p["terminal"] = False
 p["args"] = args
 p["user"] = {"uid": 1000, "gid": 1000}
 p["cwd"] = cwd
-p["env"] = ["PATH=/opt/imaginghub/venv/bin:/usr/bin:/bin", f"HOME={cwd}", "LANG=C.UTF-8"]
+# the Dockerfiles' PATH: the venv's, then Debian's image's default
+p["env"] = ["PATH=/opt/imaginghub/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+            "/sbin:/bin", f"HOME={cwd}", "LANG=C.UTF-8"]
 # the host's network (loopback); every other namespace its own
 spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
 spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/sys"] + [
@@ -152,8 +155,11 @@ print(*[s.getsockname()[1] for s in ss])')
 
 REPORT=()
 for image in "${IMAGES[@]}"; do
-  T0=$SECONDS
-  if [ "$image" = user ]; then build_root user TORCH="$TORCH"; else build_root hub; fi
+  T0=$SECONDS; T1=$SECONDS
+  if [ "${CHECK_ONLY:-}" = 1 ] && [ -f "$OUT/$image-rootfs/.imaginghub-built" ]; then
+    log "$image: CHECK_ONLY=1: the root file system as it is"
+  elif [ "$image" = user ]; then build_root user TORCH="$TORCH"; else build_root hub; fi
+  touch "$OUT/$image-rootfs/.imaginghub-built"
   T2=$SECONDS
   log "$image: runc checks as uid 1000"
   CHECKED=""

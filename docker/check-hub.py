@@ -37,9 +37,11 @@ def fail(text: str) -> None:
 
 
 def run(*args: str) -> str:
+    """What the command printed; a RuntimeError if it failed."""
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
     if r.returncode:
-        fail(f"{' '.join(args)} exited {r.returncode}: {(r.stderr or r.stdout)[-1000:]}")
+        raise RuntimeError(f"{' '.join(args)} exited {r.returncode}: "
+                           f"{(r.stderr or r.stdout)[-1000:]}")
     return (r.stdout or r.stderr).strip()
 
 
@@ -77,7 +79,14 @@ def a_dicom_instance() -> tuple[bytes, str]:
     return buf.getvalue(), ds.SeriesInstanceUID
 
 
-def main(config_path: str, pg_port: str, http_port: str, dicom_port: str) -> int:
+def main(*args: str) -> int:
+    try:
+        return check(*args)
+    except RuntimeError as e:
+        fail(str(e))
+
+
+def check(config_path: str, pg_port: str, http_port: str, dicom_port: str) -> int:
     import httpx
 
     for args in (["jupyterhub", "--version"], ["configurable-http-proxy", "--version"],
@@ -96,8 +105,10 @@ def main(config_path: str, pg_port: str, http_port: str, dicom_port: str) -> int
                   DicomPort=int(dicom_port))
     config["PostgreSQL"].update(Host="127.0.0.1", Port=int(pg_port))
     (work / "orthanc.json").write_text(json.dumps(config))
-    env = {**os.environ, "PGPASSWORD": PASSWORD, "PGPORT": pg_port,
-           "IMAGINGHUB_DATABASES": "imaginghub_orthanc", "ORTHANC_PASSWORD": PASSWORD}
+    # psql (here and in imaginghub-postgresql) and the server take these too
+    os.environ.update(PGPASSWORD=PASSWORD, PGPORT=pg_port, PGUSER="imaginghub")
+    env = {**os.environ, "IMAGINGHUB_DATABASES": "imaginghub_orthanc",
+           "ORTHANC_PASSWORD": PASSWORD}
     pg = subprocess.Popen(["imaginghub-postgresql", str(work / "pgdata")], env=env,
                           stdout=open(work / "pg.log", "w"), stderr=subprocess.STDOUT)
     procs = [pg]
