@@ -1,0 +1,7 @@
+"""Federated studies: one study run at several sites, and only what its
+workflow declares shareable leaves a site (see docs/architecture.md).
+
+Built so far: the egress gate (:mod:`.egress`), the one way a round's
+results leave a site. The coordinator, the site agent and their transport
+(Flower) come next.
+"""
