@@ -2,6 +2,7 @@
 workflow declares shareable leaves a site (see docs/architecture.md).
 
 Built so far: the egress gate (:mod:`.egress`), the one way a round's
-results leave a site. The coordinator, the site agent and their transport
-(Flower) come next.
+results leave a site, and the site's policy (:mod:`.policy`), which decides
+whether a round may run there at all. The coordinator, the site agent and
+their transport (Flower) come next.
 """
