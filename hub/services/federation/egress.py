@@ -301,8 +301,21 @@ def _read_tensors(work: Path, name: str, share: Share) -> dict:
 
 
 def _check_tensors(name: str, tensors: dict, share: Share, reference) -> bytes:
-    import numpy as np
     from safetensors.numpy import save
+
+    clean = check_tensors(name, tensors, share, reference)
+    data = save(clean)  # no metadata: only names from the reference, dtypes, shapes, values
+    if len(data) > share.max_bytes:
+        raise EgressError(f"output {name} is over its limit of {share.max_bytes} bytes")
+    return data
+
+
+def check_tensors(name: str, tensors: dict, share: Share, reference) -> dict:
+    """``tensors`` ({name: numpy array}) if they are what ``share`` and the
+    ``reference`` ({name: (dtype, shape)}) allow: exactly its names, floating
+    point of its dtypes and shapes, all finite; in name order. Used by the
+    gate on what a round wrote, and by the coordinator on what arrived."""
+    import numpy as np
 
     expected = {k: (None, s) for k, s in share.tensors.items()} if share.tensors else None
     if reference is not None:
@@ -327,7 +340,4 @@ def _check_tensors(name: str, tensors: dict, share: Share, reference) -> bytes:
         if not np.isfinite(a).all():
             raise EgressError(f"output {name}: tensor {key} has values that are not finite")
         clean[key] = np.ascontiguousarray(a)
-    data = save(clean)  # no metadata: only names from the reference, dtypes, shapes, values
-    if len(data) > share.max_bytes:
-        raise EgressError(f"output {name} is over its limit of {share.max_bytes} bytes")
-    return data
+    return clean
