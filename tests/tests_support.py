@@ -1,6 +1,7 @@
 """Small datasets built in memory for tests, and kernels run as a user."""
 
 import contextlib
+from pathlib import Path
 import time
 
 import numpy as np
@@ -147,3 +148,17 @@ def wait_for(predicate, timeout=60, what="a condition"):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+WORKFLOWS = Path(__file__).parents[1] / "notebooks" / "workflows"
+
+
+def run_workflow(name: str, where: Path, **parameters):
+    """Execute workflow ``name`` (of notebooks/workflows) in folder ``where``
+    with papermill in the imaging kernel (the executed notebook is saved
+    there too); the executed notebook."""
+    import papermill
+
+    where.mkdir(exist_ok=True)
+    return papermill.execute_notebook(WORKFLOWS / name, where / name, parameters=parameters,
+                                      kernel_name="imaging", cwd=where, progress_bar=False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-from pathlib import Path
 
 import nbformat
 import nibabel as nib
@@ -15,26 +14,19 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
-from tests_support import kernels_as
+from tests_support import WORKFLOWS, kernels_as, run_workflow as run
 
 from imaginghub.hub import demo
 from imaginghub.kernels.catalog import Catalog
 from imaginghub.kernels.dicomweb import PACS
 from imaginghub.kernels.workflow import NOTHING_SELECTED, resolve_series
 
-WORKFLOWS = Path(__file__).parents[2] / "notebooks" / "workflows"
 # small series of project oncology, one of them not a volume
 KEYS = ["ct-head-reversed", "ct-slice", "ct-small", "sc-jpeg-baseline"]
 UIDS = {demo.series(k).series_uid: k for k in KEYS}
 COMMON = {"cohort": ("str", ""), "project": ("str", ""), "series": ("list[str]", [])}
 
 
-def run(name: str, where: Path, **parameters) -> nbformat.NotebookNode:
-    """Execute workflow ``name`` in folder ``where`` (the executed notebook is
-    saved there too)."""
-    where.mkdir(exist_ok=True)
-    return papermill.execute_notebook(WORKFLOWS / name, where / name, parameters=parameters,
-                                      kernel_name="imaging", cwd=where, progress_bar=False)
 
 
 def printed(nb) -> str:
@@ -172,7 +164,8 @@ def test_export_uncompressed_without_a_cohort(alice, tmp_path):
     assert missing["status"] == "failed" and missing["reason"].startswith("NotFound: ")
 
 
-@pytest.mark.parametrize("name", ["cohort-qc.ipynb", "export-nifti.ipynb"])
+@pytest.mark.parametrize("name", ["cohort-qc.ipynb", "export-nifti.ipynb",
+                                  "federated-stats.ipynb"])
 def test_no_selection_fails_clearly(alice, tmp_path, name):
     with pytest.raises(papermill.PapermillExecutionError) as e:
         run(name, tmp_path)

@@ -6,7 +6,8 @@ with an entry point in the group ``imaginghub.workflows`` (the entry point
 loads to a notebook's path, or a folder of them). Its name is the file name
 without ``.ipynb``. The notebook's ``metadata.imaginghub`` holds ``title``,
 ``description``, ``reads``, ``writes``, ``per_series`` (run once per
-series of a cohort) and ``resources`` (what one run needs where a runner
+series of a cohort), ``federated`` (a federated study's workflow:
+:func:`check_federated`) and ``resources`` (what one run needs where a runner
 places it: ``{"cpu": 2, "memory": "8Gi", "gpu": 1}``, see
 :func:`check_resources`; a job may ask for other values). Parameter names,
 types and defaults come from papermill's notebook inspection; submitted
@@ -54,6 +55,7 @@ class Workflow:
     per_series: bool
     parameters: dict[str, dict] = field(default_factory=dict)  # name: {type, default, help}
     resources: dict = field(default_factory=dict)  # check_resources' form
+    federated: dict = field(default_factory=dict)  # check_federated's form; {}: not federated
 
     @property
     def takes_cohort(self) -> bool:
@@ -63,7 +65,7 @@ class Workflow:
         return {"name": self.name, "title": self.title, "description": self.description,
                 "reads": self.reads, "writes": self.writes, "per_series": self.per_series,
                 "sha256": self.sha256, "parameters": self.parameters,
-                "resources": self.resources}
+                "resources": self.resources, "federated": self.federated}
 
     def check(self, values: dict) -> dict:
         """``values`` checked against the notebook's parameters: a
@@ -131,6 +133,36 @@ def check_resources(value, where: str) -> dict:
     return out
 
 
+FEDERATED_ROLES = {"train": ("fedavg",), "query": ("counts",)}
+
+
+def check_federated(value, where: str) -> dict:
+    """A federated workflow's block (``metadata.imaginghub.federated``):
+    ``role`` (``train``: local training whose weights are averaged;
+    ``query``: statistics), its ``aggregator`` (``fedavg``; ``counts``), and
+    ``shares``, what may leave a site (see federation/egress.py). A
+    ValueError names what is wrong; None: not a federated workflow."""
+    if value is None:
+        return {}
+    from ..federation.egress import EgressError, parse_shares
+
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: federated is an object with role, aggregator and shares")
+    role, aggregator = value.get("role"), value.get("aggregator")
+    if role not in FEDERATED_ROLES or aggregator not in FEDERATED_ROLES[role]:
+        raise ValueError(f"{where}: a federated workflow's role and aggregator are one of "
+                         + "; ".join(f"{r} with {' or '.join(a)}"
+                                     for r, a in FEDERATED_ROLES.items()))
+    unknown = set(value) - {"role", "aggregator", "shares"}
+    if unknown:
+        raise ValueError(f"{where}: federated has no setting {', '.join(sorted(unknown))}")
+    try:
+        parse_shares(value.get("shares"))
+    except EgressError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return {"role": role, "aggregator": aggregator, "shares": value["shares"]}
+
+
 def fits(kind: str, value) -> bool:
     """Whether a JSON value fits a parameter's annotated type (as papermill
     names it: str, int, float, bool, list[str], dict ...; anything else or
@@ -176,11 +208,12 @@ def load(path: Path) -> Workflow:
         resources = check_resources(meta.get("resources"), f"{path.name}'s metadata")
     except ParameterError as e:
         raise ValueError(str(e)) from None
+    federated = check_federated(meta.get("federated"), path.name)
     return Workflow(name=path.stem, path=path.resolve(), sha256=sha256_of(path),
                     title=meta.get("title", path.stem), description=meta.get("description", ""),
                     reads=meta.get("reads", ""), writes=meta.get("writes", ""),
                     per_series=bool(meta.get("per_series", False)), parameters=params,
-                    resources=resources)
+                    resources=resources, federated=federated)
 
 
 class Registry:
