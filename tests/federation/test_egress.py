@@ -187,3 +187,17 @@ def test_declarations_are_checked(name, declared, said):
     with pytest.raises(EgressError, match=said):
         parse_share(name, declared)
     assert parse_share("hist", "counts(min_cell=5, bins=20)").bins == 20
+
+
+def test_the_audit_holds_exactly_what_left(work, tmp_path_factory):
+    from imaginghub.hub.services.federation.audit import Audit
+
+    good_round(work)
+    out = release(work, SHARES, reference=MODEL)
+    audit = Audit(f"sqlite:///{tmp_path_factory.mktemp('audit') / 'federation.sqlite'}")
+    audit.record("consortium", "lung-2027", 1, "0000000000000f01", out.values())
+    rows = audit.rows("consortium", "lung-2027")
+    assert [(r["name"], r["sha256"], r["bytes"]) for r in rows] == [
+        (r.name, hashlib.sha256(r.data).hexdigest(), len(r.data)) for r in out.values()]
+    assert {r["name"]: r["suppressed"] for r in rows}["hist"] == 1
+    assert audit.rows("consortium", "another-study") == []
