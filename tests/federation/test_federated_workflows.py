@@ -82,3 +82,55 @@ def test_a_round_of_statistics_leaves_only_its_counts(stack, stats_round):
     for k in KEYS:
         assert demo.series(k).series_uid.encode() not in sent
     assert b"Demo^" not in sent and b"DEMO-" not in sent
+
+
+def test_a_site_runs_an_approved_round_as_the_studys_own_user(stack, tmp_path):
+    """The site's side of a round on the real job service: pending until
+    the site approves the study, refused for another notebook before any
+    job runs, then run as fed-<study> (a member of the mapped cohort's
+    project only), gated, and audited with the hashes of what left."""
+    from imaginghub.hub.hubapi import HubAPI
+    from imaginghub.hub.services.federation.audit import Audit
+    from imaginghub.hub.services.federation.policy import Policy, Study
+    from imaginghub.hub.services.federation.site import RoundRequest, SiteRound
+    from imaginghub.kernels.catalog import Catalog
+    from imaginghub.kernels.jobs import Jobs
+
+    alice = stack.token("alice")
+    api = stack.run["gateway_url"].rsplit("/dicom-web", 1)[0] + "/api"
+    cohort = Catalog(api, alice).new_cohort(
+        "fed-round", "oncology", series=[demo.series(k).series_uid for k in KEYS]).save()
+    wf = load(WORKFLOWS / "federated-stats.ipynb")
+    policy = Policy()
+    audit = Audit(f"sqlite:///{tmp_path / 'federation.sqlite'}")
+    jobs = Jobs(stack.run["jobs_url"], stack.home.secret("admin_service_token"))
+    site = SiteRound(policy, audit, jobs, HubAPI(stack.home), timeout=240)
+    req = RoundRequest("consortium", "stats1", "federated-stats", wf.sha256, {}, "onc", 1)
+
+    before = len(jobs.list(limit=500))
+    assert site.run(req).for_coordinator() == {
+        "status": "pending", "reason": "this site has not approved the study yet"}
+    policy.approve(Study("consortium", "stats1", notebooks=["0" * 64],
+                         cohorts={"onc": f"oncology/{cohort.ref}"}, auto=True))
+    refused = site.run(req)
+    assert refused.status == "refused" and "notebook" in refused.reason
+    assert len(jobs.list(limit=500)) == before  # nothing ran
+
+    policy.approve(Study("consortium", "stats1", notebooks=[wf.sha256],
+                         cohorts={"onc": f"oncology/{cohort.ref}"}, min_cell=1, auto=True))
+    done = site.run(req)
+    assert done.status == "released", done.reason
+    job = jobs.get(done.job_id)
+    assert job.user == "fed-stats1" and job.cohort["ref"] == cohort.ref
+    groups = HubAPI(stack.home).request("GET", "/users/fed-stats1").json()["groups"]
+    assert groups == ["project-oncology"]
+    assert json.loads(done.released["num_series"].data) == len(KEYS)
+    # three CT series: under the workflow's minimum cell of 5, which the site's
+    # smaller minimum does not lower: sent as 0
+    assert json.loads(done.released["modalities"].data)["CT"] == 0
+    assert "CT" in done.released["modalities"].suppressed
+    # what the audit holds is what left
+    rows = audit.rows("consortium", "stats1")
+    assert {r["name"]: r["sha256"] for r in rows} == {
+        n: r.sha256 for n, r in done.released.items()}
+    assert all(r["job"] == done.job_id and r["round"] == 1 for r in rows)

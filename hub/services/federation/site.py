@@ -1,0 +1,141 @@
+"""A site's side of one federated round: decided by the site's policy, run
+as an ordinary job of the study's own hub user, released through the egress
+gate, recorded in the site's audit.
+
+- The round runs as ``fed-<study>``, a hub user that is a member of one
+  project only: the one holding the cohort version the site's admin mapped
+  to the study's cohort alias. So the job's token reads that project and
+  nothing else, whatever the notebook tries.
+- Before anything runs, the job service's copy of the workflow must be the
+  notebook the site approved (its SHA-256), and so must the notebook the
+  job ran (the job's provenance).
+- Only the declared outputs are fetched from the job (through the job
+  service's API, so it works for any runner), into a private folder, and
+  handed to the gate. The executed notebook, the log, the series and their
+  pixels stay at the site; a failed round says only that it failed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...errors import ConfigError
+from ...users import PROJECT_PREFIX, validate_name
+from .audit import Audit
+from .egress import EgressError, Released, parse_shares, release
+from .policy import APPROVED, REFUSED, Policy
+
+FAILED = "failed"
+RELEASED = "released"
+FINISHED = ("succeeded", "failed", "cancelled", "timed_out", "interrupted")
+
+
+def study_user(study: str) -> str:
+    """The hub user a study's rounds run as: ``fed-<study>``."""
+    try:
+        return validate_name(f"fed-{study}".lower())
+    except ConfigError:
+        raise ConfigError(f"study {study!r} cannot name a hub user (fed-{study}): use "
+                          "letters, digits, '.', '_' and '-'") from None
+
+
+@dataclass
+class RoundRequest:
+    """What a coordinator asks of the site for one round (study logic as
+    data: a workflow's name, its notebook's hash, parameters, an alias)."""
+
+    coordinator: str
+    study: str
+    workflow: str
+    notebook_sha256: str
+    parameters: dict
+    cohort_alias: str
+    round_number: int
+
+
+@dataclass
+class Outcome:
+    status: str  # released, pending, refused, failed
+    reason: str = ""
+    job_id: str = ""
+    released: dict[str, Released] = field(default_factory=dict)
+
+    def for_coordinator(self) -> dict:
+        """The status and reason; the outputs travel on their own."""
+        return {"status": self.status, "reason": self.reason}
+
+
+class SiteRound:
+    """Runs rounds at this site. ``jobs`` is a jobs client with the admin
+    service's token (it submits for the study's user); ``hub`` the hub's API
+    as the admin service (``HubAPI``)."""
+
+    def __init__(self, policy: Policy, audit: Audit, jobs, hub, *, timeout: float = 3600):
+        self.policy, self.audit, self.jobs, self.hub = policy, audit, jobs, hub
+        self.timeout = timeout
+
+    def run(self, req: RoundRequest, *, reference=None) -> Outcome:
+        decision = self.policy.decide(req.coordinator, req.study,
+                                      notebook_sha256=req.notebook_sha256,
+                                      parameters=req.parameters,
+                                      cohort_alias=req.cohort_alias,
+                                      round_number=req.round_number)
+        if decision.status != APPROVED:
+            return Outcome(decision.status, decision.reason)
+        workflow = self.jobs.workflow(req.workflow)
+        if workflow.get("sha256") != req.notebook_sha256:
+            return Outcome(REFUSED, "this site's copy of the workflow is not the approved "
+                                    "notebook")
+        if not workflow.get("federated"):
+            return Outcome(REFUSED, f"{req.workflow} is not a federated workflow")
+        shares = parse_shares(workflow["federated"]["shares"])
+        project, _, ref = decision.cohort.partition("/")
+        user = self._study_user(req.study, project)
+        job = self.jobs.get(self.jobs._json("POST", "jobs", {
+            "workflow": req.workflow, "user": user,
+            "parameters": {**req.parameters, "cohort": ref, "project": project}})["id"])
+        deadline = time.monotonic() + self.timeout
+        while job.status not in FINISHED:
+            if time.monotonic() > deadline:
+                job.cancel()
+                return Outcome(FAILED, "the round's job ran over the site's time limit",
+                               job.id)
+            time.sleep(1)
+            job = job.refresh()
+        if job.status != "succeeded":
+            return Outcome(FAILED, f"the round's job {job.status} at this site", job.id)
+        if job.notebook["sha256"] != req.notebook_sha256:
+            return Outcome(REFUSED, "the job did not run the approved notebook", job.id)
+        with tempfile.TemporaryDirectory(prefix="imaginghub-round-") as folder:
+            work = Path(folder)
+            (work / "federated").mkdir()
+            have = {a["path"] for a in job.artifacts()}
+            for name in shares:
+                for ext in ("json", "safetensors", "npz"):
+                    path = f"federated/{name}.{ext}"
+                    if path in have:
+                        (work / path).write_bytes(job.read(path))
+            try:
+                released = release(work, shares, site_min_cell=decision.min_cell,
+                                   reference=reference)
+            except EgressError as e:
+                return Outcome(FAILED, f"the site's egress gate refused the round: {e}",
+                               job.id)
+        self.audit.record(req.coordinator, req.study, req.round_number, job.id,
+                          released.values())
+        return Outcome(RELEASED, job_id=job.id, released=released)
+
+    def _study_user(self, study: str, project: str) -> str:
+        """The study's hub user, a member of ``project`` only."""
+        user = study_user(study)
+        self.hub.ensure_user(user, admin=False)
+        group = PROJECT_PREFIX + project
+        self.hub.add_to_group(group, user)
+        groups = self.hub.request("GET", f"/users/{user}").json().get("groups", [])
+        for other in groups:
+            if other != group:
+                self.hub.request("DELETE", f"/groups/{other}/users", json={"users": [user]})
+        return user
