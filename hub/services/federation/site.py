@@ -18,6 +18,7 @@ gate, recorded in the site's audit.
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ class Outcome:
     reason: str = ""
     job_id: str = ""
     released: dict[str, Released] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
 
     def for_coordinator(self) -> dict:
         """The status and reason; the outputs travel on their own."""
@@ -126,11 +128,19 @@ class SiteRound:
                                job.id)
         self.audit.record(req.coordinator, req.study, req.round_number, job.id,
                           released.values())
-        return Outcome(RELEASED, job_id=job.id, released=released)
+        cohort = job.cohort or {}
+        provenance = {"series_hash": cohort.get("series_hash", ""),
+                      "series_count": job.series_count, "packages": job.packages}
+        return Outcome(RELEASED, job_id=job.id, released=released, provenance=provenance)
+
+    _users = threading.Lock()  # two rounds at once set up one user once
 
     def _study_user(self, study: str, project: str) -> str:
         """The study's hub user, a member of ``project`` only."""
-        user = study_user(study)
+        with self._users:
+            return self._set_up_user(study_user(study), project)
+
+    def _set_up_user(self, user: str, project: str) -> str:
         self.hub.ensure_user(user, admin=False)
         group = PROJECT_PREFIX + project
         self.hub.add_to_group(group, user)

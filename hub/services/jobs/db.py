@@ -91,6 +91,7 @@ class Job(Base):
             "ended": iso(self.ended_at), "time_limit": self.time_limit, "runner": self.runner,
             "rerun_of": self.rerun_of, "per_series": self.per_series,
             "resources": json.loads(self.resources or "{}"),
+            "packages": json.loads(self.packages or "{}"),
         }
         if children is not None:
             counts: dict[str, int] = {}
