@@ -3,6 +3,9 @@
 Every child runs in its own process group (Ctrl-C in the terminal reaches
 only ``imaginghub up``, which then stops them in order) and gets SIGTERM
 from the kernel if ``up`` dies without cleaning up (Linux ``PDEATHSIG``).
+``PDEATHSIG`` follows the *thread* that started the child, not the process:
+start a child from a thread that lives as long as the child should (a
+federation site restarted from a short-lived thread went down with it).
 """
 
 from __future__ import annotations

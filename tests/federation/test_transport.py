@@ -15,6 +15,7 @@ the next step (docs/architecture.md).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -101,7 +102,15 @@ def federation(stack, tmp_path_factory):
     cohort = Catalog(api, alice).new_cohort(
         "fed-transport", "oncology", series=[demo.series(k).series_uid for k in KEYS]).save()
     sha = load(STATS).sha256
-    sites, agents = {}, []
+    sites, agents, hooks = {}, [], {}
+
+    def hooked(name, handle):
+        def run(req):
+            if name in hooks:
+                hooks[name](req)
+            return handle(req)
+        return run
+
     try:
         for name in ("a", "b", "c"):
             policy = Policy()
@@ -115,13 +124,13 @@ def federation(stack, tmp_path_factory):
             agent = SiteAgent(root / f"site-{name}", name,
                               superlink=f"127.0.0.1:{recorder.port}", ca=recorder.ca,
                               runtime_port=free_port(), pinned=bridge_hash(),
-                              handle=site_round_handler(site))
+                              handle=hooked(name, site_round_handler(site)))
             coord.register(name, agent.init())
             agent.start()
             agents.append(agent)
-            sites[name] = {"audit": audit, "policy": policy}
+            sites[name] = {"audit": audit, "policy": policy, "agent": agent}
         yield {"coord": coord, "recorder": recorder, "sites": sites, "root": root,
-               "cohort": cohort}
+               "cohort": cohort, "hooks": hooks}
     finally:
         for agent in agents:
             agent.stop()
@@ -266,3 +275,72 @@ def test_an_unregistered_site_is_refused(federation):
         stranger.stop()
     online = {n["node-id"] for n in coord.nodes() if n["status"] == "online"}
     assert sorted(coord.sites()[n] for n in online) == ["a", "b", "c"]
+
+
+def test_a_site_that_goes_down_in_a_round_and_comes_back(federation):
+    """Site b goes down while its round runs: the round completes with site
+    a when its time is up (the study's minimum is one site: b's answer is
+    lost with its SuperNode), b is back for the next round and contributes
+    to it. With b down and a minimum of two sites, the round
+    fails and says why."""
+    coord, sites, hooks = federation["coord"], federation["sites"], federation["hooks"]
+    b = sites["b"]["agent"]
+    went_down = threading.Event()
+    for name in ("a", "b"):
+        approved = sites[name]["policy"].studies[("consortium", "stats")]
+        for study in ("stats-fault", "stats-two"):
+            sites[name]["policy"].approve(dataclasses.replace(approved, study=study))
+
+    back = threading.Event()
+
+    def activations() -> int:
+        return b.node.log_path.read_text(errors="replace").count("SuperNode ID:")
+
+    def b_goes_down(req):  # b's round 1 waits while the test stops and restarts b
+        if req["study"] == "stats-fault" and req["round_number"] == 1:
+            went_down.set()
+            back.wait(90)
+
+    def round_one_waits_for_b(req):  # so that b is back before round 2 begins
+        if req["study"] == "stats-fault" and req["round_number"] == 1:
+            back.wait(90)
+    hooks["b"], hooks["a"] = b_goes_down, round_one_waits_for_b
+    try:
+        coord.submit(StudySpec("stats-fault", "federated-stats", STATS, "onc", rounds=2,
+                               min_sites=1, round_timeout=25))
+        assert went_down.wait(120)
+        before = activations()
+        # from this thread: a child's PDEATHSIG follows the thread that started it
+        b.stop()  # SIGTERM: the SuperNode leaves at once
+        b.start()  # and rejoins with the same key (the same node)
+        deadline = time.monotonic() + 60
+        while activations() == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        back.set()
+        rec = coord.wait("stats-fault", 300)
+    finally:
+        back.set()
+        hooks.pop("b"), hooks.pop("a")
+    assert went_down.is_set()
+    one, two = rec["rounds"]
+    # lost with its SuperNode: unanswered, or answered by the SuperLink for it
+    assert one["sites"]["b"]["status"] == "failed" and not one["sites"]["b"]["received"]
+    assert one["sites"]["b"]["reason"] in (
+        "no answer within the round's time limit",
+        "the site could not answer (Error: Node Unavailable — The destination node failed "
+        "to report a heartbeat within 2 × its expected interval.)")
+    assert one["sites"]["a"]["status"] == "released" and one["status"] == "aggregated"
+    assert one["aggregate"]["num_series"] == len(KEYS)
+    assert two["sites"]["b"]["status"] == "released", two["sites"]["b"]
+    assert two["aggregate"]["num_series"] == 2 * len(KEYS)
+    assert rec["status"] == "finished"
+
+    b.stop()
+    try:
+        rec = _run(coord, StudySpec("stats-two", "federated-stats", STATS, "onc", rounds=1,
+                                    min_sites=2, round_timeout=60))
+    finally:
+        b.start()
+    assert rec["status"] == "failed"
+    assert rec["reason"] == "round 1: 1 of the study's minimum 2 sites released their results"
+    assert "b" not in rec["rounds"][0]["sites"]

@@ -44,13 +44,18 @@ class Answer:
     provenance: dict | None = None
 
 
-def _client(address: str, interceptors, tries: int | None = None):
-    from flwr.supercore.retry import make_simple_http_retry_invoker
+def _client(address: str, interceptors, tries: int = 5):
+    """A client of the SuperNode's runtime API. Its retries are our own:
+    Flower's (``make_simple_http_retry_invoker``) sends SIGINT to its whole
+    process on a 401, which suits its process per task and would stop this
+    agent, whose tasks are threads."""
+    import httpx
+    from flwr.supercore.retry import RetryInvoker, exponential
     from flwr.supercore.runtime import RuntimeHttpClient
 
-    retry = make_simple_http_retry_invoker()
-    if tries is not None:
-        retry.max_tries = tries
+    retry = RetryInvoker(wait_gen_factory=lambda: exponential(max_delay=10),
+                         recoverable_exceptions=httpx.TransportError, max_tries=tries,
+                         max_time=None)
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=True, root_certificates=None,
         interceptors=interceptors, retry_invoker=retry)

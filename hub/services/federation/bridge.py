@@ -185,22 +185,33 @@ def _one_round(grid: Grid, cfg: dict, number: int, shares: dict) -> dict:
            "round_number": number}
     registered = json.loads(Path(cfg["sites"]).read_text()) if cfg.get("sites") else {}
     messages = [Message(round_content(req), dst_node_id=n, message_type=QUERY) for n in nodes]
+    asked = {m.object_id: m.metadata.dst_node_id for m in messages}  # a message's id
     started = time.monotonic()
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     sites: dict[str, dict] = {}
+    answered = set()
     for message in replies:
+        # the node asked, not what the answer says (an error the SuperLink
+        # made for a node that went away comes from the SuperLink)
+        node = asked.get(message.metadata.reply_to_message_id)
+        if node is None:
+            continue
+        answered.add(node)
         try:
             reply = read_reply(message)
         except ValueError as e:
             reply = {"site": "", "status": "failed", "reason": str(e), "released": {},
                      "provenance": {}}
-        node = message.metadata.src_node_id
         name = registered.get(str(node), f"node-{node}")
-        if reply["site"] and reply["site"] != name:  # a node speaks for its own site only
-            reply = {"status": "failed", "reason": f"answered as another site "
-                     f"({reply['site'][:64]!r})", "released": {}, "provenance": {}}
+        if not message.has_error() and message.metadata.src_node_id != node \
+                or reply["site"] and reply["site"] != name:  # a node speaks for itself
+            reply = {"status": "failed", "reason": "answered as another site",
+                     "released": {}, "provenance": {}}
         sites[name] = reply
-    answered = {n.metadata.src_node_id for n in replies}
+    for node in set(nodes) - answered:
+        sites[registered.get(str(node), f"node-{node}")] = {
+            "status": "failed", "reason": "no answer within the round's time limit",
+            "released": {}, "provenance": {}}
     result = {"round": number, "seconds": round(time.monotonic() - started, 2),
               "nodes_asked": len(nodes), "nodes_silent": len(set(nodes) - answered),
               "sites": {}}
