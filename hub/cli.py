@@ -429,6 +429,12 @@ def cmd_modalities(args) -> int:
     return 0
 
 
+def cmd_federation(args) -> int:
+    from .services.federation import commands
+
+    return commands.run(args, _home(args))
+
+
 def cmd_kernelspec(args) -> int:
     from pathlib import Path
 
@@ -572,6 +578,11 @@ def parser() -> argparse.ArgumentParser:
     mr = ms.add_parser("remove")
     mr.add_argument("name")
     mr.set_defaults(fn=cmd_modalities)
+
+    from .services.federation import commands as federation
+
+    federation.add_parser(sub)
+    sub.choices["federation"].set_defaults(fn=cmd_federation)
 
     ks = sub.add_parser("kernelspec", help="install the 'Imaging (Python 3)' kernelspec")
     ks.add_argument("--prefix", help="install prefix (default: this Python's)")

@@ -17,17 +17,20 @@ gate, recorded in the site's audit.
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ...errors import ConfigError
 from ...users import PROJECT_PREFIX, validate_name
 from .audit import Audit
 from .egress import EgressError, Released, parse_shares, release
-from .policy import APPROVED, REFUSED, Policy
+from .policy import APPROVED, PENDING, REFUSED, Policy
 
 FAILED = "failed"
 RELEASED = "released"
@@ -57,6 +60,23 @@ class RoundRequest:
     round_number: int
 
 
+def keep_pending(path: Path, req: RoundRequest) -> None:
+    """Keep a request that waits for the site's admin (the latest per
+    coordinator, study and round), atomically."""
+    items = read_pending(path)
+    items[f"{req.coordinator}/{req.study}/{req.round_number}"] = asdict(req)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(items, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_pending(path: Path) -> dict[str, dict]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
 @dataclass
 class Outcome:
     status: str  # released, pending, refused, failed
@@ -75,16 +95,28 @@ class SiteRound:
     service's token (it submits for the study's user); ``hub`` the hub's API
     as the admin service (``HubAPI``)."""
 
-    def __init__(self, policy: Policy, audit: Audit, jobs, hub, *, timeout: float = 3600):
+    def __init__(self, policy: Policy | Callable[[], Policy], audit: Audit, jobs, hub, *,
+                 timeout: float = 3600, pending: Path | None = None):
+        """``policy``: the site's policy, or a function that reads it anew
+        (the admin changes it while the agent runs); ``pending``: a JSON
+        file where requests that wait for the admin are kept."""
         self.policy, self.audit, self.jobs, self.hub = policy, audit, jobs, hub
-        self.timeout = timeout
+        self.timeout, self.pending = timeout, pending
 
-    def run(self, req: RoundRequest, *, reference=None) -> Outcome:
-        decision = self.policy.decide(req.coordinator, req.study,
-                                      notebook_sha256=req.notebook_sha256,
-                                      parameters=req.parameters,
-                                      cohort_alias=req.cohort_alias,
-                                      round_number=req.round_number)
+    def _policy(self) -> Policy:
+        return self.policy() if callable(self.policy) else self.policy
+
+    def run(self, req: RoundRequest, *, reference=None, preview: Policy | None = None
+            ) -> Outcome:
+        """One round. With ``preview`` (a policy of the admin's, for this
+        look only), the round runs but is not audited and nothing is sent:
+        the admin sees what would leave."""
+        decision = (preview or self._policy()).decide(
+            req.coordinator, req.study, notebook_sha256=req.notebook_sha256,
+            parameters=req.parameters, cohort_alias=req.cohort_alias,
+            round_number=req.round_number)
+        if decision.status == PENDING and self.pending is not None:
+            keep_pending(self.pending, req)
         if decision.status != APPROVED:
             return Outcome(decision.status, decision.reason)
         workflow = self.jobs.workflow(req.workflow)
@@ -126,8 +158,9 @@ class SiteRound:
             except EgressError as e:
                 return Outcome(FAILED, f"the site's egress gate refused the round: {e}",
                                job.id)
-        self.audit.record(req.coordinator, req.study, req.round_number, job.id,
-                          released.values())
+        if preview is None:
+            self.audit.record(req.coordinator, req.study, req.round_number, job.id,
+                              released.values())
         cohort = job.cohort or {}
         provenance = {"series_hash": cohort.get("series_hash", ""),
                       "series_count": job.series_count, "packages": job.packages}

@@ -1,0 +1,378 @@
+"""``imaginghub federation ...``: the admin's commands at a coordinator and
+at a site. Everything lives below the state directory's ``federation/``
+folder: ``coordinator.json`` and ``coordinator/`` at a coordinator,
+``site.json`` and ``site/`` (node key, policy, audit, pending requests) at
+a site. One installation can be either, or both."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ...errors import ConfigError, ImagingHubError
+
+FOLDER = "federation"
+
+
+def _dir(home) -> Path:
+    return home.path / FOLDER
+
+
+def _read(path: Path, what: str, hint: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ImagingHubError(f"this installation is not {what} yet: {hint}") from None
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _pairs(pairs: list[str], what: str) -> dict:
+    out = {}
+    for p in pairs or []:
+        name, sep, value = p.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"{what} {p!r} is not NAME=VALUE")
+        try:
+            out[name] = json.loads(value)
+        except ValueError:
+            out[name] = value
+    return out
+
+
+# -- the coordinator ------------------------------------------------------------------
+def coordinator(home):
+    from .coordinator import Coordinator
+
+    cfg = _read(_dir(home) / "coordinator.json", "a coordinator",
+                "run 'imaginghub federation coordinator init --name NAME'")
+    return Coordinator(_dir(home) / "coordinator", cfg["name"], link_port=cfg["link_port"],
+                       fleet_port=cfg["fleet_port"], fleet_host=cfg["fleet_host"],
+                       server_names=cfg["server_names"])
+
+
+def cmd_coordinator(args, home) -> int:
+    from ...state import free_port
+    from .coordinator import Coordinator
+
+    c = args.coordinator_command
+    if c == "init":
+        cfg = {"name": args.name, "fleet_host": args.fleet_host, "fleet_port": args.fleet_port,
+               "link_port": args.link_port or free_port(),
+               "server_names": args.server_name or ["localhost", "127.0.0.1"]}
+        coord = Coordinator(_dir(home) / "coordinator", cfg["name"],
+                            link_port=cfg["link_port"], fleet_port=cfg["fleet_port"],
+                            fleet_host=cfg["fleet_host"], server_names=cfg["server_names"])
+        coord.init()
+        _write(_dir(home) / "coordinator.json", cfg)
+        print(f"coordinator {args.name}: sites connect to {args.fleet_host}:{args.fleet_port}"
+              f" and trust the federation's CA, {coord.pki / 'ca.crt'} (give it to each "
+              "site's admin).")
+        return 0
+    coord = coordinator(home)
+    if c == "start":
+        coord.start()
+        print(f"coordinator {coord.name}: the Fleet API for sites on "
+              f"{coord.fleet_host}:{coord.fleet_port} (Ctrl-C stops it)", flush=True)
+        try:
+            while all(p.alive() for p in coord.procs):
+                time.sleep(1)
+            dead = [p for p in coord.procs if not p.alive()]
+            raise ImagingHubError(f"{dead[0].name} stopped:\n{dead[0].tail()}")
+        finally:
+            coord.stop()
+    if c == "register":
+        node = coord.register(args.site, Path(args.public_key))
+        print(f"site {args.site} registered (node {node})")
+        return 0
+    if c == "sites":
+        online = {n["node-id"]: n["status"] for n in coord.nodes()}
+        for node, name in sorted(coord.sites().items(), key=lambda kv: kv[1]):
+            print(f"{name:<20} node {node:<22} {online.get(node, 'unknown')}")
+        return 0
+    return 2
+
+
+def cmd_study(args, home) -> int:
+    from ..jobs.workflows import load, project_workflows
+    from .coordinator import StudySpec
+
+    coord = coordinator(home)
+    if args.study_command == "submit":
+        notebook = Path(args.notebook) if args.notebook else \
+            project_workflows() / f"{args.workflow}.ipynb"
+        if not notebook.is_file():
+            raise ConfigError(f"no workflow {args.workflow} here: give its notebook with "
+                              "--notebook PATH")
+        wf = load(notebook)
+        if not wf.federated:
+            raise ConfigError(f"{notebook} is not a federated workflow (its metadata has no "
+                              "imaginghub.federated block)")
+        spec = StudySpec(args.study, args.workflow, notebook, args.cohort_alias,
+                         _pairs(args.parameter, "parameter"), rounds=args.rounds,
+                         min_sites=args.min_sites, round_timeout=args.round_timeout)
+        out = coord.submit(spec)
+        print(f"study {args.study}: run {out['run_id']} started (notebook "
+              f"{out['notebook_sha256']}); sites approve that SHA-256")
+        if not args.wait:
+            return 0
+        rec = coord.wait(args.study, args.rounds * (args.round_timeout + 150))
+    else:
+        rec = coord.record(args.study)
+        if rec is None:
+            raise ImagingHubError(f"no study {args.study} at this coordinator")
+    show_record(rec)
+    return 0 if rec.get("status") != "failed" else 1
+
+
+def show_record(rec: dict, out=sys.stdout) -> None:
+    """The rounds, what each site sent, the aggregate."""
+    print(f"study {rec['study']} ({rec['workflow']}): {rec['status']}"
+          + (f": {rec['reason']}" if rec.get("reason") else ""), file=out)
+    for r in rec["rounds"]:
+        print(f"  round {r['round']}: {r['status']} in {r['seconds']} s", file=out)
+        for site, s in r["sites"].items():
+            sent = sum(v["bytes"] for v in s["received"].values())
+            what = f"{s['status']}" + (f" ({s['reason']})" if s["reason"] else "")
+            print(f"    {site:<16} {what}; left the site: {len(s['received'])} outputs, "
+                  f"{sent} bytes", file=out)
+            for name, v in s["received"].items():
+                print(f"      {name:<16} {v['bytes']:>8} bytes  sha256 {v['sha256'][:16]}",
+                      file=out)
+    if "aggregate" in rec:
+        print("  aggregate: " + json.dumps(rec["aggregate"], sort_keys=True), file=out)
+
+
+# -- the site ------------------------------------------------------------------------
+def _site_paths(home) -> tuple[dict, Path]:
+    cfg = _read(_dir(home) / "site.json", "a federation site",
+                "run 'imaginghub federation site init --name NAME --coordinator HOST:PORT "
+                "--ca CA.crt'")
+    return cfg, _dir(home) / "site"
+
+
+def _policy_file(folder: Path) -> Path:
+    return folder / "federation-policy.json"
+
+
+def cmd_site(args, home) -> int:
+    from .policy import Policy, Study, load
+
+    c = args.site_command
+    if c == "init":
+        from .agent import SiteAgent
+        from .bridge import bridge_hash
+
+        folder = _dir(home) / "site"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.ca, folder / "federation-ca.crt")
+        from ...state import free_port
+
+        cfg = {"name": args.name, "superlink": args.coordinator,
+               "runtime_port": args.runtime_port or free_port(),
+               "pinned": args.pin or bridge_hash()}
+        agent = SiteAgent(folder, args.name, superlink=args.coordinator,
+                          ca=folder / "federation-ca.crt", runtime_port=cfg["runtime_port"],
+                          pinned=cfg["pinned"], handle=lambda req: None)
+        pub = agent.init()
+        _write(_dir(home) / "site.json", cfg)
+        print(f"site {args.name}: send this public key to the coordinator's admin "
+              f"({pub}):\n{pub.read_text().strip()}\nThe site runs only the bridge app "
+              f"{cfg['pinned']}.")
+        return 0
+    cfg, folder = _site_paths(home)
+    policy_path = _policy_file(folder)
+    if c == "start":
+        return _site_start(home, cfg, folder)
+    if c == "policy":
+        print(json.dumps(json.loads(policy_path.read_text()) if policy_path.exists()
+                         else {"studies": []}, indent=1))
+        return 0
+    if c in ("approve", "approve-round", "revoke"):
+        policy = load(policy_path)
+        if c == "approve":
+            params = {}
+            for rule in args.param or []:
+                name, _, spec = rule.partition("=")
+                if ":" in spec:
+                    low, _, high = spec.partition(":")
+                    params[name] = {k: float(v) for k, v in (("min", low), ("max", high)) if v}
+                else:
+                    params[name] = {"values": [json.loads(v) if v[:1].isdigit() else v
+                                               for v in spec.split(",")]}
+            policy.approve(Study(args.coordinator, args.study, notebooks=args.notebook,
+                                 cohorts=_pairs(args.cohort, "cohort"), parameters=params,
+                                 min_cell=args.min_cell, auto=args.auto))
+        elif c == "approve-round":
+            policy.approve_round(args.coordinator, args.study, args.round)
+        else:
+            policy.revoke(args.coordinator, args.study)
+        policy.save(policy_path)
+        print(f"{c}: {args.coordinator}/{args.study} saved in {policy_path}")
+        return 0
+    if c == "pending":
+        from .site import read_pending
+
+        for key, req in sorted(read_pending(folder / "pending.json").items()):
+            print(f"{key}: workflow {req['workflow']} notebook {req['notebook_sha256']} "
+                  f"cohort alias {req['cohort_alias']} parameters "
+                  f"{json.dumps(req['parameters'], sort_keys=True)}")
+        return 0
+    if c == "audit":
+        from .audit import Audit
+
+        for row in Audit(f"sqlite:///{folder / 'audit.sqlite'}").rows(study=args.study):
+            print(json.dumps(row, sort_keys=True, default=str))
+        return 0
+    if c == "preview":
+        return _site_preview(home, args, folder)
+    return 2
+
+
+def _site_round(home, folder: Path, policy):
+    from ...cli import _jobs
+    from ...hubapi import HubAPI
+    from .audit import Audit
+    from .site import SiteRound
+
+    return SiteRound(policy, Audit(f"sqlite:///{folder / 'audit.sqlite'}"), _jobs(home),
+                     HubAPI(home), pending=folder / "pending.json")
+
+
+def _site_start(home, cfg: dict, folder: Path) -> int:
+    from .agent import SiteAgent, site_round_handler
+    from .policy import load
+
+    site = _site_round(home, folder, lambda: load(_policy_file(folder)))
+    agent = SiteAgent(folder, cfg["name"], superlink=cfg["superlink"],
+                      ca=folder / "federation-ca.crt", runtime_port=cfg["runtime_port"],
+                      pinned=cfg["pinned"], handle=site_round_handler(site))
+    agent.start()
+    print(f"site {cfg['name']}: connected out to {cfg['superlink']}; rounds run as the "
+          "site's policy says (Ctrl-C stops it)", flush=True)
+    try:
+        while agent.node.alive():
+            time.sleep(1)
+        raise ImagingHubError(f"the SuperNode stopped:\n{agent.node.tail()}")
+    finally:
+        agent.stop()
+
+
+def _site_preview(home, args, folder: Path) -> int:
+    """Run a pending round here as approved for this look only, and show
+    what would leave: nothing is sent, nothing is audited."""
+    from .policy import Policy, Study
+    from .site import RoundRequest, read_pending
+
+    pending = read_pending(folder / "pending.json")
+    if args.request not in pending:
+        raise ImagingHubError(f"no pending request {args.request}: see 'imaginghub "
+                              "federation site pending'")
+    req = RoundRequest(**pending[args.request])
+    look = Policy()
+    look.approve(Study(req.coordinator, req.study, notebooks=[req.notebook_sha256],
+                       cohorts={req.cohort_alias: args.cohort},
+                       parameters={k: {"values": [v]} for k, v in req.parameters.items()},
+                       min_cell=args.min_cell, auto=True))
+    outcome = _site_round(home, folder, look).run(req, preview=look)
+    print(f"preview of {args.request} on {args.cohort}: {outcome.status}"
+          + (f" ({outcome.reason})" if outcome.reason else ""))
+    for name, r in outcome.released.items():
+        print(f"  {name:<16} {r.kind:<10} {r.size:>8} bytes  suppressed cells: "
+              f"{len(r.suppressed)} {r.suppressed[:10]}")
+        print(f"    {r.data[:400].decode('utf-8', 'replace') if r.kind != 'state_dict' else ''}")
+    return 0 if outcome.status == "released" else 1
+
+
+# -- the parser ----------------------------------------------------------------------
+def add_parser(sub) -> None:
+    fed = sub.add_parser("federation", help="federated studies: a coordinator and sites")
+    fs = fed.add_subparsers(dest="federation_command", required=True)
+    fs.add_parser("bridge-hash", help="the SHA-256 of this installation's bridge app (what "
+                                      "a site pins)")
+
+    co = fs.add_parser("coordinator", help="this installation as a study's coordinator")
+    cs = co.add_subparsers(dest="coordinator_command", required=True)
+    ci = cs.add_parser("init", help="its CA, server certificate and ports (once)")
+    ci.add_argument("--name", required=True)
+    ci.add_argument("--fleet-host", default="127.0.0.1",
+                    help="where sites connect (default: loopback only)")
+    ci.add_argument("--fleet-port", type=int, default=9092)
+    ci.add_argument("--link-port", type=int, help="the SuperLink's loopback port")
+    ci.add_argument("--server-name", action="append",
+                    help="a name or address sites use for it (repeat)")
+    cs.add_parser("start", help="run the SuperLink and the sites' Fleet proxy until Ctrl-C")
+    cr = cs.add_parser("register", help="register a site's node key by its name")
+    cr.add_argument("site")
+    cr.add_argument("public_key")
+    cs.add_parser("sites", help="the registered sites and whether they are online")
+
+    st = fs.add_parser("study", help="submit and watch studies (at the coordinator)")
+    ss = st.add_subparsers(dest="study_command", required=True)
+    sm = ss.add_parser("submit", help="start a study's rounds at every site")
+    sm.add_argument("study")
+    sm.add_argument("--workflow", required=True)
+    sm.add_argument("--notebook", help="its notebook (default: the shipped workflow)")
+    sm.add_argument("--cohort-alias", required=True, help="the name sites map to a cohort")
+    sm.add_argument("-p", "--parameter", action="append", metavar="NAME=VALUE")
+    sm.add_argument("--rounds", type=int, default=1)
+    sm.add_argument("--min-sites", type=int, default=1)
+    sm.add_argument("--round-timeout", type=float, default=600)
+    sm.add_argument("--wait", action="store_true", help="wait for the end and show it")
+    sh = ss.add_parser("show", help="the rounds, what left each site, the aggregate")
+    sh.add_argument("study")
+
+    si = fs.add_parser("site", help="this installation as a site of a federation")
+    ss = si.add_subparsers(dest="site_command", required=True)
+    sn = ss.add_parser("init", help="the site's node key (once); prints its public half")
+    sn.add_argument("--name", required=True)
+    sn.add_argument("--coordinator", required=True, help="HOST:PORT of its Fleet API")
+    sn.add_argument("--ca", required=True, help="the federation's CA certificate")
+    sn.add_argument("--runtime-port", type=int)
+    sn.add_argument("--pin", help="the bridge app's SHA-256 (default: this installation's)")
+    ss.add_parser("start", help="connect out and answer rounds until Ctrl-C (needs the "
+                                "running workspace)")
+    ss.add_parser("policy", help="what this site approves")
+    sa = ss.add_parser("approve", help="approve a study of a coordinator")
+    sa.add_argument("coordinator")
+    sa.add_argument("study")
+    sa.add_argument("--notebook", action="append", required=True, metavar="SHA256")
+    sa.add_argument("--cohort", action="append", required=True,
+                    metavar="ALIAS=PROJECT/NAME@VERSION")
+    sa.add_argument("--param", action="append", metavar="NAME=MIN:MAX|NAME=V1,V2")
+    sa.add_argument("--min-cell", type=int, default=5)
+    sa.add_argument("--auto", action="store_true", help="run rounds at once (otherwise "
+                                                        "each waits for approve-round)")
+    for verb, text in (("approve-round", "let one round of an approved study run"),
+                       ("revoke", "withdraw a study's approval")):
+        sv = ss.add_parser(verb, help=text)
+        sv.add_argument("coordinator")
+        sv.add_argument("study")
+        if verb == "approve-round":
+            sv.add_argument("round", type=int)
+    ss.add_parser("pending", help="rounds that wait for this site's admin")
+    sp = ss.add_parser("preview", help="run a pending round here and show what would leave "
+                                       "(nothing is sent)")
+    sp.add_argument("request", help="COORDINATOR/STUDY/ROUND, as 'pending' lists it")
+    sp.add_argument("--cohort", required=True, help="PROJECT/NAME@VERSION to run it on")
+    sp.add_argument("--min-cell", type=int, default=5)
+    sd = ss.add_parser("audit", help="what left this site: one row per output")
+    sd.add_argument("--study")
+
+
+def run(args, home) -> int:
+    c = args.federation_command
+    if c == "bridge-hash":
+        from .bridge import bridge_hash
+
+        print(bridge_hash())
+        return 0
+    return {"coordinator": cmd_coordinator, "study": cmd_study, "site": cmd_site}[c](args, home)
