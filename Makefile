@@ -147,6 +147,7 @@ bench: setup
 	$(PY) bench/dask_map.py
 	$(PY) bench/jobs.py
 	$(PY) bench/spawn.py
+	$(PY) bench/federation.py
 	$(PY) bench/viewer.py
 
 clean:
