@@ -57,11 +57,14 @@ def table_name(site_id: str) -> str:
     return PREFIX + site_id
 
 
-def install(site_id: str, home: str, ports: list[int], allowed_uids: list[int]) -> None:
+def install(site_id: str, home: str, ports: list[int], allowed_uids: list[int], *,
+            name: str | None = None) -> None:
     """Close ``ports`` to every uid but ``allowed_uids`` (replacing the site's
-    table if a killed ``up`` left it)."""
-    remove(site_id)
-    name = table_name(site_id)
+    table if a killed ``up`` left it). ``name``: a table of another owner
+    than ``up`` (a federation's coordinator), which ``remove_stale`` leaves
+    alone."""
+    name = name or table_name(site_id)
+    remove_table(name)
     comment = json.dumps(f"imaginghub {home}")
     port_set = ", ".join(str(p) for p in sorted(set(ports)))
     uid_set = ", ".join(str(u) for u in sorted(set(allowed_uids)))
@@ -80,7 +83,10 @@ def install(site_id: str, home: str, ports: list[int], allowed_uids: list[int]) 
 
 
 def remove(site_id: str) -> None:
-    name = table_name(site_id)
+    remove_table(table_name(site_id))
+
+
+def remove_table(name: str) -> None:
     if _nft("list", "table", "inet", name).returncode == 0:
         _nft("delete", "table", "inet", name)
 

@@ -85,6 +85,8 @@ def test_two_admins_run_a_study_from_the_command_line(stack, tmp_path):
         for line in audit.splitlines():
             assert re.search(r'"sha256": "([0-9a-f]{16})', line).group(1) in shown
         assert len(audit.splitlines()) == 4
+        # the SuperLink's port is guarded while the coordinator runs (as root)
+        assert "imaginghubfed_" in _tables()
     finally:
         for p in procs:
             p.terminate()
@@ -93,3 +95,8 @@ def test_two_admins_run_a_study_from_the_command_line(stack, tmp_path):
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+    assert procs[0].returncode == 0 and "imaginghubfed_" not in _tables()
+
+
+def _tables() -> str:
+    return subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout

@@ -20,6 +20,8 @@ import hashlib
 import json
 import shutil
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -248,6 +250,16 @@ def test_the_sites_reach_the_fleet_api_only(federation):
     r = httpx.post(f"https://127.0.0.1:{coord.link_port}/v1/control/list-nodes",
                    verify=ca, content=b"", headers={"content-type": "application/protobuf"})
     assert r.status_code != 404
+    # another local account cannot reach it at all (nftables, as the archive's
+    # ports; CI runs the tests as root), while the sites' port is open to it
+    probe = ("import socket, sys\nfor port in sys.argv[1:]:\n    s = socket.socket()\n"
+             "    try:\n        s.connect(('127.0.0.1', int(port))); print(port, 'open')\n"
+             "    except OSError as e:\n        print(port, type(e).__name__)\n")
+    out = subprocess.run(["runuser", "-u", "nobody", "--", sys.executable, "-c", probe,
+                          str(coord.link_port), str(coord.fleet_port)],
+                         capture_output=True, text=True, timeout=60).stdout.split("\n")
+    assert out[:2] == [f"{coord.link_port} ConnectionRefusedError",
+                       f"{coord.fleet_port} open"], out
     # and without the federation's CA, a site does not connect at all
     with pytest.raises(httpx.ConnectError):
         httpx.post(base + "/v1/fleet/get-run", content=b"")

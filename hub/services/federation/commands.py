@@ -48,6 +48,14 @@ def _pairs(pairs: list[str], what: str) -> dict:
     return out
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a service manager's stop) ends a foreground command as
+    Ctrl-C does: its children stopped, its firewall table removed."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
 # -- the coordinator ------------------------------------------------------------------
 def coordinator(home):
     from .coordinator import Coordinator
@@ -79,6 +87,7 @@ def cmd_coordinator(args, home) -> int:
         return 0
     coord = coordinator(home)
     if c == "start":
+        _stop_on_sigterm()
         coord.start()
         print(f"coordinator {coord.name}: the Fleet API for sites on "
               f"{coord.fleet_host}:{coord.fleet_port} (Ctrl-C stops it)", flush=True)
@@ -255,6 +264,7 @@ def _site_start(home, cfg: dict, folder: Path) -> int:
     agent = SiteAgent(folder, cfg["name"], superlink=cfg["superlink"],
                       ca=folder / "federation-ca.crt", runtime_port=cfg["runtime_port"],
                       pinned=cfg["pinned"], handle=site_round_handler(site))
+    _stop_on_sigterm()
     agent.start()
     print(f"site {cfg['name']}: connected out to {cfg['superlink']}; rounds run as the "
           "site's policy says (Ctrl-C stops it)", flush=True)

@@ -132,16 +132,43 @@ class Coordinator:
             "--host", self.fleet_host, "--port", str(self.fleet_port)],
             log_path=logs / "fleet-proxy.log", env=flower_env(),
             ready=lambda: _port_open(self.fleet_host, self.fleet_port))
+        self.guard()
         for p in (link, proxy):
             p.start()
             self.procs.append(p)
         for p in (link, proxy):
             p.wait_ready(60)
 
+    @property
+    def guard_table(self) -> str:
+        import hashlib
+
+        return "imaginghubfed_" + hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+
+    def guard(self) -> bool:
+        """As root: the SuperLink's port closed to every local account but
+        the one the coordinator runs as (its Control API has no login), as
+        the archive's ports are. Elsewhere: False (the port is the
+        account's own loopback port, and the README says so)."""
+        from ... import portguard
+
+        if os.geteuid() != 0:
+            return False
+        portguard.check_available()
+        portguard.install("", str(self.home), [self.link_port], [os.geteuid()],
+                          name=self.guard_table)
+        self._guarded = True
+        return True
+
     def stop(self) -> None:
         for p in reversed(self.procs):
             p.stop()
         self.procs.clear()
+        if getattr(self, "_guarded", False):
+            from ... import portguard
+
+            portguard.remove_table(self.guard_table)
+            self._guarded = False
 
     # -- Flower's CLI, on loopback -------------------------------------------------------
     def flwr(self, *args: str, timeout: float = 120) -> dict:
