@@ -344,6 +344,10 @@ def test_a_site_that_goes_down_in_a_round_and_comes_back(federation):
     assert one["sites"]["a"]["status"] == "released" and one["status"] == "aggregated"
     assert one["aggregate"]["num_series"] == len(KEYS)
     assert two["sites"]["b"]["status"] == "released", two["sites"]["b"]
+    # b's audit holds what left it: round 2, not the lost round 1 (its job ran,
+    # its answer never reached the coordinator)
+    assert {r["round"] for r in sites["b"]["audit"].rows("consortium", "stats-fault")} == {2}
+    assert {r["round"] for r in sites["a"]["audit"].rows("consortium", "stats-fault")} == {1, 2}
     assert two["aggregate"]["num_series"] == 2 * len(KEYS)
     assert rec["status"] == "finished"
 

@@ -42,6 +42,7 @@ class Answer:
     reason: str = ""
     released: dict | None = None  # name: bytes
     provenance: dict | None = None
+    handed_over: Callable[[], None] | None = None  # once the SuperNode took the reply
 
 
 def _client(address: str, interceptors, tries: int = 5):
@@ -110,6 +111,7 @@ def run_task(runtime_address: str, token: str, site: str, pinned: str,
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
     context, status, details = None, SubStatus.FAILED, "the site's bridge failed"
+    answer = None
     try:
         message, context, run, fab = pull_task_input(client)
         if fab.hash_str != pinned:
@@ -137,6 +139,8 @@ def run_task(runtime_address: str, token: str, site: str, pinned: str,
                             reply_to=message)
             status, details = SubStatus.COMPLETED, ""
         push_message(client, reply, context)
+        if answer is not None and answer.handed_over is not None:
+            answer.handed_over()  # the audit: what left, never what only might have
     except Exception:
         log.exception("a message could not be answered")
     finally:
@@ -150,9 +154,12 @@ def site_round_handler(site_round) -> Callable[[dict], Answer]:
     from .site import RoundRequest
 
     def handle(req: dict) -> Answer:
-        outcome = site_round.run(RoundRequest(**req))
+        request = RoundRequest(**req)
+        outcome = site_round.run(request, record=False)
         released = {n: r.data for n, r in outcome.released.items()}
-        return Answer(outcome.status, outcome.reason, released, outcome.provenance)
+        return Answer(outcome.status, outcome.reason, released, outcome.provenance,
+                      handed_over=(lambda: site_round.record(request, outcome))
+                      if released else None)
 
     return handle
 

@@ -106,11 +106,12 @@ class SiteRound:
     def _policy(self) -> Policy:
         return self.policy() if callable(self.policy) else self.policy
 
-    def run(self, req: RoundRequest, *, reference=None, preview: Policy | None = None
-            ) -> Outcome:
+    def run(self, req: RoundRequest, *, reference=None, preview: Policy | None = None,
+            record: bool = True) -> Outcome:
         """One round. With ``preview`` (a policy of the admin's, for this
         look only), the round runs but is not audited and nothing is sent:
-        the admin sees what would leave."""
+        the admin sees what would leave. With ``record=False`` the caller
+        audits (:meth:`record`) once the outputs have been handed over."""
         decision = (preview or self._policy()).decide(
             req.coordinator, req.study, notebook_sha256=req.notebook_sha256,
             parameters=req.parameters, cohort_alias=req.cohort_alias,
@@ -158,13 +159,18 @@ class SiteRound:
             except EgressError as e:
                 return Outcome(FAILED, f"the site's egress gate refused the round: {e}",
                                job.id)
-        if preview is None:
-            self.audit.record(req.coordinator, req.study, req.round_number, job.id,
-                              released.values())
         cohort = job.cohort or {}
         provenance = {"series_hash": cohort.get("series_hash", ""),
                       "series_count": job.series_count, "packages": job.packages}
-        return Outcome(RELEASED, job_id=job.id, released=released, provenance=provenance)
+        outcome = Outcome(RELEASED, job_id=job.id, released=released, provenance=provenance)
+        if preview is None and record:
+            self.record(req, outcome)
+        return outcome
+
+    def record(self, req: RoundRequest, outcome: Outcome) -> None:
+        """The audit's rows for what a round released."""
+        self.audit.record(req.coordinator, req.study, req.round_number, outcome.job_id,
+                          outcome.released.values())
 
     _users = threading.Lock()  # two rounds at once set up one user once
 
