@@ -162,3 +162,51 @@ def run_workflow(name: str, where: Path, **parameters):
     where.mkdir(exist_ok=True)
     return papermill.execute_notebook(WORKFLOWS / name, where / name, parameters=parameters,
                                       kernel_name="imaging", cwd=where, progress_bar=False)
+
+
+class Recorder:
+    """A federation test's TLS-terminating proxy between the sites and the
+    coordinator's Fleet proxy: every request body a site sent and
+    every answer, by path, in a thread of its own."""
+
+    def __init__(self, folder: Path, upstream: str, upstream_ca: Path):
+        import asyncio
+        import threading
+
+        from imaginghub.hub.services.federation.pki import make_ca, make_server_cert
+        from imaginghub.hub.state import free_port
+
+        make_ca(folder, "the test's CA")
+        self.cert, self.key = make_server_cert(folder, ["127.0.0.1", "localhost"])
+        self.ca = folder / "ca.crt"
+        self.port = free_port()
+        self.sent: list[tuple[str, bytes]] = []
+        self.received: list[tuple[str, bytes]] = []
+        self.upstream, self.upstream_ca = upstream, upstream_ca
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        ready.wait(10)
+
+    def _record(self, path, body, answer):
+        self.sent.append((path, body))
+        self.received.append((path, answer))
+
+    def _run(self, ready):
+        import asyncio
+
+        from imaginghub.hub.services.federation import fleetproxy
+
+        asyncio.set_event_loop(self.loop)
+        app = fleetproxy.make_app(self.upstream, str(self.upstream_ca), record=self._record)
+        self.server = fleetproxy.listen(app, "127.0.0.1", self.port, str(self.cert),
+                                        str(self.key))
+        ready.set()
+        self.loop.run_forever()
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.server.stop)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def sent_bytes(self) -> bytes:
+        return b"".join(body for _, body in self.sent)

@@ -14,7 +14,6 @@ the next step (docs/architecture.md).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
@@ -24,21 +23,18 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from tests_support import WORKFLOWS
+from tests_support import WORKFLOWS, Recorder
 
 from imaginghub.hub import demo
 from imaginghub.hub.errors import StackError
 from imaginghub.hub.hubapi import HubAPI
-from imaginghub.hub.services.federation import fleetproxy
 from imaginghub.hub.services.federation.agent import SiteAgent, site_round_handler
 from imaginghub.hub.services.federation.audit import Audit
 from imaginghub.hub.services.federation.bridge import APP_DIR, bridge_hash
 from imaginghub.hub.services.federation.coordinator import Coordinator, StudySpec
-from imaginghub.hub.services.federation.pki import make_ca, make_server_cert
 from imaginghub.hub.services.federation.policy import Policy, Study
 from imaginghub.hub.services.federation.site import SiteRound
 from imaginghub.hub.services.jobs.workflows import load
@@ -50,43 +46,6 @@ pytestmark = pytest.mark.stack
 
 KEYS = ["ct-head-reversed", "ct-slice", "ct-small", "sc-jpeg-baseline"]  # oncology's
 STATS = WORKFLOWS / "federated-stats.ipynb"
-
-
-class Recorder:
-    """The test's TLS-terminating proxy: every request body a site sent and
-    every answer, by path, in a thread of its own."""
-
-    def __init__(self, folder: Path, upstream: str, upstream_ca: Path):
-        make_ca(folder, "the test's CA")
-        self.cert, self.key = make_server_cert(folder, ["127.0.0.1", "localhost"])
-        self.ca = folder / "ca.crt"
-        self.port = free_port()
-        self.sent: list[tuple[str, bytes]] = []
-        self.received: list[tuple[str, bytes]] = []
-        self.upstream, self.upstream_ca = upstream, upstream_ca
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
-        ready.wait(10)
-
-    def _record(self, path, body, answer):
-        self.sent.append((path, body))
-        self.received.append((path, answer))
-
-    def _run(self, ready):
-        asyncio.set_event_loop(self.loop)
-        app = fleetproxy.make_app(self.upstream, str(self.upstream_ca), record=self._record)
-        self.server = fleetproxy.listen(app, "127.0.0.1", self.port, str(self.cert),
-                                        str(self.key))
-        ready.set()
-        self.loop.run_forever()
-
-    def stop(self):
-        self.loop.call_soon_threadsafe(self.server.stop)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-
-    def sent_bytes(self) -> bytes:
-        return b"".join(body for _, body in self.sent)
 
 
 @pytest.fixture(scope="module")

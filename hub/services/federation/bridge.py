@@ -34,7 +34,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ...errors import ConfigError
 from .aggregate import AggregationError, decode_json, sum_counts
-from .egress import parse_shares
+from .egress import NAME, parse_shares
 
 APP_DIR = Path(__file__).with_name("bridge_app")
 QUERY = "query"
@@ -218,6 +218,7 @@ def _one_round(grid: Grid, cfg: dict, number: int, shares: dict) -> dict:
     contributions = {name: r for name, r in sites.items() if r["status"] == "released"}
     for name in sorted(sites):
         r = sites[name]
+        _keep_received(Path(cfg["out"]) / "received" / f"round-{number}" / name, r["released"])
         result["sites"][name] = {
             "status": r["status"], "reason": r["reason"], "provenance": r["provenance"],
             "received": {k: {"sha256": hashlib.sha256(v).hexdigest(), "bytes": len(v)}
@@ -234,6 +235,17 @@ def _one_round(grid: Grid, cfg: dict, number: int, shares: dict) -> dict:
         return result
     result["status"] = "aggregated"
     return result
+
+
+def _keep_received(folder: Path, released: dict[str, bytes]) -> None:
+    """What a site sent in a round, as received (the aggregate can be made
+    again from it, and checked against the site's audit)."""
+    if not released:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in released.items():
+        if NAME.match(name):  # a share's name: never a path
+            (folder / name).write_bytes(data)
 
 
 def aggregate_round(contributions: dict[str, dict], shares: dict) -> dict:
