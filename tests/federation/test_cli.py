@@ -85,6 +85,8 @@ def test_two_admins_run_a_study_from_the_command_line(stack, tmp_path):
         for line in audit.splitlines():
             assert re.search(r'"sha256": "([0-9a-f]{16})', line).group(1) in shown
         assert len(audit.splitlines()) == 4
+        again = _cli(coord_home, "study", "rerun", "stats-cli").stdout
+        assert "the aggregate is bitwise identical to the study's" in again
         # the SuperLink's port is guarded while the coordinator runs (as root)
         assert "imaginghubfed_" in _tables()
     finally:

@@ -134,6 +134,16 @@ def cmd_study(args, home) -> int:
         if not args.wait:
             return 0
         rec = coord.wait(args.study, args.rounds * (args.round_timeout + 150))
+    elif args.study_command == "rerun":
+        first = coord.record(args.study)
+        out = coord.rerun(args.study)
+        print(f"study {args.study}: rerun {out['rerun']} started from its record")
+        rec = coord.wait(args.study, 3600 * 6, rerun=out["rerun"])
+        show_record(rec)
+        same = coord.same_aggregate(first, rec)
+        print("the aggregate is " + ("bitwise identical to the study's" if same else
+                                     "NOT the study's"))
+        return 0 if same else 1
     else:
         rec = coord.record(args.study)
         if rec is None:
@@ -339,6 +349,9 @@ def add_parser(sub) -> None:
     sm.add_argument("--wait", action="store_true", help="wait for the end and show it")
     sh = ss.add_parser("show", help="the rounds, what left each site, the aggregate")
     sh.add_argument("study")
+    sr = ss.add_parser("rerun", help="run the study again from its record and compare the "
+                                     "aggregates, byte for byte")
+    sr.add_argument("study")
 
     si = fs.add_parser("site", help="this installation as a site of a federation")
     ss = si.add_subparsers(dest="site_command", required=True)

@@ -245,20 +245,59 @@ class Coordinator:
         return {"run_id": out.get("run-id"), "folder": str(folder),
                 "notebook_sha256": config["notebook-sha256"]}
 
-    def record(self, study: str) -> dict | None:
+    def rerun(self, study: str) -> dict:
+        """The study again, from its record: the same notebook copy (its
+        SHA-256 checked), parameters, alias and rounds, written to
+        ``reruns/N/`` of its folder. Sites see the same study and rounds."""
+        import hashlib
+        import tomllib
+
+        import tomli_w
+
+        folder = self.study_dir(study)
+        rec = self.record(study)
+        if rec is None:
+            raise ConfigError(f"no study {study} at this coordinator")
+        config = tomllib.loads((folder / "run-config.toml").read_text())
+        if hashlib.sha256((folder / "workflow.ipynb").read_bytes()).hexdigest() != \
+                rec["notebook_sha256"]:
+            raise ConfigError(f"study {study}'s notebook copy is not the one its record names")
+        reruns = folder / "reruns"
+        reruns.mkdir(exist_ok=True)
+        number = 1 + max((int(p.name) for p in reruns.iterdir() if p.name.isdigit()),
+                         default=0)
+        out = reruns / str(number)
+        out.mkdir()
+        config["out"] = str(out)
+        (out / "run-config.toml").write_text(tomli_w.dumps(config))
+        ran = self.flwr("run", str(APP_DIR), CONNECTION, "--run-config",
+                        str(out / "run-config.toml"))
+        return {"run_id": ran.get("run-id"), "rerun": number, "folder": str(out)}
+
+    def record(self, study: str, rerun: int | None = None) -> dict | None:
         path = self.study_dir(study) / "study.json"
+        if rerun is not None:
+            path = self.study_dir(study) / "reruns" / str(rerun) / "study.json"
         try:
             return json.loads(path.read_text())
         except (FileNotFoundError, ValueError):
             return None
 
-    def wait(self, study: str, timeout: float) -> dict:
-        """The study's record once it has finished or failed."""
+    def wait(self, study: str, timeout: float, rerun: int | None = None) -> dict:
+        """The study's record (or a rerun's) once it has finished or failed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rec = self.record(study)
+            rec = self.record(study, rerun)
             if rec and rec.get("status") in ("finished", "failed"):
                 return rec
             time.sleep(1)
         raise TimeoutError(f"study {study} did not end within {timeout:.0f} s "
-                           f"(its record: {self.record(study)})")
+                           f"(its record: {self.record(study, rerun)})")
+
+    @staticmethod
+    def same_aggregate(first: dict, second: dict) -> bool:
+        """Whether two records' aggregates are the same, byte for byte in
+        their canonical JSON."""
+        def canon(rec):
+            return json.dumps(rec.get("aggregate"), sort_keys=True, separators=(",", ":"))
+        return "aggregate" in first and canon(first) == canon(second)
