@@ -1,7 +1,8 @@
 """Three sites with data of their own, and a deliberately leaky notebook.
 
-Site a is the session's workspace; sites b and c are workspaces of their own
-(their own archive, hub, data and job services, demo data). Each site's
+Sites a, b and c are workspaces of their own (their own archive, hub, data
+and job services, demo data), started at once; the session's workspace is
+left alone (its tests count its series). Each site's
 archive also holds a canary series: random pixels, and a unique canary
 string as its patient's name, ID and study description. A recording proxy
 of the test's (TLS with a certificate of the test's own CA) sits between
@@ -21,7 +22,7 @@ import secrets
 
 import numpy as np
 import pytest
-from conftest import TEST_WORKFLOWS, new_home, running_stack
+from conftest import TEST_WORKFLOWS, new_home, running_stacks
 from tests_support import Recorder, axial_ct_series, wait_for
 
 from imaginghub.hub import demo
@@ -60,13 +61,12 @@ def _canary_series(site: str):
 
 
 @pytest.fixture(scope="module")
-def sites(stack, tmp_path_factory):
+def sites(tmp_path_factory):
     root = tmp_path_factory.mktemp("sites")
+    homes = [new_home(f"fed-{name}", {"JobService": {"workflow_dirs": [str(TEST_WORKFLOWS)]}})
+             for name in "abc"]
     with contextlib.ExitStack() as es:
-        stacks = {"a": stack}
-        for name in ("b", "c"):
-            home = new_home(f"fed-{name}", {"JobService": {"workflow_dirs": [str(TEST_WORKFLOWS)]}})
-            stacks[name] = es.enter_context(running_stack(home, "--demo"))
+        stacks = dict(zip("abc", es.enter_context(running_stacks(homes, "--demo"))))
         coord = Coordinator(root / "coordinator", "consortium", link_port=free_port(),
                             fleet_port=free_port())
         coord.start()
