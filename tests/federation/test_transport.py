@@ -8,8 +8,8 @@ plaintext.
 The sites' rounds are real: the policy, the study's own job on the real job
 service (papermill), the egress gate and the audit. The three sites share
 the test session's one stack (its hub, archive and job service), each with
-its own node key, policy and audit; sites with archives of their own are
-the next step (docs/architecture.md).
+its own node key, policy and audit; sites with archives of their own are in
+test_sites.py.
 """
 
 from __future__ import annotations
