@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from ...errors import ConfigError
+from ...state import write_private
 from .aggregate import AggregationError, decode_json, sum_counts
 from .egress import NAME, parse_shares
 
@@ -134,9 +134,7 @@ def _federated_block(path: str, sha256: str) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_private(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def run_study(grid: Grid, cfg: dict) -> dict:

@@ -29,10 +29,9 @@ def _read(path: Path, what: str, hint: str) -> dict:
 
 
 def _write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    from ...state import write_private
+
+    write_private(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def _pairs(pairs: list[str], what: str) -> dict:
@@ -183,7 +182,7 @@ def _policy_file(folder: Path) -> Path:
 
 
 def cmd_site(args, home) -> int:
-    from .policy import Policy, Study, load
+    from .policy import Study, load
 
     c = args.site_command
     if c == "init":

@@ -18,7 +18,6 @@ gate, recorded in the site's audit.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import ConfigError
+from ...state import write_private
 from ...users import PROJECT_PREFIX, validate_name
 from .audit import Audit
 from .egress import EgressError, Released, parse_shares, release
@@ -65,9 +65,7 @@ def keep_pending(path: Path, req: RoundRequest) -> None:
     coordinator, study and round), atomically."""
     items = read_pending(path)
     items[f"{req.coordinator}/{req.study}/{req.round_number}"] = asdict(req)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(items, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_private(path, json.dumps(items, indent=1, sort_keys=True) + "\n")
 
 
 def read_pending(path: Path) -> dict[str, dict]:
