@@ -68,13 +68,16 @@ class Jobs(ServiceClient):
         return self._json("GET", f"workflows/{name}")
 
     def submit(self, workflow: str, *, shared: bool = False, time_limit: int | None = None,
-               resources: dict | None = None, **parameters) -> Job:
+               resources: dict | None = None, inputs: dict[str, bytes] | None = None,
+               **parameters) -> Job:
         """Queue ``workflow`` with ``parameters`` (``cohort="lung-ct@3"`` or
         ``series=[...]`` for the ones that read series). ``shared=True`` lets
         the members of the cohort's project see it; ``time_limit`` in seconds
         (at most the site's); ``resources`` what one run needs, over the
         workflow's own (``{"cpu": 4, "memory": "16Gi", "gpu": 1}``: used
-        where jobs run on Kubernetes). Parameters the workflow does not take,
+        where jobs run on Kubernetes); ``inputs`` files for the run
+        (``{name: bytes}``, at most 64 MiB together), which the notebook finds
+        in ``inputs/``. Parameters the workflow does not take,
         or of the wrong type, are refused before anything is queued."""
         if hasattr(parameters.get("cohort"), "ref"):  # a Cohort object
             c = parameters["cohort"]
@@ -84,6 +87,11 @@ class Jobs(ServiceClient):
             body["time_limit"] = time_limit
         if resources is not None:
             body["resources"] = resources
+        if inputs:
+            import base64
+
+            body["inputs"] = {name: base64.b64encode(bytes(data)).decode()
+                              for name, data in inputs.items()}
         return Job(self, self._json("POST", "jobs", body))
 
     def list(self, *, status: str | None = None, limit: int = 50, mine: bool = False):

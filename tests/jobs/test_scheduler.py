@@ -286,6 +286,38 @@ def test_resources_come_from_the_workflow_and_the_job(queue, tmp_path):
         load(folder / "bad.ipynb")
 
 
+# -- input files --------------------------------------------------------------------------
+def test_input_files_reach_the_run_and_its_rerun(queue):
+    """Files given with a job are kept by their hash, listed in the job's
+    record, handed to the run in its spec, and given again to a rerun; bad
+    names and sizes are refused before anything is queued."""
+    import base64
+    import hashlib
+
+    from imaginghub.hub.services.jobs.scheduler import MAX_INPUT_BYTES
+
+    sched, runner = queue
+    weights = bytes(range(256)) * 40
+    job = run(sched.submit("alice", "echo", {}, token=None, projects={"p"},
+                           inputs={"global.safetensors": weights, "round.json": b"{}"}))
+    run(sched.step())
+    assert base64.b64decode(runner.specs[job.id]["inputs"]["global.safetensors"]) == weights
+    model = sched.store.get(job.id).model()
+    assert model["inputs"] == {"global.safetensors": hashlib.sha256(weights).hexdigest(),
+                               "round.json": hashlib.sha256(b"{}").hexdigest()}
+    again = run(sched.submit("alice", "echo", {}, token=None, projects={"p"},
+                             rerun_of=sched.store.get(job.id)))
+    assert sched.store.get(again.id).model()["inputs"] == model["inputs"]
+    queued = len(sched.store.with_status(QUEUED))
+    for bad, said in [({"../x": b""}, "input file name"), ({".hidden": b""}, "input file name"),
+                      ({"a": "text"}, "contents are bytes"),
+                      ({f"f{i}": b"" for i in range(17)}, "at most 16"),
+                      ({"big": b"0" * (MAX_INPUT_BYTES + 1)}, "over the limit")]:
+        with pytest.raises(SubmitError, match=said):
+            run(sched.submit("alice", "echo", {}, token=None, projects={"p"}, inputs=bad))
+    assert len(sched.store.with_status(QUEUED)) == queued
+
+
 def test_a_database_of_an_older_release_gets_the_new_columns(tmp_path):
     """A jobs database made before ``resources`` existed: its jobs stay and
     read as asking for nothing."""
@@ -295,6 +327,7 @@ def test_a_database_of_an_older_release_gets_the_new_columns(tmp_path):
     JobStore(f"sqlite:///{db}")
     with sqlite3.connect(db) as c:  # back to the older release's table
         c.execute("ALTER TABLE jobs DROP COLUMN resources")
+        c.execute("ALTER TABLE jobs DROP COLUMN inputs")
         c.execute("INSERT INTO jobs (id, user, project, shared, workflow, title, "
                   "notebook_path, notebook_sha256, parameters, cohort, cohort_series_hash, "
                   "series_count, packages, status, reason, progress, submitted_at, "
@@ -303,3 +336,4 @@ def test_a_database_of_an_older_release_gets_the_new_columns(tmp_path):
                   "'2026-01-01 00:00:00', 60, 'local', '', '', 0)")
     store = JobStore(f"sqlite:///{db}")
     assert store.get("j1").model()["resources"] == {}
+    assert store.get("j1").model()["inputs"] == {}

@@ -7,9 +7,11 @@ user (or an admin) cancels it or changes its sharing. Anything else answers
 and submits as a named user.
 
 - ``GET workflows``, ``GET workflows/NAME``: the workflows and their parameters.
-- ``POST jobs``: ``{"workflow", "parameters", "shared", "time_limit", "resources"}`` (the
-  admin service adds ``"user"``); 201 with the job, 400 for parameters the
-  workflow does not take, nothing queued.
+- ``POST jobs``: ``{"workflow", "parameters", "shared", "time_limit", "resources",
+  "inputs"}`` (the admin service adds ``"user"``; ``inputs``: ``{file name:
+  base64}``, files the run finds in ``inputs/`` of its work folder); 201
+  with the job, 400 for parameters the workflow does not take, nothing
+  queued.
 - ``GET jobs[?status=&limit=&offset=&mine=1]``: newest first.
 - ``GET jobs/ID``, ``GET jobs/ID/children``, ``GET jobs/ID/log[?offset=N]``,
   ``GET jobs/ID/notebook``, ``GET jobs/ID/artifacts``,
@@ -125,11 +127,11 @@ class JobsHandler(BaseHandler):
     async def post(self):
         body = self.body()
         unknown = set(body) - {"workflow", "parameters", "shared", "time_limit", "user",
-                               "resources"}
+                               "resources", "inputs"}
         if unknown:
             raise web.HTTPError(400, reason=f"unknown field(s) {', '.join(sorted(unknown))}: "
-                                "a job takes workflow, parameters, shared, time_limit and "
-                                "resources")
+                                "a job takes workflow, parameters, shared, time_limit, "
+                                "resources and inputs")
         workflow = body.get("workflow")
         params = body.get("parameters") or {}
         if not isinstance(workflow, str) or not workflow:
@@ -149,7 +151,7 @@ class JobsHandler(BaseHandler):
         job = await self.ctx.scheduler.submit(
             user, workflow, params, token=token, projects=projects,
             shared=bool(body.get("shared", False)), time_limit=body.get("time_limit"),
-            resources=body.get("resources"))
+            resources=body.get("resources"), inputs=_inputs(body.get("inputs")))
         self.send(self.model(self.ctx.scheduler.store.get(job.id)), 201)
 
 
@@ -263,6 +265,25 @@ class NotFoundHandler(BaseHandler):
         raise web.HTTPError(404)
 
     post = patch = delete = get
+
+
+def _inputs(value) -> dict[str, bytes] | None:
+    """A job's ``inputs`` ({name: base64}) as bytes; 400 when they are not."""
+    import base64
+    import binascii
+
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise web.HTTPError(400, reason="inputs are an object of file names and their "
+                                        "contents in base64")
+    out = {}
+    for name, text in value.items():
+        try:
+            out[name] = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise web.HTTPError(400, reason=f"input {str(name)[:40]!r} is not base64") from None
+    return out
 
 
 def _int(text: str, name: str) -> int:

@@ -8,6 +8,8 @@ job's ``work/`` folder, and leaves beside it:
 - ``progress.json``: cells done of all cells, rewritten as cells finish;
 - ``result.json``: how it ended, written last (atomically). A job's process
   that dies without writing it was killed;
+- ``work/inputs/``: the files given with the job (``POST jobs``'s
+  ``inputs``), read-only, as the notebook finds them;
 - ``work/stored-series.jsonl``: a JSON line for each series the notebook
   stored in the archive (``pacs.store_instances``, so also
   ``write_segmentation``), which the jobs widget links to the browser viewer.
@@ -41,6 +43,22 @@ def write_json(path: Path, value: dict) -> None:
         os.fchmod(fd, 0o640)  # for the job service (the folder's group), past the umask
         f.write(json.dumps(value))
     os.replace(tmp, path)
+
+
+def write_inputs(folder: Path, inputs: dict[str, str]) -> None:
+    """The job's input files (base64 in the spec, their names checked by
+    the service) in ``work/inputs/``, read-only."""
+    import base64
+
+    if not inputs:
+        return
+    folder.mkdir(exist_ok=True)
+    for name, text in inputs.items():
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"input file name {name!r}")
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64decode(text))
 
 
 def share_outputs(work: Path) -> None:
@@ -129,6 +147,7 @@ def run(job_dir: Path) -> int:
     spec = json.loads((job_dir / "spec.json").read_text())
     work = job_dir / "work"
     work.mkdir(exist_ok=True)
+    write_inputs(work / "inputs", spec.get("inputs") or {})
     # the series the notebook stores (pacs.store_instances) are listed here
     os.environ[ENV_JOB_STORED] = str(work / STORED_FILE)
     nb = nbformat.read(spec["notebook"], as_version=4)

@@ -68,6 +68,9 @@ class Job(Base):
     # JSON: what one run needs (workflows.check_resources), the workflow's
     # with the job's own on top; a runner that places jobs (Kubernetes) uses it
     resources: Mapped[str] = mapped_column(Text, default="{}")
+    # JSON: files given with the job ({name: SHA-256}), kept by their hash in
+    # the service's inputs folder and put in the run's work/inputs/ folder
+    inputs: Mapped[str] = mapped_column(Text, default="{}")
 
     def model(self, children: list[Job] | None = None) -> dict:
         """The job as the REST API shows it."""
@@ -91,6 +94,7 @@ class Job(Base):
             "ended": iso(self.ended_at), "time_limit": self.time_limit, "runner": self.runner,
             "rerun_of": self.rerun_of, "per_series": self.per_series,
             "resources": json.loads(self.resources or "{}"),
+            "inputs": json.loads(self.inputs or "{}"),
             "packages": json.loads(self.packages or "{}"),
         }
         if children is not None:
@@ -110,7 +114,7 @@ class JobStore:
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     # columns added after the first release: (name, SQL type and default)
-    NEW_COLUMNS = (("resources", "TEXT DEFAULT '{}'"),)
+    NEW_COLUMNS = (("resources", "TEXT DEFAULT '{}'"), ("inputs", "TEXT DEFAULT '{}'"))
 
     def _add_new_columns(self) -> None:
         """A database an older imaginghub made gets the columns added since

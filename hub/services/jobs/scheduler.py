@@ -13,12 +13,14 @@ others are marked interrupted with the reason.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
 import importlib.metadata
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -47,6 +49,34 @@ def package_versions() -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_INPUTS = 16
+MAX_INPUT_BYTES = 64 << 20  # all of a job's input files together
+
+
+def check_inputs(inputs) -> dict[str, bytes]:
+    """A job's input files ({name: bytes}) if they are few and small enough
+    and their names are plain file names; else a SubmitError says what is
+    wrong."""
+    if not inputs:
+        return {}
+    if not isinstance(inputs, dict):
+        raise SubmitError("inputs are an object of file names and their contents")
+    if len(inputs) > MAX_INPUTS:
+        raise SubmitError(f"a job takes at most {MAX_INPUTS} input files ({len(inputs)} given)")
+    for name, data in inputs.items():
+        if not isinstance(name, str) or not INPUT_NAME.match(name):
+            raise SubmitError(f"input file name {str(name)[:40]!r}: use letters, digits, '.', "
+                              "'_' and '-', starting with a letter or digit")
+        if not isinstance(data, bytes):
+            raise SubmitError(f"input {name}: the contents are bytes")
+    total = sum(len(d) for d in inputs.values())
+    if total > MAX_INPUT_BYTES:
+        raise SubmitError(f"the input files have {total} bytes, over the limit of "
+                          f"{MAX_INPUT_BYTES}")
+    return dict(inputs)
+
+
 def _utc(t: dt.datetime | None) -> dt.datetime | None:
     if t is not None and t.tzinfo is None:
         return t.replace(tzinfo=dt.timezone.utc)
@@ -61,7 +91,8 @@ class Scheduler:
         self.store, self.registry, self.runner = store, registry, runner
         self.root = Path(root)
         self.notebooks = self.root / "notebooks"
-        for d in (self.root, self.notebooks):
+        self.inputs = self.root / "inputs"
+        for d in (self.root, self.notebooks, self.inputs):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)
         self.hub_api = hub_api.rstrip("/")
@@ -86,13 +117,17 @@ class Scheduler:
     # -- submitting -------------------------------------------------------------------
     async def submit(self, user: str, workflow: str, parameters: dict, *, token: str | None,
                      projects=frozenset(), shared: bool = False, time_limit: int | None = None,
-                     rerun_of: Job | None = None, resources: dict | None = None) -> Job:
+                     rerun_of: Job | None = None, resources: dict | None = None,
+                     inputs: dict[str, bytes] | None = None) -> Job:
         """Queue a run of ``workflow`` as ``user``. ``token`` is one of the
         user's (to look the cohort up as them); None: one is made for it.
         The job's project (whose members see it when it is shared) is the
         cohort's, else the parameter ``project``, else the user's only one.
         ``resources`` (checked: workflows.check_resources) go over the
-        workflow's; a rerun asks for what the first run asked for."""
+        workflow's; a rerun asks for what the first run asked for.
+        ``inputs`` ({name: bytes}, checked: :func:`check_inputs`) are files
+        the run finds in ``inputs/`` of its work folder; a rerun gets the
+        same."""
         if rerun_of is None:
             wf = self.registry.get(workflow)
             if wf is None:
@@ -111,6 +146,13 @@ class Scheduler:
             if not notebook.exists():
                 raise SubmitError(f"the notebook of job {rerun_of.id} is no longer kept", 410)
         limit = self._limit(time_limit)
+        if rerun_of is not None:
+            given = json.loads(rerun_of.inputs or "{}")
+            if not all(self.input_copy(sha).exists() for sha in given.values()):
+                raise SubmitError(f"the inputs of job {rerun_of.id} are no longer kept", 410)
+        else:
+            given = {name: self._keep_input(data)
+                     for name, data in check_inputs(inputs).items()}
         try:
             asked = check_resources(resources, "the job's resources")
         except ParameterError as e:
@@ -154,7 +196,7 @@ class Scheduler:
                     notebook_path=rerun_of.notebook_path if rerun_of else str(wf.path),
                     notebook_sha256=notebook.stem, cohort=cohort,
                     cohort_series_hash=series_hash, series_count=len(series or ()),
-                    resources=json.dumps(needs),
+                    resources=json.dumps(needs), inputs=json.dumps(given, sort_keys=True),
                     packages=json.dumps(self.packages), time_limit=limit,
                     runner=self.runner.name, rerun_of=rerun_of.id if rerun_of else None)
         parent = Job(id=_new_id(), parameters=json.dumps(params), per_series=per_series,
@@ -189,6 +231,19 @@ class Scheduler:
             tmp.write_bytes(data)
             os.replace(tmp, path)
         return path
+
+    def input_copy(self, sha256: str) -> Path:
+        return self.inputs / sha256
+
+    def _keep_input(self, data: bytes) -> str:
+        """One of a job's input files, kept by its SHA-256; the hash."""
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.input_copy(sha)
+        if not path.exists():
+            tmp = path.with_name(f".{sha}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return sha
 
     def _limit(self, asked: int | None) -> int:
         if asked is None:
@@ -311,7 +366,9 @@ class Scheduler:
     async def _start(self, job: Job) -> bool:
         notebook = self.notebook_copy(job.notebook_sha256)
         spec = {"parameters": json.loads(job.parameters), "kernel": "imaging",
-                "resources": json.loads(job.resources or "{}")}
+                "resources": json.loads(job.resources or "{}"),
+                "inputs": {name: base64.b64encode(self.input_copy(sha).read_bytes()).decode()
+                           for name, sha in json.loads(job.inputs or "{}").items()}}
         try:
             token, token_id = await self._mint(job.user, f"job {job.id}", job.time_limit + 600)
         except (SubmitError, httpx.HTTPError) as e:
