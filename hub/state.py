@@ -107,9 +107,10 @@ def make_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
-def write_private(path: Path, text: str, *, owner: tuple[int, int] | None = None,
+def write_private(path: Path, text: str | bytes, *, owner: tuple[int, int] | None = None,
                   mode: int = 0o600) -> None:
-    """Write ``text`` to ``path`` readable by the owner only, atomically.
+    """Write ``text`` (or bytes) to ``path`` readable by the owner only,
+    atomically.
 
     The file is created 0600 before any byte is written, and replaces the old
     one only when complete: a crash never leaves a half-written secret. Its
@@ -126,7 +127,7 @@ def write_private(path: Path, text: str, *, owner: tuple[int, int] | None = None
             _same_owner(fd, path)
         if mode != 0o600:
             os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

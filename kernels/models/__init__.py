@@ -43,13 +43,15 @@ from .registry import (ARCHITECTURE_MODULES, DEFAULT_MODELS_DIR, FORMAT, INFO, W
                        ModelError, ModelIntegrityError, ModelNotFound, build_network,
                        check_name, load_model, model_info, package_versions, resolve_model,
                        save_model, versions)
-from .training import reference_segmentation, segmentation_record, training_pairs
+from .training import (check_labels, reference_segmentation, segmentation_record, train,
+                       training_data, training_dice, training_pairs)
 
 __all__ = [
     "ARCHITECTURE_MODULES", "DEFAULT_MODELS_DIR", "FORMAT", "INFO", "WEIGHTS", "Model",
-    "ModelError", "ModelIntegrityError", "ModelNotFound", "build_network", "check_name",
+    "ModelError", "ModelIntegrityError", "ModelNotFound", "build_network", "check_labels",
+    "check_name",
     "dice_per_label", "grid_affine", "input_spec", "labels_to_grid", "load_model",
     "model_info", "normalise", "package_versions", "predict", "reference_segmentation",
     "resample", "resolve_model", "save_model", "segmentation_record", "to_input",
-    "to_series_grid", "training_pairs", "versions",
+    "to_series_grid", "train", "training_data", "training_dice", "training_pairs", "versions",
 ]

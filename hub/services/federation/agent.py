@@ -154,8 +154,10 @@ def site_round_handler(site_round) -> Callable[[dict], Answer]:
     from .site import RoundRequest
 
     def handle(req: dict) -> Answer:
+        req = dict(req)
+        weights = req.pop("weights", None)
         request = RoundRequest(**req)
-        outcome = site_round.run(request, record=False)
+        outcome = site_round.run(request, weights=weights, record=False)
         released = {n: r.data for n, r in outcome.released.items()}
         return Answer(outcome.status, outcome.reason, released, outcome.provenance,
                       handed_over=(lambda: site_round.record(request, outcome))

@@ -83,8 +83,8 @@ def fedavg(contributions: dict[str, tuple[int, dict]]) -> dict:
         acc = np.zeros(first[key].shape, dtype=np.float64)
         for site in sites:
             if counts[site]:
-                acc += contributions[site][1][key].astype(np.float64) * (counts[site] / total)
-        out[key] = acc.astype(first[key].dtype)
+                acc += contributions[site][1][key].astype(np.float64) * counts[site]
+        out[key] = (acc / total).astype(first[key].dtype)
     return out
 
 
@@ -109,3 +109,43 @@ def sum_counts(contributions: dict[str, dict | list], share: Share) -> dict | li
                                        "whole number of at least 0")
             total[key] += n
     return total
+
+
+# -- training: the model a study starts from, and the weights as bytes --------------------
+def initial_weights(model: dict, seed: int) -> dict:
+    """The first round's weights: the training workflow's ``model``
+    (``{"class", "args"}``) built with MONAI's ``set_determinism(seed)``, as
+    numpy arrays by name (the same seed gives the same weights)."""
+    from monai.utils import set_determinism
+
+    from ....kernels.models import build_network
+
+    set_determinism(seed)
+    network = build_network(model)
+    state = network.state_dict()
+    return {k: state[k].detach().cpu().numpy() for k in sorted(state)}
+
+
+def encode_weights(weights: dict) -> bytes:
+    """Weights as safetensors bytes without metadata (names, dtypes, shapes,
+    values; the same weights always give the same bytes)."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(weights[k]) for k in sorted(weights)})
+
+
+def decode_weights(data: bytes) -> dict:
+    """Weights from safetensors bytes (never a pickle)."""
+    from safetensors.numpy import load
+
+    try:
+        return load(data)
+    except Exception as e:  # malformed bytes: said, never trusted
+        raise AggregationError(f"the weights are not safetensors ({type(e).__name__})") \
+            from None
+
+
+def reference_of(weights: dict) -> dict:
+    """{name: (dtype, shape)}: what a round's weights must look like."""
+    return {k: (v.dtype.name, tuple(v.shape)) for k, v in weights.items()}

@@ -33,7 +33,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from ...errors import ConfigError
 from ...state import write_private
-from .aggregate import AggregationError, decode_json, sum_counts
+from .aggregate import (AggregationError, decode_json, decode_state_dict, encode_weights, fedavg,
+                        initial_weights, reference_of, sum_counts)
 from .egress import NAME, parse_shares
 
 APP_DIR = Path(__file__).with_name("bridge_app")
@@ -57,11 +58,15 @@ def bridge_hash() -> str:
 
 
 # -- the messages -------------------------------------------------------------------
-def round_content(req: dict) -> RecordDict:
-    """A round's request as a message's content (strings and an int)."""
+def round_content(req: dict, weights: bytes | None = None) -> RecordDict:
+    """A round's request as a message's content (strings and an int), and
+    for a training round the weights it starts from (safetensors)."""
     rec = ConfigRecord({k: req[k] for k in ROUND_KEYS if k not in ("parameters",)})
     rec["parameters"] = json.dumps(req["parameters"], sort_keys=True)
-    return RecordDict({"round": rec})
+    out = RecordDict({"round": rec})
+    if weights is not None:
+        out["model"] = ConfigRecord({"weights": weights})
+    return out
 
 
 def read_round(message: Message) -> dict:
@@ -73,6 +78,11 @@ def read_round(message: Message) -> dict:
         req["parameters"] = json.loads(req["parameters"])
     except (KeyError, TypeError, ValueError):
         raise ValueError("the round's message is not an imaginghub study round") from None
+    if "model" in message.content:
+        try:
+            req["weights"] = bytes(message.content["model"]["weights"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("the round's starting weights are not bytes") from None
     if not isinstance(req["parameters"], dict) or not isinstance(req["round_number"], int) \
             or not all(isinstance(req[k], str) for k in ROUND_KEYS
                        if k not in ("parameters", "round_number")):
@@ -138,7 +148,10 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def run_study(grid: Grid, cfg: dict) -> dict:
-    """Every round of one study: ask the sites, aggregate, record."""
+    """Every round of one study: ask the sites, aggregate, record. A
+    training study starts from the workflow's model built with the study's
+    seed, sends each round the weights the last one averaged, and ends with
+    a model version in ``models/`` (the format of ``kernels.models``)."""
     out = Path(cfg["out"])
     federated = _federated_block(cfg["notebook"], cfg["notebook-sha256"])
     shares = parse_shares(federated["shares"])
@@ -148,9 +161,19 @@ def run_study(grid: Grid, cfg: dict) -> dict:
               "parameters": json.loads(cfg["parameters"]),
               "cohort_alias": cfg["cohort-alias"], "aggregator": federated.get("aggregator"),
               "min_sites": int(cfg["min-sites"]), "rounds": [], "status": "running"}
+    weights = None
+    if federated.get("aggregator") == "fedavg":
+        params = study_parameters(cfg["notebook"], record["parameters"])
+        weights = initial_weights(federated["model"], int(params.get("seed", 0)))
+        record["initial_weights"] = _keep_weights(out / "global" / "round-0.safetensors",
+                                                  weights)
     _write_json(out / "study.json", record)
     for number in range(1, int(cfg["rounds"]) + 1):
-        result = _one_round(grid, cfg, number, shares)
+        result = _one_round(grid, cfg, number, shares, weights)
+        if weights is not None and result["status"] == "aggregated":
+            weights = result.pop("weights")
+            result["aggregate"]["weights"] = _keep_weights(
+                out / "global" / f"round-{number}.safetensors", weights)
         record["rounds"].append(result)
         if result["status"] != "aggregated":
             record["status"] = "failed"
@@ -160,8 +183,67 @@ def run_study(grid: Grid, cfg: dict) -> dict:
     else:
         record["status"] = "finished"
         record["aggregate"] = record["rounds"][-1]["aggregate"]
+        if weights is not None:
+            record["model"] = str(save_study_model(out / "models", record, federated, weights,
+                                                   study_parameters(cfg["notebook"],
+                                                                    record["parameters"])))
     _write_json(out / "study.json", record)
     return record
+
+
+def study_parameters(notebook: str, given: dict) -> dict:
+    """The study's parameters over the workflow's defaults."""
+    import ast
+
+    from ..jobs.workflows import load
+
+    defaults = {}
+    for name, p in load(Path(notebook)).parameters.items():
+        try:
+            defaults[name] = ast.literal_eval(p["default"])
+        except (ValueError, SyntaxError):
+            continue
+    return {**defaults, **given}
+
+
+def _keep_weights(path: Path, weights: dict) -> dict:
+    """A round's global weights kept as safetensors; their hash and size."""
+    data = encode_weights(weights)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(path, data)
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+            "tensors": len(weights), "file": str(path.relative_to(path.parents[1]))}
+
+
+def save_study_model(models_dir: Path, record: dict, federated: dict, weights: dict,
+                     params: dict) -> Path:
+    """The study's final weights as a model version (``kernels.models``'
+    format) named after the study, with a ``federation`` block: the study's
+    provenance (bridge and notebook hashes, parameters, and per round and
+    site the cohort's series hash, the sample count, the package versions
+    and what was received)."""
+    import torch
+
+    from ....kernels import models
+
+    network = models.build_network(federated["model"])
+    network.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
+    names = dict(enumerate(params.get("labels") or [], start=1))
+    spec = models.input_spec(params["spacing_mm"], params["grid_size"], params["patch_size"])
+    info = models.model_info(architecture=federated["model"], labels=names, input_spec=spec,
+                             training={"federated": True, "rounds": len(record["rounds"]),
+                                       "seed": params.get("seed", 0),
+                                       "epochs_per_round": params.get("epochs")})
+    info["federation"] = {
+        k: record[k] for k in ("study", "coordinator", "workflow", "notebook_sha256",
+                               "bridge_sha256", "parameters", "cohort_alias")}
+    info["federation"]["rounds"] = [
+        {"round": r["round"], "weights": r["aggregate"]["weights"],
+         "num_examples": r["aggregate"]["num_examples"],
+         "sites": {name: {"status": s["status"], "provenance": s["provenance"],
+                          "received": s["received"]} for name, s in r["sites"].items()}}
+        for r in record["rounds"]]
+    return models.save_model(models_dir, models.check_name(record["study"]), network, info)
 
 
 def _wait_for_nodes(grid: Grid, want: int, timeout: float) -> list[int]:
@@ -173,7 +255,8 @@ def _wait_for_nodes(grid: Grid, want: int, timeout: float) -> list[int]:
         time.sleep(1)
 
 
-def _one_round(grid: Grid, cfg: dict, number: int, shares: dict) -> dict:
+def _one_round(grid: Grid, cfg: dict, number: int, shares: dict,
+               weights: dict | None = None) -> dict:
     timeout = float(cfg["round-timeout"])
     min_sites = int(cfg["min-sites"])
     nodes = _wait_for_nodes(grid, min_sites, min(timeout, 120))
@@ -182,7 +265,9 @@ def _one_round(grid: Grid, cfg: dict, number: int, shares: dict) -> dict:
            "parameters": json.loads(cfg["parameters"]), "cohort_alias": cfg["cohort-alias"],
            "round_number": number}
     registered = json.loads(Path(cfg["sites"]).read_text()) if cfg.get("sites") else {}
-    messages = [Message(round_content(req), dst_node_id=n, message_type=QUERY) for n in nodes]
+    data = encode_weights(weights) if weights is not None else None
+    messages = [Message(round_content(req, data), dst_node_id=n, message_type=QUERY)
+                for n in nodes]
     asked = {m.object_id: m.metadata.dst_node_id for m in messages}  # a message's id
     started = time.monotonic()
     replies = list(grid.send_and_receive(messages, timeout=timeout))
@@ -227,7 +312,11 @@ def _one_round(grid: Grid, cfg: dict, number: int, shares: dict) -> dict:
                             f"{min_sites} sites released their results")
         return result
     try:
-        result["aggregate"] = aggregate_round(contributions, shares)
+        if weights is None:
+            result["aggregate"] = aggregate_round(contributions, shares)
+        else:
+            result["aggregate"], result["weights"] = aggregate_training(
+                contributions, shares, reference_of(weights))
     except AggregationError as e:
         result["status"], result["reason"] = "failed", f"round {number}: {e}"
         return result
@@ -264,6 +353,23 @@ def aggregate_round(contributions: dict[str, dict], shares: dict) -> dict:
         else:
             raise AggregationError(f"{name}: no aggregator for {share.kind} in a query round")
     return out
+
+
+def aggregate_training(contributions: dict[str, dict], shares: dict,
+                       reference: dict) -> tuple[dict, dict]:
+    """A training round's weights averaged over the sites, weighted by
+    their num_examples: (what the record says, the new weights)."""
+    (weights_name,) = [n for n, s in shares.items() if s.kind == "state_dict"]
+    parts, counts = {}, {}
+    for site in sorted(contributions):
+        released = contributions[site]["released"]
+        if weights_name not in released or "num_examples" not in released:
+            raise AggregationError(f"site {site} released no {weights_name} or num_examples")
+        counts[site] = decode_json(site, released["num_examples"], "num_examples")
+        parts[site] = (counts[site], decode_state_dict(site, released[weights_name],
+                                                       shares[weights_name], reference))
+    averaged = fedavg(parts)
+    return {"num_examples": sum(counts.values()), "sites": len(parts)}, averaged
 
 
 # -- a plain SuperNode's view: refuse --------------------------------------------------

@@ -289,25 +289,27 @@ def _site_preview(home, args, folder: Path) -> int:
     """Run a pending round here as approved for this look only, and show
     what would leave: nothing is sent, nothing is audited."""
     from .policy import Policy, Study
-    from .site import RoundRequest, read_pending
+    from .site import pending_request
 
-    pending = read_pending(folder / "pending.json")
-    if args.request not in pending:
+    found = pending_request(folder / "pending.json", args.request)
+    if found is None:
         raise ImagingHubError(f"no pending request {args.request}: see 'imaginghub "
                               "federation site pending'")
-    req = RoundRequest(**pending[args.request])
+    req, weights = found
     look = Policy()
     look.approve(Study(req.coordinator, req.study, notebooks=[req.notebook_sha256],
                        cohorts={req.cohort_alias: args.cohort},
                        parameters={k: {"values": [v]} for k, v in req.parameters.items()},
                        min_cell=args.min_cell, auto=True))
-    outcome = _site_round(home, folder, look).run(req, preview=look)
+    outcome = _site_round(home, folder, look).run(req, weights=weights, preview=look)
     print(f"preview of {args.request} on {args.cohort}: {outcome.status}"
           + (f" ({outcome.reason})" if outcome.reason else ""))
     for name, r in outcome.released.items():
         print(f"  {name:<16} {r.kind:<10} {r.size:>8} bytes  suppressed cells: "
               f"{len(r.suppressed)} {r.suppressed[:10]}")
         print(f"    {r.data[:400].decode('utf-8', 'replace') if r.kind != 'state_dict' else ''}")
+    if weights is not None and outcome.released:
+        print("  (weights: only the names, dtypes and shapes of the study's model, re-encoded)")
     return 0 if outcome.status == "released" else 1
 
 

@@ -17,6 +17,8 @@ gate, recorded in the site's audit.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import tempfile
 import threading
@@ -60,12 +62,27 @@ class RoundRequest:
     round_number: int
 
 
-def keep_pending(path: Path, req: RoundRequest) -> None:
+def keep_pending(path: Path, req: RoundRequest, weights: bytes | None = None) -> None:
     """Keep a request that waits for the site's admin (the latest per
-    coordinator, study and round), atomically."""
+    coordinator, study and round), atomically; a training round's starting
+    weights beside it (``pending-weights/SHA256``), for a preview."""
     items = read_pending(path)
-    items[f"{req.coordinator}/{req.study}/{req.round_number}"] = asdict(req)
+    item = asdict(req)
+    if weights is not None:
+        item["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+        write_private(path.parent / "pending-weights" / item["weights_sha256"], weights)
+    items[f"{req.coordinator}/{req.study}/{req.round_number}"] = item
     write_private(path, json.dumps(items, indent=1, sort_keys=True) + "\n")
+
+
+def pending_request(path: Path, key: str) -> tuple[RoundRequest, bytes | None] | None:
+    """A kept request and its starting weights (None for a query), or None."""
+    item = dict(read_pending(path).get(key) or {})
+    if not item:
+        return None
+    sha = item.pop("weights_sha256", None)
+    weights = (path.parent / "pending-weights" / sha).read_bytes() if sha else None
+    return RoundRequest(**item), weights
 
 
 def read_pending(path: Path) -> dict[str, dict]:
@@ -73,6 +90,28 @@ def read_pending(path: Path) -> dict[str, dict]:
         return json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return {}
+
+
+def _training_inputs(req: RoundRequest, federated: dict, weights: bytes | None):
+    """A training round's reference ({name: (dtype, shape)}) and the job's
+    input files: the starting weights (checked, re-encoded) and
+    ``global.json`` (the approved workflow's model, the study and round).
+    A ValueError says why the round cannot start."""
+    from .aggregate import AggregationError, decode_weights, encode_weights, reference_of
+    from .egress import FLOAT_DTYPES
+
+    if weights is None:
+        raise ValueError("a training round comes with the weights it starts from")
+    try:
+        start = decode_weights(weights)
+    except AggregationError as e:
+        raise ValueError(f"the round's starting weights: {e}") from None
+    if not start or any(a.dtype.name not in FLOAT_DTYPES for a in start.values()):
+        raise ValueError("the round's starting weights are not floating-point tensors")
+    about = {"architecture": federated["model"], "study": req.study,
+             "coordinator": req.coordinator, "round": req.round_number}
+    return reference_of(start), {"global.safetensors": encode_weights(start),
+                                 "global.json": json.dumps(about, sort_keys=True).encode()}
 
 
 @dataclass
@@ -104,18 +143,23 @@ class SiteRound:
     def _policy(self) -> Policy:
         return self.policy() if callable(self.policy) else self.policy
 
-    def run(self, req: RoundRequest, *, reference=None, preview: Policy | None = None,
-            record: bool = True) -> Outcome:
-        """One round. With ``preview`` (a policy of the admin's, for this
-        look only), the round runs but is not audited and nothing is sent:
-        the admin sees what would leave. With ``record=False`` the caller
-        audits (:meth:`record`) once the outputs have been handed over."""
+    def run(self, req: RoundRequest, *, weights: bytes | None = None,
+            preview: Policy | None = None, record: bool = True) -> Outcome:
+        """One round. ``weights``: a training round's starting weights
+        (safetensors from the coordinator), which the job finds in
+        ``inputs/global.safetensors`` (with ``inputs/global.json``: the
+        approved workflow's model and the round) and whose names and shapes
+        are all its weights may have. With ``preview`` (a policy of the
+        admin's, for this look only), the round runs but is not audited and
+        nothing is sent: the admin sees what would leave. With
+        ``record=False`` the caller audits (:meth:`record`) once the outputs
+        have been handed over."""
         decision = (preview or self._policy()).decide(
             req.coordinator, req.study, notebook_sha256=req.notebook_sha256,
             parameters=req.parameters, cohort_alias=req.cohort_alias,
             round_number=req.round_number)
         if decision.status == PENDING and self.pending is not None:
-            keep_pending(self.pending, req)
+            keep_pending(self.pending, req, weights)
         if decision.status != APPROVED:
             return Outcome(decision.status, decision.reason)
         workflow = self.jobs.workflow(req.workflow)
@@ -125,11 +169,19 @@ class SiteRound:
         if not workflow.get("federated"):
             return Outcome(REFUSED, f"{req.workflow} is not a federated workflow")
         shares = parse_shares(workflow["federated"]["shares"])
+        reference, inputs = None, {}
+        if workflow["federated"].get("role") == "train":
+            try:
+                reference, inputs = _training_inputs(req, workflow["federated"], weights)
+            except ValueError as e:
+                return Outcome(REFUSED, str(e))
         project, _, ref = decision.cohort.partition("/")
         user = self._study_user(req.study, project)
-        job = self.jobs.get(self.jobs._json("POST", "jobs", {
-            "workflow": req.workflow, "user": user,
-            "parameters": {**req.parameters, "cohort": ref, "project": project}})["id"])
+        body = {"workflow": req.workflow, "user": user,
+                "parameters": {**req.parameters, "cohort": ref, "project": project}}
+        if inputs:
+            body["inputs"] = {n: base64.b64encode(d).decode() for n, d in inputs.items()}
+        job = self.jobs.get(self.jobs._json("POST", "jobs", body)["id"])
         deadline = time.monotonic() + self.timeout
         while job.status not in FINISHED:
             if time.monotonic() > deadline:

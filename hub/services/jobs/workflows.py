@@ -134,14 +134,19 @@ def check_resources(value, where: str) -> dict:
 
 
 FEDERATED_ROLES = {"train": ("fedavg",), "query": ("counts",)}
+FEDERATED_MODEL_MODULE = "monai.networks.nets"  # as kernels.models.ARCHITECTURE_MODULES
 
 
 def check_federated(value, where: str) -> dict:
     """A federated workflow's block (``metadata.imaginghub.federated``):
     ``role`` (``train``: local training whose weights are averaged;
     ``query``: statistics), its ``aggregator`` (``fedavg``; ``counts``), and
-    ``shares``, what may leave a site (see federation/egress.py). A
-    ValueError names what is wrong; None: not a federated workflow."""
+    ``shares``, what may leave a site (see federation/egress.py). A training
+    workflow also names its ``model`` (``{"class", "args"}``, a class of
+    ``monai.networks.nets``), which the coordinator builds the first round's
+    weights from, and shares exactly one ``state_dict`` and the int
+    ``num_examples`` its weights are averaged by. A ValueError names what is
+    wrong; None: not a federated workflow."""
     if value is None:
         return {}
     from ..federation.egress import EgressError, parse_shares
@@ -153,14 +158,29 @@ def check_federated(value, where: str) -> dict:
         raise ValueError(f"{where}: a federated workflow's role and aggregator are one of "
                          + "; ".join(f"{r} with {' or '.join(a)}"
                                      for r, a in FEDERATED_ROLES.items()))
-    unknown = set(value) - {"role", "aggregator", "shares"}
+    allowed = {"role", "aggregator", "shares"} | ({"model"} if role == "train" else set())
+    unknown = set(value) - allowed
     if unknown:
         raise ValueError(f"{where}: federated has no setting {', '.join(sorted(unknown))}")
     try:
-        parse_shares(value.get("shares"))
+        shares = parse_shares(value.get("shares"))
     except EgressError as e:
         raise ValueError(f"{where}: {e}") from None
-    return {"role": role, "aggregator": aggregator, "shares": value["shares"]}
+    out = {"role": role, "aggregator": aggregator, "shares": value["shares"]}
+    if role == "train":
+        model = value.get("model")
+        if not isinstance(model, dict) or set(model) != {"class", "args"} \
+                or not isinstance(model["args"], dict) \
+                or not str(model["class"]).startswith(FEDERATED_MODEL_MODULE + "."):
+            raise ValueError(f"{where}: a training workflow names its model as {{\"class\": "
+                             f"\"{FEDERATED_MODEL_MODULE}.NAME\", \"args\": {{...}}}}")
+        kinds = sorted(s.kind for s in shares.values())
+        if kinds != ["int", "state_dict"] or shares.get("num_examples", None) is None \
+                or shares["num_examples"].kind != "int":
+            raise ValueError(f"{where}: a training workflow shares one state_dict (its "
+                             "weights) and the int num_examples, and nothing else")
+        out["model"] = model
+    return out
 
 
 def fits(kind: str, value) -> bool:
