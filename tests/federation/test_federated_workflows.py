@@ -47,6 +47,42 @@ def test_the_workflow_declares_what_may_leave():
                          "shares": {"rows": "dataframe"}}, "x")
 
 
+def test_the_training_workflow_declares_its_model_and_what_may_leave():
+    """federated-train names the model the coordinator starts from and
+    shares its weights and sample count only; a training block without a
+    model, with a model of another module, or with more shares is refused."""
+    wf = load(WORKFLOWS / "federated-train.ipynb")
+    assert (wf.federated["role"], wf.federated["aggregator"]) == ("train", "fedavg")
+    assert wf.federated["model"]["class"] == "monai.networks.nets.UNet"
+    assert wf.federated["model"]["args"]["out_channels"] == 4  # background and three labels
+    assert {n: s.kind for n, s in parse_shares(wf.federated["shares"]).items()} == {
+        "weights": "state_dict", "num_examples": "int"}
+    block = dict(wf.federated)
+    for changed, said in [
+            ({"model": None}, "names its model"),
+            ({"model": {"class": "torch.nn.Linear", "args": {}}}, "names its model"),
+            ({"shares": {**block["shares"], "loss": "float"}}, "and nothing else"),
+            ({"shares": {"weights": "state_dict", "n": "int"}}, "and nothing else")]:
+        with pytest.raises(ValueError, match=said):
+            check_federated({**block, **changed}, "x")
+    with pytest.raises(ValueError, match="no setting model"):
+        check_federated({"role": "query", "aggregator": "counts", "model": block["model"],
+                         "shares": {"n": "int"}}, "x")
+
+
+def test_the_training_workflow_runs_only_as_a_round(stack, tmp_path):
+    """Run alone, without a round's weights in inputs/, it says what it
+    needs and writes nothing to share."""
+    import papermill
+
+    with kernels_as(stack, "bob"):
+        with pytest.raises(papermill.PapermillExecutionError) as e:
+            run("federated-train.ipynb", tmp_path,
+                series=[demo.series("mr-head").series_uid])
+    assert e.value.ename == "FileNotFoundError" and "inputs/global.safetensors" in e.value.evalue
+    assert not (tmp_path / "federated").exists()
+
+
 def test_a_round_of_statistics_leaves_only_its_counts(stack, stats_round):
     where, shares, alice = stats_round
     # with a minimum cell of 1, the values as counted, against independent answers
