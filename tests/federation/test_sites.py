@@ -17,7 +17,10 @@ re-encoded counts may leave."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import io
+import json
 import secrets
 
 import numpy as np
@@ -26,15 +29,10 @@ from conftest import TEST_WORKFLOWS, new_home, running_stacks
 from tests_support import Recorder, axial_ct_series, wait_for
 
 from imaginghub.hub import demo
-from imaginghub.hub.hubapi import HubAPI
-from imaginghub.hub.services.federation.agent import SiteAgent, site_round_handler
-from imaginghub.hub.services.federation.audit import Audit
-from imaginghub.hub.services.federation.bridge import bridge_hash
-from imaginghub.hub.services.federation.coordinator import Coordinator, StudySpec
-from imaginghub.hub.services.federation.policy import Policy, Study
-from imaginghub.hub.services.federation.site import SiteRound
+from imaginghub.hub.services.federation import demo as demo_federation
+from imaginghub.hub.services.federation.coordinator import StudySpec
+from imaginghub.hub.services.federation.policy import Study
 from imaginghub.hub.services.jobs.workflows import load
-from imaginghub.hub.state import free_port
 from imaginghub.kernels.catalog import Catalog
 from imaginghub.kernels.dicomweb import PACS
 from imaginghub.kernels.errors import Refused
@@ -60,22 +58,26 @@ def _canary_series(site: str):
     return canary, series, b"".join(f.tobytes() for f in frames), datasets
 
 
+QUICK = {**demo_federation.TRAINING, "grid_size": 32, "patch_size": 16, "epochs": 2,
+         "patches_per_series": 2, "batch_size": 2}  # the demo's training, smaller
+STUDIES = [dataclasses.replace(s, parameters=QUICK) if s.parameters else s
+           for s in demo_federation.STUDIES]
+
+
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
+    """The demo's federation (federation/demo.py) over three workspaces of
+    the test's, with a recording proxy between the sites and the
+    coordinator, and each site's canary series in a cohort of its own that
+    it approves for the leaky study."""
     root = tmp_path_factory.mktemp("sites")
-    homes = [new_home(f"fed-{name}", {"JobService": {"workflow_dirs": [str(TEST_WORKFLOWS)]}})
-             for name in "abc"]
+    names = list(demo_federation.SITES)
+    homes = [new_home(f"fed-{name[-1]}", {"JobService": {"workflow_dirs": [str(TEST_WORKFLOWS)]}})
+             for name in names]
+    sha = load(LEAKY).sha256
     with contextlib.ExitStack() as es:
-        stacks = dict(zip("abc", es.enter_context(running_stacks(homes, "--demo"))))
-        coord = Coordinator(root / "coordinator", "consortium", link_port=free_port(),
-                            fleet_port=free_port())
-        coord.start()
-        es.callback(coord.stop)
-        recorder = Recorder(root / "test-ca", f"https://127.0.0.1:{coord.fleet_port}",
-                            coord.pki / "ca.crt")
-        es.callback(recorder.stop)
-        sha = load(LEAKY).sha256
-        out = {}
+        stacks = dict(zip(names, es.enter_context(running_stacks(homes, "--demo"))))
+        out, approvals = {}, {}
         for name, s in stacks.items():
             alice = s.token("alice")
             canary, series, pixels, datasets = _canary_series(name)
@@ -92,23 +94,26 @@ def sites(tmp_path_factory):
                 except Refused:
                     return None
             cohort = wait_for(saved, 60, f"site {name}'s catalog to know the canary series")
-            policy = Policy([Study("consortium", "leaky", notebooks=[sha],
-                                   cohorts={"onc": f"oncology/{cohort.ref}"}, min_cell=1,
-                                   auto=True)])
-            audit = Audit(f"sqlite:///{root / f'audit-{name}.sqlite'}")
-            site = SiteRound(policy, audit,
-                             Jobs(s.run["jobs_url"], s.home.secret("admin_service_token")),
-                             HubAPI(s.home), timeout=300)
-            agent = SiteAgent(root / f"site-{name}", f"hospital-{name}",
-                              superlink=f"127.0.0.1:{recorder.port}", ca=recorder.ca,
-                              runtime_port=free_port(), pinned=bridge_hash(),
-                              handle=site_round_handler(site))
-            coord.register(f"hospital-{name}", agent.init())
-            agent.start()
-            es.callback(agent.stop)
+            approvals[name] = [Study(demo_federation.COORDINATOR, "leaky", notebooks=[sha],
+                                     cohorts={"onc": f"oncology/{cohort.ref}"}, min_cell=1,
+                                     auto=True)]
             out[name] = {"stack": s, "canary": canary, "series": uids, "pixels": pixels,
-                         "audit": audit, "jobs": site.jobs}
-        yield {"coord": coord, "recorder": recorder, "sites": out}
+                         "jobs": Jobs(s.run["jobs_url"], s.home.secret("admin_service_token"))}
+        recorder = None
+
+        def relay(coord):
+            nonlocal recorder
+            recorder = Recorder(root / "test-ca", f"https://127.0.0.1:{coord.fleet_port}",
+                                coord.pki / "ca.crt")
+            es.callback(recorder.stop)
+            return f"127.0.0.1:{recorder.port}", recorder.ca
+
+        fed = es.enter_context(demo_federation.Federation(
+            root / "federation", {n: s.home for n, s in stacks.items()}, relay=relay,
+            approvals=approvals, studies=STUDIES, log=lambda _: None))
+        for name in names:
+            out[name]["audit"] = fed.audits[name]
+        yield {"coord": fed.coordinator, "recorder": recorder, "sites": out, "fed": fed}
 
 
 def _windows(data: bytes, n: int = 64) -> set[bytes]:
@@ -124,10 +129,10 @@ def test_only_the_declared_counts_leave_sites_of_their_own(sites):
     (one,) = rec["rounds"]
     assert set(one["sites"]) == {"hospital-a", "hospital-b", "hospital-c"}
     for name, site in sites["sites"].items():
-        got = one["sites"][f"hospital-{name}"]
+        got = one["sites"][name]
         # only the declared keys left, and they are what the site's audit says
         assert set(got["received"]) == {"num_series", "modalities"}, got
-        rows = site["audit"].rows("consortium", "leaky")
+        rows = site["audit"].rows(demo_federation.COORDINATOR, "leaky")
         assert {r["name"]: (r["sha256"], r["bytes"]) for r in rows} == {
             k: (v["sha256"], v["bytes"]) for k, v in got["received"].items()}
         # the notebook did try: its log at the site has the canary, its folder the files
@@ -146,8 +151,8 @@ def test_only_the_declared_counts_leave_sites_of_their_own(sites):
     # coordinator keeps every output as received, and those bytes are in the capture
     received = coord.study_dir("leaky") / "received" / "round-1"
     for name, site in sites["sites"].items():
-        for row in site["audit"].rows("consortium", "leaky"):
-            data = (received / f"hospital-{name}" / row["name"]).read_bytes()
+        for row in site["audit"].rows(demo_federation.COORDINATOR, "leaky"):
+            data = (received / name / row["name"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == row["sha256"]
             assert data in sent
     windows = _windows(sent)
@@ -158,3 +163,91 @@ def test_only_the_declared_counts_leave_sites_of_their_own(sites):
         # no 64-byte run of the site's canary pixels anywhere in what it sent
         pixels = site["pixels"]
         assert not any(pixels[i:i + 64] in windows for i in range(len(pixels) - 63)), name
+
+
+def test_the_demo_studies_at_three_sites(sites):
+    """What ``imaginghub federation demo`` runs, on the same federation:
+    federated statistics and two rounds of FedAvg training over the three
+    workspaces, each site with cohorts of its own; printed: the rounds, the
+    aggregates, what left each site."""
+    from imaginghub.kernels import models
+
+    fed = sites["fed"]
+    out = io.StringIO()
+    records = demo_federation.run_studies(fed, out, timeout=600)
+    text = out.getvalue()
+    stats, unet = records["stats"], records["unet"]
+    assert stats["status"] == "finished" and unet["status"] == "finished", text
+    # statistics: every site's cohort counted; CT cells under the workflow's minimum
+    # of 5 at each site were sent as 0 (4 + 3 + 2 series, at most 3 CT at one site)
+    ct, heads = zip(*demo_federation.SITES.values())
+    assert stats["aggregate"]["num_series"] == sum(len(k) for k in ct)
+    assert stats["aggregate"]["modalities"]["CT"] == 0
+    # training: both rounds over all three sites, weighted by 1 + 1 + 2 series
+    assert [r["aggregate"]["num_examples"] for r in unet["rounds"]] == \
+        [sum(len(k) for k in heads)] * 2
+    model = models.load_model(unet["model"])
+    assert sorted(model.info["federation"]["rounds"][0]["sites"]) == sorted(fed.sites)
+    # printed: each round, each site's outputs, the aggregates, the audit per site
+    assert text.count("  round 1: aggregated") == 2 and "  round 2: aggregated" in text
+    for name in fed.sites:
+        rows = fed.audits[name].rows(demo_federation.COORDINATOR)
+        studies = {r["study"] for r in rows}
+        assert {"stats", "unet"} <= studies
+        assert f"  {name}: {len(rows)} outputs, {sum(r['bytes'] for r in rows)} bytes" in text
+    assert f"model: {unet['model']}" in text
+    assert "aggregate: " in text and '"num_series": 9' in text
+
+
+def test_federated_training_is_the_weighted_average_and_reruns_bitwise(sites):
+    """The demo's training study (the test before ran it): each round's
+    global weights are the average of what the coordinator received,
+    weighted by the sites' series counts, recomputed here; each site's
+    round 2 started from round 1's average (its job's input); the study's
+    model holds the last average; a rerun from the record gives the same
+    weights, byte for byte."""
+    from safetensors.numpy import load as load_tensors
+
+    from imaginghub.kernels import models
+
+    coord, fed = sites["coord"], sites["fed"]
+    rec = coord.record("unet")
+    assert rec and rec["status"] == "finished", rec
+    folder = coord.study_dir("unet")
+
+    def tensors(path):
+        return load_tensors(path.read_bytes())
+
+    start = tensors(folder / "global" / "round-0.safetensors")
+    names = sorted(fed.sites)
+    for r in rec["rounds"]:
+        received = folder / "received" / f"round-{r['round']}"
+        got = {s: tensors(received / s / "weights") for s in names}
+        counts = {s: json.loads((received / s / "num_examples").read_text()) for s in names}
+        assert counts == {s: len(demo_federation.SITES[s][1]) for s in names}
+        averaged = tensors(folder / "global" / f"round-{r['round']}.safetensors")
+        assert set(averaged) == set(start)
+        for key, value in averaged.items():
+            total = np.zeros(value.shape, np.float64)
+            for s in names:
+                total = total + got[s][key].astype(np.float64) * counts[s]
+            np.testing.assert_array_equal(value, (total / sum(counts.values()))
+                                          .astype(np.float32))
+        # the sites trained: what they sent differs from what they were given
+        given = start if r["round"] == 1 else tensors(folder / "global" / "round-1.safetensors")
+        assert all(any(not np.array_equal(got[s][k], given[k]) for k in given) for s in names)
+    for name in names:
+        (row,) = [r for r in fed.audits[name].rows(demo_federation.COORDINATOR, "unet")
+                  if r["round"] == 2 and r["name"] == "weights"]
+        job = sites["sites"][name]["jobs"].get(row["job"])
+        assert job.inputs["global.safetensors"] == \
+            rec["rounds"][0]["aggregate"]["weights"]["sha256"]
+    model = models.load_model(rec["model"])
+    final = tensors(folder / "global" / "round-2.safetensors")
+    state = model.network.state_dict()
+    assert all(np.array_equal(state[k].numpy(), final[k]) for k in final)
+    assert model.info["federation"]["bridge_sha256"] == rec["bridge_sha256"]
+    assert model.labels == {1: "brain", 2: "ventricles", 3: "lesion"}
+    out = coord.rerun("unet")
+    again = coord.wait("unet", 600, rerun=out["rerun"])
+    assert again["status"] == "finished" and coord.same_aggregate(rec, again), again

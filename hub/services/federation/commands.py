@@ -319,6 +319,13 @@ def add_parser(sub) -> None:
     fs = fed.add_subparsers(dest="federation_command", required=True)
     fs.add_parser("bridge-hash", help="the SHA-256 of this installation's bridge app (what "
                                       "a site pins)")
+    de = fs.add_parser("demo", help="a coordinator and three sites on loopback, each its own "
+                                    "workspace with the demo data: both shipped federated "
+                                    "workflows run, then everything stops")
+    de.add_argument("--folder", help="where the demo's workspaces live (default: a new "
+                                     "temporary folder, removed at the end)")
+    de.add_argument("--keep", action="store_true", help="keep the folder (the studies' "
+                                                         "records and the trained model)")
 
     co = fs.add_parser("coordinator", help="this installation as a study's coordinator")
     cs = co.add_subparsers(dest="coordinator_command", required=True)
@@ -399,4 +406,9 @@ def run(args, home) -> int:
 
         print(bridge_hash())
         return 0
+    if c == "demo":
+        from . import demo
+
+        _stop_on_sigterm()
+        return demo.main(args.folder, keep=args.keep)
     return {"coordinator": cmd_coordinator, "study": cmd_study, "site": cmd_site}[c](args, home)
