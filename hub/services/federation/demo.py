@@ -198,9 +198,13 @@ def run_studies(fed: Federation, out=sys.stdout, timeout: float = 900) -> dict:
             round_timeout=600))
         records[s.study] = rec = _wait(fed, s.study, timeout, out)
         show_record(rec, out)
+        if s.workflow == "federated-stats":
+            print("  (a count under the workflow's minimum cell of 5 at a site leaves it as 0: "
+                  "with the demo's few series per site, that is every modality and "
+                  "manufacturer)", file=out)
         if rec.get("model"):
-            print(f"  model: {rec['model']} (the study's provenance in its model.json)",
-                  file=out)
+            print(f"  model: {rec['model']} (the study's provenance in its model.json; the "
+                  "workflow segment applies it to a series)", file=out)
         print(f"  {time.monotonic() - started:.0f} s", file=out, flush=True)
     print("\nwhat left each site (its audit: one row per output)", file=out)
     for name, audit in fed.audits.items():
@@ -281,7 +285,7 @@ def _remove_accounts(home) -> None:
 @contextlib.contextmanager
 def workspaces(root: Path, names, out=sys.stdout):
     """A running workspace with the demo data per name (``imaginghub up
-    --demo`` in ``root/<name>/``, started at once); each stopped, its Unix
+    --demo`` in ``root/<its last letter>/``, started at once); each stopped, its Unix
     accounts removed, at the end."""
     from ... import config
     from ...state import Home
@@ -289,7 +293,7 @@ def workspaces(root: Path, names, out=sys.stdout):
     homes, procs, logs = {}, {}, {}
     with contextlib.ExitStack() as es:
         for name in names:
-            base = root / name
+            base = root / name[-1]  # short: kernels' socket paths live below it
             (base / "homes").mkdir(parents=True, mode=0o755)
             home = Home(base / "home")
             home.path.mkdir()
@@ -310,12 +314,28 @@ def workspaces(root: Path, names, out=sys.stdout):
         print("\nstopping the sites' workspaces ...", file=out, flush=True)
 
 
+def _log_to(path: Path) -> None:
+    """The services' and libraries' log lines go to ``path``, not to the
+    terminal, which shows the demo's own progress only."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) \
+                and not isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+
+
 def main(folder: str | None = None, keep: bool = False, out=sys.stdout) -> int:
     """Start everything, run both studies, stop everything."""
-    root = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="imaginghub-fed-demo-"))
+    root = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="ihfed-"))
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o711)  # the sites' accounts pass through to their homes
     started = time.monotonic()
+    _log_to(root / "demo.log")
     print(f"federation demo in {root}: a coordinator ({COORDINATOR}) and three sites on "
           "loopback, each its own workspace with the demo data", file=out, flush=True)
     try:
