@@ -211,6 +211,21 @@ def test_a_job_that_asks_for_a_gpu_gets_one_and_the_gpu_nodes(tmp_path):
     assert pod["nodeSelector"] == {"zone": "a"} and "tolerations" not in pod
 
 
+def test_a_jobs_input_files_travel_in_its_secret_up_to_its_limit(tmp_path):
+    """The spec (with the job's input files, base64) goes in the job's
+    Secret, which the pod mounts; input files a Secret cannot hold stop the
+    start with a message that says so."""
+    runner = KubernetesJobRunner(runs_dir=tmp_path, config=Config({"KubernetesJobRunner": {
+        "namespace": NS, "image": "reg/user:1"}}))
+    spec = {"parameters": {}, "inputs": {"w.safetensors": base64.b64encode(b"w" * 1000).decode()}}
+    secret = runner.secret_manifest("0000000000000d03", spec, notebook(tmp_path), ENV)
+    carried = json.loads(secret["stringData"]["spec.json"])
+    assert base64.b64decode(carried["inputs"]["w.safetensors"]) == b"w" * 1000
+    spec["inputs"]["big"] = base64.b64encode(b"0" * 900_000).decode()
+    with pytest.raises(ValueError, match="over the 1000000 a Kubernetes Secret holds"):
+        runner.secret_manifest("0000000000000d04", spec, notebook(tmp_path), ENV)
+
+
 def test_what_a_run_may_send(tmp_path):
     runner = KubernetesJobRunner(runs_dir=tmp_path, config=Config(
         {"KubernetesJobRunner": {"namespace": NS}}))

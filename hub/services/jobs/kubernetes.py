@@ -41,6 +41,9 @@ RUN_FILES = ("progress.json", "result.json", "output.ipynb")
 UNAVAILABLE = b"(logs unavailable: %s)\n"
 
 
+SECRET_MAX_BYTES = 1_000_000  # a Secret's data: at most 1 MiB, with room for its metadata
+
+
 def job_name(job_id: str) -> str:
     return f"imaginghub-job-{job_id}"
 
@@ -139,6 +142,11 @@ class KubernetesJobRunner(RunsFolderRunner):
         data = {k: env[k] for k in SECRET_VARIABLES if env.get(k)}
         data["spec.json"] = json.dumps({**spec, "notebook": f"{MOUNT}/input.ipynb"})
         data["input.ipynb"] = Path(notebook).read_text()
+        size = sum(len(v.encode()) for v in data.values())
+        if size > SECRET_MAX_BYTES:
+            raise ValueError(f"the job's notebook, parameters and input files come to {size} "
+                             f"bytes, over the {SECRET_MAX_BYTES} a Kubernetes Secret holds: "
+                             "give smaller input files (or keep large data in the archive)")
         return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                 "metadata": {"name": job_name(job_id), "labels": self.labels(job_id)},
                 "stringData": data}
