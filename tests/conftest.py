@@ -424,6 +424,11 @@ def main_stack():
                     # another program's class, passed to the hub (test_config.py)
                     'c.Spawner.environment.update({"IMAGINGHUB_TEST_SITE": '
                     '"from-the-site-config"})\n')
+    # also a federation's coordinator: its researchers' API is a hub service
+    # (tests/federation/test_api.py)
+    from imaginghub.hub.services.federation.commands import init_coordinator
+
+    init_coordinator(Home(home), "session-hub", fleet_port=free_port())
     with running_stack(home, "--demo") as s:
         yield s
 

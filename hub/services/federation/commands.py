@@ -15,6 +15,7 @@ from pathlib import Path
 from ...errors import ConfigError, ImagingHubError
 
 FOLDER = "federation"
+API_TOKEN = "federation_service_token"  # the researchers' API's, as a hub service
 
 
 def _dir(home) -> Path:
@@ -66,37 +67,94 @@ def coordinator(home):
                        server_names=cfg["server_names"])
 
 
-def cmd_coordinator(args, home) -> int:
+def init_coordinator(home, name: str, *, fleet_host: str = "127.0.0.1", fleet_port: int = 9092,
+                     link_port: int | None = None, api_port: int | None = None,
+                     server_names: list[str] | None = None):
+    """This installation as a coordinator (once): the federation's CA and
+    server certificate, the ports, and the token of the researchers' API,
+    which the hub routes to at /services/federation/ once the workspace is
+    (re)started."""
     from ...state import free_port
     from .coordinator import Coordinator
 
+    cfg = {"name": name, "fleet_host": fleet_host, "fleet_port": fleet_port,
+           "link_port": link_port or free_port(), "api_port": api_port or free_port(),
+           "server_names": server_names or ["localhost", "127.0.0.1"]}
+    coord = Coordinator(_dir(home) / "coordinator", name, link_port=cfg["link_port"],
+                        fleet_port=fleet_port, fleet_host=fleet_host,
+                        server_names=cfg["server_names"])
+    coord.init()
+    home.secret(API_TOKEN)
+    _write(_dir(home) / "coordinator.json", cfg)
+    return coord
+
+
+def _researchers(home, args) -> int:
+    """Who may submit and watch studies through the hub: the hub group
+    ``federation``, kept in coordinator.json too (the hub loads it at every
+    start)."""
+    from ...hubapi import HubAPI
+    from .api import RESEARCHERS
+
+    path = _dir(home) / "coordinator.json"
+    cfg = _read(path, "a coordinator", "run 'imaginghub federation coordinator init --name "
+                                       "NAME'")
+    names = set(cfg.get("researchers", []))
+    if args.action in ("add", "remove"):
+        if not args.name:
+            raise ConfigError(f"say whom to {args.action}: researchers {args.action} NAME")
+        if args.action == "add":
+            names.add(args.name)
+        else:
+            names.discard(args.name)
+        cfg["researchers"] = sorted(names)
+        _write(path, cfg)
+        if home.read_run():
+            api = HubAPI(home)
+            if args.action == "add":
+                api.ensure_user(args.name, admin=False)
+                api.add_to_group(RESEARCHERS, args.name)
+            else:
+                api.request("DELETE", f"/groups/{RESEARCHERS}/users",
+                            json={"users": [args.name]})
+    print(f"researchers (hub group {RESEARCHERS}): " + (", ".join(sorted(names)) or "(none)"))
+    return 0
+
+
+def cmd_coordinator(args, home) -> int:
     c = args.coordinator_command
     if c == "init":
-        cfg = {"name": args.name, "fleet_host": args.fleet_host, "fleet_port": args.fleet_port,
-               "link_port": args.link_port or free_port(),
-               "server_names": args.server_name or ["localhost", "127.0.0.1"]}
-        coord = Coordinator(_dir(home) / "coordinator", cfg["name"],
-                            link_port=cfg["link_port"], fleet_port=cfg["fleet_port"],
-                            fleet_host=cfg["fleet_host"], server_names=cfg["server_names"])
-        coord.init()
-        _write(_dir(home) / "coordinator.json", cfg)
+        coord = init_coordinator(home, args.name, fleet_host=args.fleet_host,
+                                 fleet_port=args.fleet_port, link_port=args.link_port,
+                                 api_port=args.api_port, server_names=args.server_name)
         print(f"coordinator {args.name}: sites connect to {args.fleet_host}:{args.fleet_port}"
               f" and trust the federation's CA, {coord.pki / 'ca.crt'} (give it to each "
               "site's admin).")
         return 0
     coord = coordinator(home)
     if c == "start":
+        from .api import ResearchersAPI
+
         _stop_on_sigterm()
         coord.start()
-        print(f"coordinator {coord.name}: the Fleet API for sites on "
-              f"{coord.fleet_host}:{coord.fleet_port} (Ctrl-C stops it)", flush=True)
+        api = None
         try:
+            api = ResearchersAPI.for_home(home, coord)
+            print(f"coordinator {coord.name}: the Fleet API for sites on "
+                  f"{coord.fleet_host}:{coord.fleet_port}"
+                  + (f", researchers' studies at {api.public_url}" if api else
+                     " (researchers' API: start the workspace first)")
+                  + " (Ctrl-C stops it)", flush=True)
             while all(p.alive() for p in coord.procs):
                 time.sleep(1)
             dead = [p for p in coord.procs if not p.alive()]
             raise ImagingHubError(f"{dead[0].name} stopped:\n{dead[0].tail()}")
         finally:
+            if api is not None:
+                api.stop()
             coord.stop()
+    if c == "researchers":
+        return _researchers(home, args)
     if c == "register":
         node = coord.register(args.site, Path(args.public_key))
         print(f"site {args.site} registered (node {node})")
@@ -335,6 +393,8 @@ def add_parser(sub) -> None:
                     help="where sites connect (default: loopback only)")
     ci.add_argument("--fleet-port", type=int, default=9092)
     ci.add_argument("--link-port", type=int, help="the SuperLink's loopback port")
+    ci.add_argument("--api-port", type=int, help="the researchers' API's loopback port (the "
+                                                 "hub routes /services/federation/ to it)")
     ci.add_argument("--server-name", action="append",
                     help="a name or address sites use for it (repeat)")
     cs.add_parser("start", help="run the SuperLink and the sites' Fleet proxy until Ctrl-C")
@@ -342,6 +402,10 @@ def add_parser(sub) -> None:
     cr.add_argument("site")
     cr.add_argument("public_key")
     cs.add_parser("sites", help="the registered sites and whether they are online")
+    rs = cs.add_parser("researchers", help="who may submit and watch studies through the "
+                                           "hub (its group 'federation'; admins may too)")
+    rs.add_argument("action", choices=["list", "add", "remove"])
+    rs.add_argument("name", nargs="?")
 
     st = fs.add_parser("study", help="submit and watch studies (at the coordinator)")
     ss = st.add_subparsers(dest="study_command", required=True)

@@ -1,0 +1,108 @@
+"""The coordinator's REST API for researchers, through the real hub.
+
+The session's workspace is also a coordinator (conftest's main_stack runs
+``init_coordinator`` before ``up``), so its hub routes
+/services/federation/ to the API that ``coordinator start`` serves. Here
+the coordinator and its API are started as that command starts them, and
+researchers call the API through the hub with their own tokens. No site is
+connected: the studies' rounds run over real Flower and fail for want of
+sites, which is what their records then say."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from imaginghub.hub.hubapi import HubAPI
+from imaginghub.hub.services.federation.api import RESEARCHERS, ResearchersAPI
+from imaginghub.hub.services.federation.commands import coordinator
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    coord = coordinator(stack.home)
+    coord.start()
+    served = ResearchersAPI.for_home(stack.home, coord)
+    hub = HubAPI(stack.home)
+    try:
+        yield {"coord": coord, "served": served, "url": stack.url.rstrip("/")
+               + "/services/federation/api/"}
+    finally:
+        served.stop()
+        coord.stop()
+        hub.request("DELETE", f"/groups/{RESEARCHERS}/users", json={"users": ["alice"]})
+
+
+def _client(stack, user: str) -> httpx.Client:
+    return httpx.Client(headers={"Authorization": f"token {stack.token(user)}"}, timeout=60)
+
+
+def test_researchers_submit_and_watch_studies_through_the_hub(stack, api):
+    alice, bob = _client(stack, "alice"), _client(stack, "bob")
+    url = api["url"]
+    # not yet a researcher: refused, with the group to ask for
+    r = alice.get(url + "studies")
+    assert r.status_code == 403 and RESEARCHERS in r.reason_phrase
+    assert httpx.get(url + "studies").status_code in (401, 403)  # no token: no answer
+    stack.cli("federation", "coordinator", "researchers", "add", "alice")
+    deadline = time.monotonic() + 30  # the API's view of the groups is cached briefly
+    while alice.get(url + "studies").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert "studies" in alice.get(url + "studies").json()
+
+    # bad submissions say what is wrong, and take no id
+    for body, said in [({"study": "s1", "workflow": "cohort-qc", "cohort_alias": "onc"},
+                        "not a federated workflow"),
+                       ({"study": "s1", "workflow": "nope", "cohort_alias": "onc"},
+                        "no workflow called 'nope'"),
+                       ({"study": "s1", "workflow": "federated-stats"}, "cohort_alias"),
+                       ({"study": "s1", "workflow": "federated-stats", "cohort_alias": "onc",
+                         "parameters": {"colour": 1}}, "has no parameter colour"),
+                       ({"study": "s1", "workflow": "federated-stats", "cohort_alias": "onc",
+                         "rounds": 0}, "rounds is a whole number"),
+                       ({"study": "s1", "workflow": "federated-stats", "cohort_alias": "onc",
+                         "sites": ["x"]}, "unknown field")]:
+        r = alice.post(url + "studies", json=body)
+        assert r.status_code == 400 and said in r.reason_phrase, (body, r.reason_phrase)
+    assert alice.get(url + "studies/s1").status_code == 404
+
+    # a study: submitted through the hub, run over Flower, its record watched
+    r = alice.post(url + "studies", json={
+        "study": "api-stats", "workflow": "federated-stats", "cohort_alias": "onc",
+        "rounds": 1, "min_sites": 1, "round_timeout": 3})
+    assert r.status_code == 201, r.reason_phrase
+    assert len(r.json()["notebook_sha256"]) == 64
+    assert alice.post(url + "studies", json={
+        "study": "api-stats", "workflow": "federated-stats",
+        "cohort_alias": "onc"}).status_code == 409
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rec = alice.get(url + "studies/api-stats").json()
+        if rec.get("status") in ("finished", "failed"):
+            break
+        time.sleep(1)
+    assert rec["status"] == "failed" and rec["by"] == "alice", rec
+    assert "0 of the study's minimum 1 sites" in rec["reason"]
+    (listed,) = [s for s in alice.get(url + "studies").json()["studies"]
+                 if s["study"] == "api-stats"]
+    assert (listed["workflow"], listed["status"], listed["by"]) == (
+        "federated-stats", "failed", "alice")
+    # a rerun from the record, watched the same way
+    r = alice.post(url + "studies/api-stats/rerun")
+    assert r.status_code == 202 and r.json()["rerun"] == 1
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        again = alice.get(url + "studies/api-stats/reruns/1")
+        if again.status_code == 200 and again.json().get("status") in ("finished", "failed"):
+            break
+        time.sleep(1)
+    assert again.json()["status"] == "failed"
+    assert alice.get(url + "sites").json() == {"sites": []}
+    # bob is no researcher: nothing, whatever he asks
+    for method, path in (("GET", "studies"), ("GET", "studies/api-stats"),
+                         ("POST", "studies/api-stats/rerun")):
+        assert bob.request(method, url + path).status_code == 403
