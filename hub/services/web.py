@@ -41,6 +41,22 @@ class ServiceHandler(web.RequestHandler):
     def set_default_headers(self):
         self.clear_header("Server")
 
+    def body(self) -> dict:
+        """The request's JSON object, or 400 saying what it is not."""
+        try:
+            value = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, reason="the body must be JSON") from None
+        if not isinstance(value, dict):
+            raise web.HTTPError(400, reason="the body must be a JSON object")
+        return value
+
+    def send(self, value, status: int = 200):
+        """Answer ``value`` as JSON."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value))
+
     def error_body(self, status: int) -> dict:
         """The body of an error answer (the data service answers one body per
         status, so a forbidden UID reads exactly as an unknown one)."""

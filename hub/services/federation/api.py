@@ -66,20 +66,6 @@ class Base(ServiceHandler):
             raise web.HTTPError(403, reason=f"studies are for the hub group {RESEARCHERS!r}: "
                                             "ask the coordinator's admin to add you")
 
-    def body(self) -> dict:
-        try:
-            value = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, reason="the body must be JSON") from None
-        if not isinstance(value, dict):
-            raise web.HTTPError(400, reason="the body must be a JSON object")
-        return value
-
-    def send(self, value, status: int = 200):
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(value))
-
     def folder(self, study: str) -> Path:
         folder = self.ctx.coord.study_dir(study)
         if not (folder / "run-config.toml").exists():

@@ -27,7 +27,6 @@ and submits as a named user.
 
 from __future__ import annotations
 
-import json
 import logging
 import mimetypes
 
@@ -58,20 +57,6 @@ class BaseHandler(ServiceHandler):
 
     async def prepare(self):
         self.caller = await identify(self, self.ctx.users, "jobs")
-
-    def body(self) -> dict:
-        try:
-            value = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, reason="the body must be JSON") from None
-        if not isinstance(value, dict):
-            raise web.HTTPError(400, reason="the body must be a JSON object")
-        return value
-
-    def send(self, value, status: int = 200):
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(value))
 
     # -- who may do what ------------------------------------------------------------
     @property
