@@ -47,7 +47,11 @@ def cmd_config(args) -> int:
 def cmd_up(args) -> int:
     from .stack import Stack, run_foreground
 
-    stack = Stack(_home(args), port=args.port, dicom_port=args.dicom_port, demo=args.demo)
+    from . import demo
+
+    series = demo.check_keys(args.demo_series) if args.demo_series else None
+    stack = Stack(_home(args), port=args.port, dicom_port=args.dicom_port,
+                  demo=args.demo or bool(series), demo_series=series)
     return run_foreground(stack)
 
 
@@ -459,6 +463,9 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the workspace (archive and hub) until Ctrl-C")
     up.add_argument("--demo", action="store_true",
                     help="add demo users alice and bob and, if the archive is empty, demo data")
+    up.add_argument("--demo-series", metavar="KEY,KEY...",
+                    help="with --demo: only these series of the demo set (its keys, such as "
+                         "mr-head,mr-head-seg)")
     up.add_argument("--port", type=int, help="the hub's port on 127.0.0.1 for this start "
                                          "(default c.Stack.port, 8000)")
     up.add_argument("--dicom-port", type=int, help="the archive's DICOM port for this start "

@@ -470,6 +470,19 @@ def to_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def check_keys(text: str) -> list[str]:
+    """Demo series keys from ``"k1,k2"``; a ConfigError names unknown ones
+    and lists the keys."""
+    from .errors import ConfigError
+
+    keys = [k.strip() for k in text.replace(" ", ",").split(",") if k.strip()]
+    unknown = [k for k in keys if k not in BY_KEY]
+    if unknown or not keys:
+        raise ConfigError(f"no demo series {', '.join(unknown) or '(none given)'}; the demo "
+                          f"series are {', '.join(BY_KEY)}")
+    return keys
+
+
 def load(dicomweb_url: str, auth, *, out=None, batch: int = 32,
          keys: list[str] | None = None, verify=True) -> int:
     """STOW-RS the demo set (or the series named by ``keys``) to

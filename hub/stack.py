@@ -51,7 +51,7 @@ class Stack(Configurable):
         up --port N' overrides it for one start.""").tag(config=True)
 
     def __init__(self, home: Home, *, port: int | None = None, dicom_port: int | None = None,
-                 demo: bool = False, out=None):
+                 demo: bool = False, demo_series: list[str] | None = None, out=None):
         self.home = home
         self.out = out or sys.stdout
         moved = migrate_root_home() if home.path == Home().path else None
@@ -67,6 +67,7 @@ class Stack(Configurable):
         self.endpoint = None  # the archive the data service talks to
         self.orthanc_settings = None
         self.demo = demo
+        self.demo_series = demo_series  # None: the whole demo set
         self._port_arg = port
         self._dicom_port_arg = dicom_port
         self.archive: Managed | None = None
@@ -423,7 +424,7 @@ class Stack(Configurable):
         if r.status_code == 200 and r.content and r.json():
             log.info("the archive holds studies already: no demo data loaded")
         else:
-            demo.load(e.dicomweb, e.auth, out=self.out, verify=e.tls())
+            demo.load(e.dicomweb, e.auth, out=self.out, verify=e.tls(), keys=self.demo_series)
         demo.assign_projects(self.store())
 
     def store(self):

@@ -76,7 +76,10 @@ def sites(tmp_path_factory):
              for name in names]
     sha = load(LEAKY).sha256
     with contextlib.ExitStack() as es:
-        stacks = dict(zip(names, es.enter_context(running_stacks(homes, "--demo"))))
+        # the demo series the sites and the leaky study need (not the large ct-head)
+        needed = sorted({k for n in names for k in demo_federation.site_series(n)} | set(KEYS))
+        stacks = dict(zip(names, es.enter_context(running_stacks(
+            homes, "--demo", "--demo-series", ",".join(needed)))))
         out, approvals = {}, {}
         for name, s in stacks.items():
             alice = s.token("alice")

@@ -199,6 +199,12 @@ def test_demo_data_command_is_idempotent(stack):
         assert c.get("/statistics").json()["CountInstances"] == before
 
 
+def test_up_refuses_demo_series_it_does_not_know(stack):
+    r = stack.cli("up", "--demo", "--demo-series", "mr-head,nope", check=False)
+    assert r.returncode != 0
+    assert "no demo series nope; the demo series are" in r.stderr and "mr-head-seg" in r.stderr
+
+
 def test_a_stopped_servers_token_stops_working(stack, alice):
     """The kernel's token (the server's) reaches the gateway while the server
     runs, and not once it is stopped (after the gateway's 10 s cache)."""

@@ -10,8 +10,9 @@ studies and prints the rounds, the aggregates and what left each site.
 :func:`main` starts the workspaces (``imaginghub up --demo``, at once), does
 both, and stops everything it started, whatever happened.
 
-The sites hold the same demo data but map the studies' cohort aliases to
-different cohorts, so their contributions differ:
+Each site holds its own part of the demo set (:func:`site_series`) and
+maps the studies' cohort aliases to its own cohorts, so their contributions
+differ:
 
 ============  ===============================  ======================================
 site          ``ct`` (federated-stats)         ``head`` (federated-train)
@@ -51,6 +52,13 @@ COORDINATOR = "demo-consortium"
 # quick enough for a demo on two cores; the workflow's defaults train longer
 TRAINING = {"spacing_mm": 4.0, "grid_size": 48, "patch_size": 32, "epochs": 10,
             "patches_per_series": 4, "batch_size": 4, "seed": 0}
+
+
+def site_series(name: str) -> list[str]:
+    """The demo series a site holds: its cohorts' and their reference SEGs
+    (each site its own part of the demo set)."""
+    ct, heads = SITES[name]
+    return [*ct, *heads, *(f"{h}-seg" for h in heads)]
 
 
 @dataclass
@@ -242,13 +250,13 @@ def _imaginghub() -> str:
     return str(here) if here.exists() else (shutil.which("imaginghub") or "imaginghub")
 
 
-def _start_workspace(home: Path, log: Path) -> subprocess.Popen:
+def _start_workspace(home: Path, log: Path, series: list[str]) -> subprocess.Popen:
     from ...state import free_port
 
     with open(log, "w") as f:
         return subprocess.Popen(
-            [_imaginghub(), "--home", str(home), "up", "--demo", "--port", str(free_port()),
-             "--dicom-port", str(free_port())],
+            [_imaginghub(), "--home", str(home), "up", "--demo", "--demo-series",
+             ",".join(series), "--port", str(free_port()), "--dicom-port", str(free_port())],
             stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
 
@@ -284,8 +292,9 @@ def _remove_accounts(home) -> None:
 
 @contextlib.contextmanager
 def workspaces(root: Path, names, out=sys.stdout):
-    """A running workspace with the demo data per name (``imaginghub up
-    --demo`` in ``root/<its last letter>/``, started at once); each stopped, its Unix
+    """A running workspace per site name with its part of the demo data
+    (``imaginghub up --demo --demo-series ...`` in ``root/<its last
+    letter>/``, started at once); each stopped, its Unix
     accounts removed, at the end."""
     from ... import config
     from ...state import Home
@@ -302,7 +311,7 @@ def workspaces(root: Path, names, out=sys.stdout):
                 "account_prefix": f"fd{secrets.token_hex(2)}-"}})
             homes[name], logs[name] = home, base / "up.log"
             es.callback(_remove_accounts, home)
-            procs[name] = _start_workspace(home.path, logs[name])
+            procs[name] = _start_workspace(home.path, logs[name], site_series(name))
             es.callback(_stop_workspace, procs[name])
         with ThreadPoolExecutor(len(procs)) as pool:
             for name, f in {n: pool.submit(_wait_ready, procs[n], logs[n])
