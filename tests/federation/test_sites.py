@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import secrets
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +255,9 @@ def test_federated_training_is_the_weighted_average_and_reruns_bitwise(sites):
     out = coord.rerun("unet")
     again = coord.wait("unet", 600, rerun=out["rerun"])
     assert again["status"] == "finished" and coord.same_aggregate(rec, again), again
+    assert again["notebook_sha256"] == rec["notebook_sha256"]
+    for r, first in zip(again["rounds"], rec["rounds"]):  # every site's bytes, every round
+        for name in names:
+            assert r["sites"][name]["received"] == first["sites"][name]["received"]
+            kept = Path(out["folder"]) / "received" / f"round-{r['round']}" / name
+            assert sorted(p.name for p in kept.iterdir()) == ["num_examples", "weights"]

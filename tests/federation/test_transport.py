@@ -145,24 +145,6 @@ def test_a_study_of_statistics_leaves_the_sites_as_declared_and_is_aggregated(fe
     assert federation["cohort"].ref.encode() not in sent
 
 
-def test_a_rerun_from_the_record_gives_the_same_aggregate(federation):
-    """The stats study again, from its record (the first test ran it): the
-    same aggregate, byte for byte, and the same bytes from every site."""
-    coord = federation["coord"]
-    first = coord.record("stats")
-    assert first and first["status"] == "finished"
-    out = coord.rerun("stats")
-    again = coord.wait("stats", 300, rerun=out["rerun"])
-    assert again["status"] == "finished" and coord.same_aggregate(first, again)
-    assert again["notebook_sha256"] == first["notebook_sha256"]
-    for site in ("a", "b"):
-        assert again["rounds"][0]["sites"][site]["received"] == \
-            first["rounds"][0]["sites"][site]["received"]
-        kept = Path(out["folder"]) / "received" / "round-1" / site
-        assert sorted(p.name for p in kept.iterdir()) == sorted(
-            first["rounds"][0]["sites"][site]["received"])
-
-
 def test_a_changed_notebook_is_refused_by_every_site(federation, tmp_path):
     coord = federation["coord"]
     nb = json.loads(STATS.read_text())

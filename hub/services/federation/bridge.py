@@ -129,7 +129,19 @@ serverapp = ServerApp()
 
 @serverapp.main()
 def _serverapp_main(grid: Grid, context: Context) -> None:
-    run_study(grid, dict(context.run_config))
+    cfg = dict(context.run_config)
+    try:
+        run_study(grid, cfg)
+    except Exception as e:  # the record says the study ended, and why
+        path = Path(cfg["out"]) / "study.json"
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            record = {"study": cfg.get("study"), "rounds": []}
+        record.update(status="failed", reason=f"the study stopped at the coordinator: "
+                                              f"{type(e).__name__}: {e}"[:500])
+        _write_json(path, record)
+        raise
 
 
 def _federated_block(path: str, sha256: str) -> dict:
@@ -264,7 +276,9 @@ def _one_round(grid: Grid, cfg: dict, number: int, shares: dict,
            "workflow": cfg["workflow"], "notebook_sha256": cfg["notebook-sha256"],
            "parameters": json.loads(cfg["parameters"]), "cohort_alias": cfg["cohort-alias"],
            "round_number": number}
-    registered = json.loads(Path(cfg["sites"]).read_text()) if cfg.get("sites") else {}
+    sites_file = Path(cfg["sites"]) if cfg.get("sites") else None
+    registered = json.loads(sites_file.read_text()) \
+        if sites_file is not None and sites_file.exists() else {}
     data = encode_weights(weights) if weights is not None else None
     messages = [Message(round_content(req, data), dst_node_id=n, message_type=QUERY)
                 for n in nodes]

@@ -117,18 +117,16 @@ class Federation:
             self.coordinator.pki / "ca.crt"
         if self.relay is not None:
             address, ca = self.relay(self.coordinator)
+        with ThreadPoolExecutor(len(self.sites)) as pool:  # the sites' cohorts, at once
+            policies = dict(zip(self.sites, pool.map(self._policy, self.sites,
+                                                     self.sites.values())))
         for name, home in self.sites.items():
-            self._start_site(name, home, address, ca)
+            self._start_site(name, home, policies[name], address, ca)
             self.log(f"  {name}: cohorts saved, studies approved, agent connected")
 
-    def _start_site(self, name: str, home, address: str, ca: Path) -> None:
-        from ...hubapi import HubAPI
-        from ...state import free_port
-        from .agent import SiteAgent, site_round_handler
-        from .audit import Audit
-        from .bridge import bridge_hash
+    def _policy(self, name: str, home):
+        """The site's cohorts saved and the demo's studies approved on them."""
         from .policy import Policy, Study
-        from .site import SiteRound
 
         jobs = _jobs(home)
         policy = Policy()
@@ -142,6 +140,17 @@ class Federation:
                                  auto=True))
         for extra in self.approvals.get(name, []):
             policy.approve(extra)
+        return policy
+
+    def _start_site(self, name: str, home, policy, address: str, ca: Path) -> None:
+        from ...hubapi import HubAPI
+        from ...state import free_port
+        from .agent import SiteAgent, site_round_handler
+        from .audit import Audit
+        from .bridge import bridge_hash
+        from .site import SiteRound
+
+        jobs = _jobs(home)
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         audit = Audit(f"sqlite:///{folder / 'audit.sqlite'}")
