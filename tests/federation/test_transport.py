@@ -314,7 +314,7 @@ def test_a_site_that_goes_down_in_a_round_and_comes_back(federation):
     b.stop()
     try:
         rec = _run(coord, StudySpec("stats-two", "federated-stats", STATS, "onc", rounds=1,
-                                    min_sites=2, round_timeout=60))
+                                    min_sites=2, round_timeout=20))
     finally:
         b.start()
     assert rec["status"] == "failed"
