@@ -140,28 +140,6 @@ c.TraefikProxy.extra_dynamic_config = {viewer_app_routes!r}
 # (imaginghub.hub.hubconfig.roles, which the Kubernetes chart uses too).
 c.JupyterHub.load_roles = {load_roles}
 
-# -- A federation's coordinator (`imaginghub federation coordinator init`) ----
-# Researchers submit and watch studies at /services/federation/api/, which
-# `imaginghub federation coordinator start` serves on loopback; members of
-# the hub group "federation" (and admins) may use it.
-_coordinator = HOME / "federation" / "coordinator.json"
-if _coordinator.exists() and json.loads(_coordinator.read_text()).get("api_port"):
-    c.JupyterHub.services.append({{
-        "name": "federation",
-        "url": "http://127.0.0.1:%d" % json.loads(_coordinator.read_text())["api_port"],
-        "api_token": secret("federation_service_token"),
-        "oauth_no_confirm": True,
-    }})
-    for _role in c.JupyterHub.load_roles:
-        if _role["name"] == "user":
-            _role["scopes"] = [*_role["scopes"], "access:services!service=federation"]
-    c.JupyterHub.load_groups = {{**c.JupyterHub.load_groups, "federation": {{
-        "users": sorted(json.loads(_coordinator.read_text()).get("researchers", []))}}}}
-    c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {{
-        "name": "federation-service",
-        "description": "the coordinator's API for researchers: who is in the group",
-        "scopes": ["read:users", "read:users:groups"], "services": ["federation"]}}]
-
 # -- User servers: local processes, {spawner_line} --
 c.JupyterHub.spawner_class = "imaginghub.hub.spawner.ImagingSpawner"
 c.ImagingSpawner.site_home = str(HOME)
@@ -189,6 +167,36 @@ c.Spawner.poll_interval = 10
 # the hub.
 c.Spawner.server_token_scopes = {server_scopes!r}
 c.Spawner.environment = {server_env!r}
+
+# -- A federation's coordinator (`imaginghub federation coordinator init`) ----
+# Researchers submit and watch studies at /services/federation/api/, which
+# `imaginghub federation coordinator start` serves on loopback; members of
+# the hub group "federation" (and admins) may use it, from their browser,
+# their server (IMAGINGHUB_FEDERATION_URL, the server's token) or anywhere.
+_coordinator = HOME / "federation" / "coordinator.json"
+if _coordinator.exists() and json.loads(_coordinator.read_text()).get("api_port"):
+    _fed = json.loads(_coordinator.read_text())
+    c.JupyterHub.services.append({{
+        "name": "federation",
+        "url": "http://127.0.0.1:%d" % _fed["api_port"],
+        "api_token": secret("federation_service_token"),
+        "oauth_no_confirm": True,
+    }})
+    for _role in c.JupyterHub.load_roles:
+        if _role["name"] == "user":
+            _role["scopes"] = [*_role["scopes"], "access:services!service=federation"]
+    c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {{
+        "name": "federation-service",
+        "description": "the coordinator's API for researchers: who is in the group",
+        "scopes": ["read:users", "read:users:groups"], "services": ["federation"]}}]
+    c.JupyterHub.load_groups = {{**c.JupyterHub.load_groups, "federation": {{
+        "users": sorted(_fed.get("researchers", []))}}}}
+    c.Spawner.server_token_scopes = [*c.Spawner.server_token_scopes,
+                                     "access:services!service=federation"]
+    c.Spawner.environment = {{
+        **c.Spawner.environment,
+        "IMAGINGHUB_FEDERATION_URL":
+            "http://127.0.0.1:%d/services/federation/api/" % _fed["api_port"]}}
 
 # -- The site's own settings of JupyterHub's classes ---------------------------
 # (c.Spawner.environment.update({{...}}) adds to what is above)

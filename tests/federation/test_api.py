@@ -106,3 +106,21 @@ def test_researchers_submit_and_watch_studies_through_the_hub(stack, api):
     for method, path in (("GET", "studies"), ("GET", "studies/api-stats"),
                          ("POST", "studies/api-stats/rerun")):
         assert bob.request(method, url + path).status_code == 403
+
+
+def test_a_researchers_server_reaches_the_api_with_its_own_token(stack, api):
+    """Users' servers are told where the API is and their tokens may reach
+    it: the hub's configuration as the hub loads it, and a token with just
+    a server's scopes, used at that address (alice is a researcher since
+    the test before)."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    cfg = PyFileConfigLoader("jupyterhub_config.py",
+                             path=str(stack.home.hub_dir)).load_config()
+    scopes = list(cfg.Spawner.server_token_scopes)
+    assert "access:services!service=federation" in scopes
+    url = cfg.Spawner.environment["IMAGINGHUB_FEDERATION_URL"]
+    token = HubAPI(stack.home).request("POST", "/users/alice/tokens", json={
+        "scopes": scopes, "note": "as alice's server"}).json()["token"]
+    r = httpx.get(url + "studies", headers={"Authorization": f"token {token}"}, timeout=30)
+    assert r.status_code == 200 and "api-stats" in {s["study"] for s in r.json()["studies"]}
