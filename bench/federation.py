@@ -44,12 +44,7 @@ from imaginghub.kernels.jobs import Jobs
 def local_job(admin, workflow: str, user: str, parameters: dict, inputs=None) -> float:
     """Seconds from submitting one job to its end."""
     t = time.perf_counter()
-    body = {"workflow": workflow, "user": user, "parameters": parameters}
-    if inputs:
-        import base64
-
-        body["inputs"] = {k: base64.b64encode(v).decode() for k, v in inputs.items()}
-    job = admin.get(admin._json("POST", "jobs", body)["id"])
+    job = admin.submit_as(user, workflow, parameters, inputs=inputs)
     while not job.refresh().done:
         time.sleep(0.05)
     assert job.status == "succeeded", job.reason

@@ -174,8 +174,8 @@ c.Spawner.environment = {server_env!r}
 # the hub group "federation" (and admins) may use it, from their browser,
 # their server (IMAGINGHUB_FEDERATION_URL, the server's token) or anywhere.
 _coordinator = HOME / "federation" / "coordinator.json"
-if _coordinator.exists() and json.loads(_coordinator.read_text()).get("api_port"):
-    _fed = json.loads(_coordinator.read_text())
+_fed = json.loads(_coordinator.read_text()) if _coordinator.exists() else {{}}
+if _fed.get("api_port"):
     c.JupyterHub.services.append({{
         "name": "federation",
         "url": "http://127.0.0.1:%d" % _fed["api_port"],

@@ -173,7 +173,7 @@ def run_study(grid: Grid, cfg: dict) -> dict:
               "parameters": json.loads(cfg["parameters"]),
               "cohort_alias": cfg["cohort-alias"], "aggregator": federated.get("aggregator"),
               "min_sites": int(cfg["min-sites"]), "rounds": [], "status": "running"}
-    weights = None
+    weights, params = None, {}
     if federated.get("aggregator") == "fedavg":
         params = study_parameters(cfg["notebook"], record["parameters"])
         weights = initial_weights(federated["model"], int(params.get("seed", 0)))
@@ -197,8 +197,7 @@ def run_study(grid: Grid, cfg: dict) -> dict:
         record["aggregate"] = record["rounds"][-1]["aggregate"]
         if weights is not None:
             record["model"] = str(save_study_model(out / "models", record, federated, weights,
-                                                   study_parameters(cfg["notebook"],
-                                                                    record["parameters"])))
+                                                   params))
     _write_json(out / "study.json", record)
     return record
 

@@ -17,7 +17,6 @@ gate, recorded in the site's audit.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import tempfile
@@ -177,11 +176,9 @@ class SiteRound:
                 return Outcome(REFUSED, str(e))
         project, _, ref = decision.cohort.partition("/")
         user = self._study_user(req.study, project)
-        body = {"workflow": req.workflow, "user": user,
-                "parameters": {**req.parameters, "cohort": ref, "project": project}}
-        if inputs:
-            body["inputs"] = {n: base64.b64encode(d).decode() for n, d in inputs.items()}
-        job = self.jobs.get(self.jobs._json("POST", "jobs", body)["id"])
+        job = self.jobs.submit_as(user, req.workflow,
+                                  {**req.parameters, "cohort": ref, "project": project},
+                                  inputs=inputs)
         deadline = time.monotonic() + self.timeout
         while job.status not in FINISHED:
             if time.monotonic() > deadline:
