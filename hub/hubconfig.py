@@ -198,6 +198,25 @@ if _fed.get("api_port"):
         "IMAGINGHUB_FEDERATION_URL":
             "http://127.0.0.1:%d/services/federation/api/" % _fed["api_port"]}}
 
+# -- A federation's site (`imaginghub federation site init`) -------------------
+# The site's admins change its policy, look at pending rounds and the audit at
+# /services/federation-site/api/, which `imaginghub federation site start`
+# serves on loopback: hub admins only (the admin role's access to services;
+# users' roles and servers' tokens get none).
+_site = HOME / "federation" / "site.json"
+_site_cfg = json.loads(_site.read_text()) if _site.exists() else {{}}
+if _site_cfg.get("api_port"):
+    c.JupyterHub.services.append({{
+        "name": "federation-site",
+        "url": "http://127.0.0.1:%d" % _site_cfg["api_port"],
+        "api_token": secret("federation_site_token"),
+        "oauth_no_confirm": True,
+    }})
+    c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {{
+        "name": "federation-site-service",
+        "description": "the site admins' API: who is an admin",
+        "scopes": ["read:users", "read:users:groups"], "services": ["federation-site"]}}]
+
 # -- The site's own settings of JupyterHub's classes ---------------------------
 # (c.Spawner.environment.update({{...}}) adds to what is above)
 load_site_config(c, {config_file!r})

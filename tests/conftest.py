@@ -424,11 +424,15 @@ def main_stack():
                     # another program's class, passed to the hub (test_config.py)
                     'c.Spawner.environment.update({"IMAGINGHUB_TEST_SITE": '
                     '"from-the-site-config"})\n')
-    # also a federation's coordinator: its researchers' API is a hub service
-    # (tests/federation/test_api.py)
-    from imaginghub.hub.services.federation.commands import init_coordinator
+    # also a federation's coordinator and a site (of its own coordinator, until
+    # test_cli.py points it at another): their APIs are hub services
+    # (tests/federation/test_api.py, test_cli.py)
+    from imaginghub.hub.services.federation.commands import init_coordinator, init_site
 
-    init_coordinator(Home(home), "session-hub", fleet_port=free_port())
+    port = free_port()
+    coord = init_coordinator(Home(home), "session-hub", fleet_port=port)
+    init_site(Home(home), "session-site", coordinator=f"127.0.0.1:{port}",
+              ca=coord.pki / "ca.crt")
     with running_stack(home, "--demo") as s:
         yield s
 

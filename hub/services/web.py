@@ -84,3 +84,54 @@ def _phrase(reason: str) -> str:
     """An HTTP reason phrase: one line of Latin-1."""
     line = " ".join(reason.split())
     return line.encode("latin-1", "replace").decode("latin-1")
+
+
+class ThreadedServer:
+    """A web application served on loopback in a thread of its own (with
+    its own event loop), next to a foreground command's other work: the
+    federation's APIs, which ``coordinator start`` and ``site start`` serve
+    for as long as they run. ``make_app`` is called in that thread; an
+    error there (the port taken, ...) is raised here."""
+
+    def __init__(self, make_app, port: int, name: str):
+        import asyncio
+        import threading
+
+        self.port = port
+        self._make_app = make_app
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            app = self._make_app()
+            server = app.listen(self.port, address="127.0.0.1")
+        except BaseException as e:  # said to the caller
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            server.stop()
+            close = getattr(app, "aclose", None)
+            if close is not None:
+                loop.run_until_complete(close())
+            loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

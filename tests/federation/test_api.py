@@ -14,6 +14,7 @@ import time
 
 import httpx
 import pytest
+from tests_support import wait_for
 
 from imaginghub.hub.hubapi import HubAPI
 from imaginghub.hub.services.federation.api import RESEARCHERS, ResearchersAPI
@@ -124,3 +125,43 @@ def test_a_researchers_server_reaches_the_api_with_its_own_token(stack, api):
         "scopes": scopes, "note": "as alice's server"}).json()["token"]
     r = httpx.get(url + "studies", headers={"Authorization": f"token {token}"}, timeout=30)
     assert r.status_code == 200 and "api-stats" in {s["study"] for s in r.json()["studies"]}
+
+
+def test_the_admin_registers_and_unregisters_sites_over_http(stack, api, tmp_path):
+    """The coordinator's admin registers a site by the node key its admin
+    sent, sees it with its node and status, and unregisters it; a
+    researcher sees the sites' names and may change nothing."""
+    from imaginghub.hub.services.federation.pki import make_node_key
+
+    admin, alice = _client(stack, "admin"), _client(stack, "alice")
+    url = api["url"]
+    stack.cli("federation", "coordinator", "researchers", "add", "alice")  # as she may be
+    wait_for(lambda: alice.get(url + "sites").status_code == 200, 30, "alice a researcher")
+    _, pub = make_node_key(tmp_path)
+    key = pub.read_text()
+    r = alice.post(url + "sites", json={"site": "hospital-x", "public_key": key})
+    assert r.status_code == 403 and "admins" in r.json()["message"]
+    for body, said in [({"site": "hospital-x", "public_key": "ssh-rsa AAAA"}, "node key"),
+                       ({"site": "hospital x", "public_key": key}, "a site's name"),
+                       ({"site": "hospital-x"}, '"public_key"')]:
+        r = admin.post(url + "sites", json=body)
+        assert r.status_code == 400 and said in r.json()["message"], (body, r.text)
+    r = admin.post(url + "sites", json={"site": "hospital-x", "public_key": key})
+    assert r.status_code == 201, r.text
+    node = r.json()["node"]
+    assert admin.post(url + "sites", json={"site": "hospital-x",
+                                           "public_key": key}).status_code == 409
+    listed = admin.get(url + "sites").json()
+    assert listed["sites"] == ["hospital-x"]
+    # as the SuperLink knows it (registered, never connected)
+    (row,) = listed["nodes"]
+    assert row["site"] == "hospital-x" and row["node"] == node and row["status"] != "unknown"
+    assert alice.get(url + "sites").json() == {"sites": ["hospital-x"]}  # names only
+    assert "hospital-x" in stack.cli("federation", "coordinator", "sites").stdout
+
+    assert alice.delete(url + "sites/hospital-x").status_code == 403
+    assert admin.delete(url + "sites/hospital-x").status_code == 200
+    assert admin.delete(url + "sites/hospital-x").status_code == 404
+    assert admin.get(url + "sites").json() == {"sites": [], "nodes": []}
+    flower = {str(n["node-id"]): n["status"] for n in api["coord"].nodes()}
+    assert flower.get(node, "unregistered") == "unregistered"  # its key no longer admitted

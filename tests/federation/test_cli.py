@@ -3,13 +3,17 @@ coordinator in a state directory of its own, the test session's workspace
 as a site. The site's admin sees the coordinator's request wait as pending,
 previews it on a cohort (what would leave, the suppressed cells; nothing
 sent, nothing audited), approves it, and the next run is aggregated; the
-site's audit holds what the coordinator shows as received."""
+site's audit holds what the coordinator shows as received. The site's
+admin does part of it over the site admins' API through the hub (which
+``site start`` serves), part with the commands: both change and show the
+same policy."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 
+import httpx
 import pytest
 from conftest import IMAGINGHUB, as_account
 from tests_support import WORKFLOWS, wait_for
@@ -63,20 +67,44 @@ def test_two_admins_run_a_study_from_the_command_line(stack, tmp_path):
         assert "hospital-a       pending (this site has not approved the study yet)" in r.stdout
         assert "consortium/stats-cli/1" in stack.cli("federation", "site", "pending").stdout
 
+        # the site admins' API, through the hub: admins only, never a server's token
+        site, admin = _site_api(stack)
+        (waiting,) = admin.get(site + "pending").json()["pending"]
+        assert waiting["key"] == "consortium/stats-cli/1"
+        assert waiting["workflow"] == "federated-stats" and waiting["cohort_alias"] == "onc"
+        for token in (stack.token("alice"), _server_token(stack, "admin")):
+            r = httpx.get(site + "pending", headers={"Authorization": f"token {token}"})
+            assert r.status_code == 403, r.text
+
         # the admin looks before approving: a cohort of the four series
         alice = stack.token("alice")
         api = stack.run["gateway_url"].rsplit("/dicom-web", 1)[0] + "/api"
         cohort = Catalog(api, alice).new_cohort(
             "fed-cli", "oncology", series=[demo.series(k).series_uid for k in KEYS]).save()
-        look = stack.cli("federation", "site", "preview", "consortium/stats-cli/1",
-                         "--cohort", f"oncology/{cohort.ref}", "--min-cell", "1").stdout
-        assert "released" in look and "num_series" in look and "modalities" in look
-        assert re.search(r"modalities\s+counts\s+\d+ bytes\s+suppressed cells: [1-9]", look)
-        assert stack.cli("federation", "site", "audit").stdout == ""  # nothing left
+        r = admin.post(site + "pending/consortium/stats-cli/1/preview",
+                       json={"cohort": f"oncology/{cohort.ref}", "min_cell": 1})
+        assert r.status_code == 200, r.text
+        look = r.json()
+        assert look["status"] == "released" and look["outputs"]["num_series"]["content"] == 4
+        modalities = look["outputs"]["modalities"]
+        assert modalities["kind"] == "counts" and modalities["bytes"] > 0
+        assert modalities["suppressed"] and len(modalities["sha256"]) == 64
+        assert admin.get(site + "audit").json() == {"rows": []}  # nothing left
+        assert "no pending request consortium/other/1" in stack.cli(
+            "federation", "site", "preview", "consortium/other/1", "--cohort",
+            f"oncology/{cohort.ref}", check=False).stderr
 
+        # approved with the command, each round over the API
         sha = load(WORKFLOWS / "federated-stats.ipynb").sha256
         stack.cli("federation", "site", "approve", "consortium", "stats-cli", "--notebook", sha,
-                  "--cohort", f"onc=oncology/{cohort.ref}", "--min-cell", "1", "--auto")
+                  "--cohort", f"onc=oncology/{cohort.ref}", "--min-cell", "1")
+        assert admin.put(site + "policy/studies/consortium/stats-cli/rounds/1",
+                         content=b"").status_code == 200
+        (approval,) = admin.get(site + "policy").json()["studies"]
+        assert approval["notebooks"] == [sha] and approval["approved_rounds"] == [1]
+        r = admin.put(site + "policy/studies/consortium/other",
+                      json={"notebooks": ["not-a-hash"], "cohorts": {"onc": "x/y@1"}})
+        assert r.status_code == 400 and "SHA-256" in r.json()["message"]
         shown = _cli(coord_home, *submit).stdout
         assert "study stats-cli (federated-stats): finished" in shown
         assert "hospital-a       released; left the site: 4 outputs" in shown
@@ -85,8 +113,15 @@ def test_two_admins_run_a_study_from_the_command_line(stack, tmp_path):
         for line in audit.splitlines():
             assert re.search(r'"sha256": "([0-9a-f]{16})', line).group(1) in shown
         assert len(audit.splitlines()) == 4
+        rows = admin.get(site + "audit", params={"study": "stats-cli"}).json()["rows"]
+        assert [r["sha256"][:16] for r in rows] == re.findall(r'"sha256": "([0-9a-f]{16})',
+                                                              audit)
         again = _cli(coord_home, "study", "rerun", "stats-cli").stdout
         assert "the aggregate is bitwise identical to the study's" in again
+        # revoked over the API: the command shows the same, empty policy
+        assert admin.delete(site + "policy/studies/consortium/stats-cli").status_code == 200
+        assert admin.delete(site + "policy/studies/consortium/stats-cli").status_code == 404
+        assert '"studies": []' in stack.cli("federation", "site", "policy").stdout
         # the SuperLink's port is guarded while the coordinator runs (as root)
         assert "imaginghubfed_" in _tables()
     finally:
@@ -98,6 +133,31 @@ def test_two_admins_run_a_study_from_the_command_line(stack, tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
     assert procs[0].returncode == 0 and "imaginghubfed_" not in _tables()
+
+
+def _site_api(stack) -> tuple[str, httpx.Client]:
+    """The site admins' API's address through the hub, and the admin's
+    client (once the site's agent serves it)."""
+    url = stack.url.rstrip("/") + "/services/federation-site/api/"
+    admin = httpx.Client(headers={"Authorization": f"token {stack.token('admin')}"},
+                         timeout=120)
+    wait_for(lambda: admin.get(url + "site").status_code == 200, 60, "the site admins' API")
+    assert admin.get(url + "site").json()["site"] == "hospital-a"
+    return url, admin
+
+
+def _server_token(stack, user: str) -> str:
+    """A token with just the scopes of ``user``'s server (what code in a
+    notebook has)."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from imaginghub.hub.hubapi import HubAPI
+
+    cfg = PyFileConfigLoader("jupyterhub_config.py",
+                             path=str(stack.home.hub_dir)).load_config()
+    return HubAPI(stack.home).request("POST", f"/users/{user}/tokens", json={
+        "scopes": list(cfg.Spawner.server_token_scopes),
+        "note": "as a server"}).json()["token"]
 
 
 def _tables() -> str:

@@ -30,14 +30,13 @@ import datetime as dt
 import json
 import logging
 import shutil
-import threading
 from pathlib import Path
 
 from tornado import web
 
 from ...errors import ConfigError
 from ..identity import Users, identify
-from ..web import ServiceHandler
+from ..web import ServiceHandler, ThreadedServer
 
 log = logging.getLogger("imaginghub.federation")
 
@@ -50,21 +49,35 @@ STUDY_FIELDS = {"study", "workflow", "cohort_alias", "parameters", "rounds", "mi
 class Context:
     def __init__(self, coord, users: Users, workflow_dirs: list[Path]):
         self.coord, self.users, self.workflow_dirs = coord, users, workflow_dirs
+        self.service = SERVICE
         self.lock = asyncio.Lock()  # one submission at a time: ids are claimed in order
 
 
 class Base(ServiceHandler):
-    def initialize(self, ctx: Context):
+    """A federation API's handler: the caller is a person the hub logged in
+    (a service's token is refused), a member of :data:`RESEARCHERS` or an
+    admin; with ``admins_only``, an admin of the hub."""
+
+    admins_only = False
+
+    def initialize(self, ctx):
         self.ctx = ctx
 
     async def prepare(self):
-        self.caller = await identify(self, self.ctx.users, SERVICE)
+        self.caller = await identify(self, self.ctx.users, self.ctx.service)
         if self.caller.kind == "service":
-            raise web.HTTPError(403, reason="the researchers' API is for researchers")
+            raise web.HTTPError(403, reason="this API is for people the hub logged in, not "
+                                            "for services")
+        if self.admins_only or self.request.method not in self.open_methods:
+            if not self.caller.admin:
+                raise web.HTTPError(403, reason="this is for the hub's admins")
+            return
         groups = (await self.ctx.users.model(self.caller.name)).get("groups", [])
         if not self.caller.admin and RESEARCHERS not in groups:
             raise web.HTTPError(403, reason=f"studies are for the hub group {RESEARCHERS!r}: "
                                             "ask the coordinator's admin to add you")
+
+    open_methods = frozenset({"GET", "POST", "PUT", "DELETE"})  # to researchers
 
     def folder(self, study: str) -> Path:
         folder = self.ctx.coord.study_dir(study)
@@ -188,8 +201,47 @@ class RerunHandler(Base):
 
 
 class SitesHandler(Base):
-    def get(self):
-        self.send({"sites": sorted(self.ctx.coord.sites().values())})
+    """The registered sites. Researchers see their names; the hub's admins
+    also each one's node and whether it is online, and register a site by
+    the node key its admin sent (``POST``: ``{"site", "public_key"}``)."""
+
+    open_methods = frozenset({"GET"})
+
+    async def get(self):
+        coord = self.ctx.coord
+        out = {"sites": sorted(coord.sites().values())}
+        if self.caller.admin:
+            out["nodes"] = await asyncio.get_running_loop().run_in_executor(None, coord.status)
+        self.send(out)
+
+    async def post(self):
+        body = self.body()
+        site, key = body.get("site"), body.get("public_key")
+        if set(body) != {"site", "public_key"} or not isinstance(site, str) \
+                or not isinstance(key, str):
+            raise web.HTTPError(400, reason='register a site with {"site": NAME, '
+                                            '"public_key": its node.pub, as text}')
+        if site in self.ctx.coord.sites().values():
+            raise web.HTTPError(409, reason=f"site {site} is registered already: unregister "
+                                            "it first (DELETE sites/NAME)")
+        try:
+            node = await asyncio.get_running_loop().run_in_executor(
+                None, self.ctx.coord.register_key, site, key)
+        except ConfigError as e:
+            raise web.HTTPError(400, reason=str(e)) from None
+        log.info("site %s registered (node %s) by %s", site, node, self.caller.name)
+        self.send({"site": site, "node": node}, 201)
+
+
+class SiteHandler(Base):
+    admins_only = True
+
+    async def delete(self, site: str):
+        if site not in self.ctx.coord.sites().values():
+            raise web.HTTPError(404, reason=f"no site {site} is registered")
+        await asyncio.get_running_loop().run_in_executor(None, self.ctx.coord.unregister, site)
+        log.info("site %s unregistered by %s", site, self.caller.name)
+        self.send({"site": site, "unregistered": True})
 
 
 class NotFound(Base):
@@ -201,38 +253,35 @@ def make_app(ctx: Context, prefix: str = "/services/federation/") -> web.Applica
     api = prefix.rstrip("/") + "/api"
     k = {"ctx": ctx}
     name = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
-    return web.Application([
+    app = web.Application([
         (rf"{api}/studies", StudiesHandler, k),
         (rf"{api}/studies/(?P<study>{name})", StudyHandler, k),
         (rf"{api}/studies/(?P<study>{name})/reruns/(?P<rerun>[0-9]{{1,6}})", StudyHandler, k),
         (rf"{api}/studies/(?P<study>{name})/rerun", RerunHandler, k),
         (rf"{api}/sites", SitesHandler, k),
+        (rf"{api}/sites/(?P<site>{name})", SiteHandler, k),
         (rf"{prefix.rstrip('/')}/(.*)", NotFound, k),
     ])
+    app.aclose = ctx.users.aclose  # when the server stops
+    return app
 
 
-class ResearchersAPI:
-    """The API served on loopback in a thread of its own (with its own
-    event loop), for as long as the coordinator runs."""
+class ResearchersAPI(ThreadedServer):
+    """The API served on loopback in a thread of its own, for as long as the
+    coordinator runs."""
 
     def __init__(self, coord, *, port: int, hub_api: str, token: str, public_url: str = "",
                  workflow_dirs: list[Path] | None = None):
-        from jupyterhub.services.auth import HubAuth
-
         from ..jobs.workflows import project_workflows
 
-        self.port, self.public_url = port, public_url
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._error: BaseException | None = None
+        self.public_url = public_url
         dirs = [project_workflows(), *(workflow_dirs or [])]
-        self._make = lambda: Context(coord, Users(HubAuth(api_url=hub_api, api_token=token,
-                                                          cache_max_age=10)), dirs)
-        self._thread = threading.Thread(target=self._run, name="federation-api", daemon=True)
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None:
-            raise self._error
+
+        def app():
+            ctx = Context(coord, hub_users(hub_api, token), dirs)
+            return make_app(ctx)
+
+        super().__init__(app, port, "federation-api")
 
     @classmethod
     def for_home(cls, home, coord) -> ResearchersAPI | None:
@@ -248,26 +297,11 @@ class ResearchersAPI:
         dirs = [Path(d) for d in JobService(config=home.config()).workflow_dirs]
         return cls(coord, port=cfg["api_port"], hub_api=run["hub_api"],
                    token=home.secret(API_TOKEN), workflow_dirs=dirs,
-                   public_url=run["url"].rstrip("/") + "/services/federation/api/")
+                   public_url=run["url"].rstrip("/") + f"/services/{SERVICE}/api/")
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            server = make_app(self._make()).listen(self.port, address="127.0.0.1")
-        except BaseException as e:  # the port is taken ...: said to the caller
-            self._error = e
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            server.stop()
-            loop.close()
 
-    def stop(self) -> None:
-        if self._loop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+def hub_users(hub_api: str, token: str) -> Users:
+    """The hub's users as a federation API sees them, with its own token."""
+    from jupyterhub.services.auth import HubAuth
+
+    return Users(HubAuth(api_url=hub_api, api_token=token, cache_max_age=10))

@@ -159,10 +159,13 @@ def cmd_coordinator(args, home) -> int:
         node = coord.register(args.site, Path(args.public_key))
         print(f"site {args.site} registered (node {node})")
         return 0
+    if c == "unregister":
+        node = coord.unregister(args.site)
+        print(f"site {args.site} unregistered (node {node}): it can no longer connect")
+        return 0
     if c == "sites":
-        online = {n["node-id"]: n["status"] for n in coord.nodes()}
-        for node, name in sorted(coord.sites().items(), key=lambda kv: kv[1]):
-            print(f"{name:<20} node {node:<22} {online.get(node, 'unknown')}")
+        for s in coord.status():
+            print(f"{s['site']:<20} node {s['node']:<22} {s['status']}")
         return 0
     return 2
 
@@ -228,146 +231,136 @@ def show_record(rec: dict, out=sys.stdout) -> None:
 
 
 # -- the site ------------------------------------------------------------------------
-def _site_paths(home) -> tuple[dict, Path]:
-    cfg = _read(_dir(home) / "site.json", "a federation site",
-                "run 'imaginghub federation site init --name NAME --coordinator HOST:PORT "
-                "--ca CA.crt'")
-    return cfg, _dir(home) / "site"
+def init_site(home, name: str, *, coordinator: str, ca: Path, runtime_port: int | None = None,
+              pin: str | None = None) -> Path:
+    """This installation as a site of ``coordinator`` (``HOST:PORT`` of its
+    Fleet API, trusted by the federation's ``ca``): the node key (made
+    once; its public half is returned), the ports, and the token of the
+    site admins' API (the hub service ``federation-site``, registered at
+    the workspace's next start). Run again, it points the site at another
+    coordinator and keeps its key and the API's port."""
+    from ...state import free_port
+    from .agent import SiteAgent
+    from .bridge import bridge_hash
+    from .siteapi import TOKEN
 
-
-def _policy_file(folder: Path) -> Path:
-    return folder / "federation-policy.json"
+    folder = _dir(home) / "site"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ca, folder / "federation-ca.crt")
+    try:
+        old = json.loads((_dir(home) / "site.json").read_text())
+    except FileNotFoundError:
+        old = {}
+    cfg = {"name": name, "superlink": coordinator,
+           "runtime_port": runtime_port or old.get("runtime_port") or free_port(),
+           "api_port": old.get("api_port") or free_port(), "pinned": pin or bridge_hash()}
+    agent = SiteAgent(folder, name, superlink=coordinator, ca=folder / "federation-ca.crt",
+                      runtime_port=cfg["runtime_port"], pinned=cfg["pinned"],
+                      handle=lambda req: None)
+    pub = agent.init()
+    home.secret(TOKEN)
+    _write(_dir(home) / "site.json", cfg)
+    return pub
 
 
 def cmd_site(args, home) -> int:
-    from .policy import Study, load
+    from .policy import Study
+    from .siteapi import SiteAdmin
 
     c = args.site_command
     if c == "init":
-        from .agent import SiteAgent
-        from .bridge import bridge_hash
-
-        folder = _dir(home) / "site"
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.ca, folder / "federation-ca.crt")
-        from ...state import free_port
-
-        cfg = {"name": args.name, "superlink": args.coordinator,
-               "runtime_port": args.runtime_port or free_port(),
-               "pinned": args.pin or bridge_hash()}
-        agent = SiteAgent(folder, args.name, superlink=args.coordinator,
-                          ca=folder / "federation-ca.crt", runtime_port=cfg["runtime_port"],
-                          pinned=cfg["pinned"], handle=lambda req: None)
-        pub = agent.init()
-        _write(_dir(home) / "site.json", cfg)
+        pub = init_site(home, args.name, coordinator=args.coordinator, ca=Path(args.ca),
+                        runtime_port=args.runtime_port, pin=args.pin)
+        cfg = json.loads((_dir(home) / "site.json").read_text())
         print(f"site {args.name}: send this public key to the coordinator's admin "
               f"({pub}):\n{pub.read_text().strip()}\nThe site runs only the bridge app "
-              f"{cfg['pinned']}.")
+              f"{cfg['pinned']}. Restart the workspace for the site admins' API "
+              "(/services/federation-site/api/).")
         return 0
-    cfg, folder = _site_paths(home)
-    policy_path = _policy_file(folder)
+    admin = SiteAdmin(home)
     if c == "start":
-        return _site_start(home, cfg, folder)
+        return _site_start(home, admin)
     if c == "policy":
-        print(json.dumps(json.loads(policy_path.read_text()) if policy_path.exists()
-                         else {"studies": []}, indent=1))
+        print(json.dumps(json.loads(admin.policy_path.read_text())
+                         if admin.policy_path.exists() else {"studies": []}, indent=1))
         return 0
+    if c == "approve":
+        params = {}
+        for rule in args.param or []:
+            name, _, spec = rule.partition("=")
+            if ":" in spec:
+                low, _, high = spec.partition(":")
+                params[name] = {k: float(v) for k, v in (("min", low), ("max", high)) if v}
+            else:
+                params[name] = {"values": [json.loads(v) if v[:1].isdigit() else v
+                                           for v in spec.split(",")]}
+        admin.approve(Study(args.coordinator, args.study, notebooks=args.notebook,
+                            cohorts=_pairs(args.cohort, "cohort"), parameters=params,
+                            min_cell=args.min_cell, auto=args.auto))
+    elif c == "approve-round":
+        admin.approve_round(args.coordinator, args.study, args.round)
+    elif c == "revoke":
+        if not admin.revoke(args.coordinator, args.study):
+            raise ImagingHubError(f"study {args.coordinator}/{args.study} is not approved "
+                                  "here")
     if c in ("approve", "approve-round", "revoke"):
-        policy = load(policy_path)
-        if c == "approve":
-            params = {}
-            for rule in args.param or []:
-                name, _, spec = rule.partition("=")
-                if ":" in spec:
-                    low, _, high = spec.partition(":")
-                    params[name] = {k: float(v) for k, v in (("min", low), ("max", high)) if v}
-                else:
-                    params[name] = {"values": [json.loads(v) if v[:1].isdigit() else v
-                                               for v in spec.split(",")]}
-            policy.approve(Study(args.coordinator, args.study, notebooks=args.notebook,
-                                 cohorts=_pairs(args.cohort, "cohort"), parameters=params,
-                                 min_cell=args.min_cell, auto=args.auto))
-        elif c == "approve-round":
-            policy.approve_round(args.coordinator, args.study, args.round)
-        else:
-            policy.revoke(args.coordinator, args.study)
-        policy.save(policy_path)
-        print(f"{c}: {args.coordinator}/{args.study} saved in {policy_path}")
+        print(f"{c}: {args.coordinator}/{args.study} saved in {admin.policy_path}")
         return 0
     if c == "pending":
-        from .site import read_pending
-
-        for key, req in sorted(read_pending(folder / "pending.json").items()):
+        for key, req in sorted(admin.pending().items()):
             print(f"{key}: workflow {req['workflow']} notebook {req['notebook_sha256']} "
                   f"cohort alias {req['cohort_alias']} parameters "
                   f"{json.dumps(req['parameters'], sort_keys=True)}")
         return 0
     if c == "audit":
-        from .audit import Audit
-
-        for row in Audit(f"sqlite:///{folder / 'audit.sqlite'}").rows(study=args.study):
+        for row in admin.audit_db().rows(study=args.study):
             print(json.dumps(row, sort_keys=True, default=str))
         return 0
     if c == "preview":
-        return _site_preview(home, args, folder)
+        return _site_preview(admin, args)
     return 2
 
 
-def _site_round(home, folder: Path, policy):
-    from ...cli import _jobs
-    from ...hubapi import HubAPI
-    from .audit import Audit
-    from .site import SiteRound
-
-    return SiteRound(policy, Audit(f"sqlite:///{folder / 'audit.sqlite'}"), _jobs(home),
-                     HubAPI(home), pending=folder / "pending.json")
-
-
-def _site_start(home, cfg: dict, folder: Path) -> int:
+def _site_start(home, admin) -> int:
     from .agent import SiteAgent, site_round_handler
-    from .policy import load
+    from .siteapi import SiteAPI
 
-    site = _site_round(home, folder, lambda: load(_policy_file(folder)))
-    agent = SiteAgent(folder, cfg["name"], superlink=cfg["superlink"],
-                      ca=folder / "federation-ca.crt", runtime_port=cfg["runtime_port"],
-                      pinned=cfg["pinned"], handle=site_round_handler(site))
+    cfg = admin.cfg
+    agent = SiteAgent(admin.folder, cfg["name"], superlink=cfg["superlink"],
+                      ca=admin.folder / "federation-ca.crt", runtime_port=cfg["runtime_port"],
+                      pinned=cfg["pinned"], handle=site_round_handler(admin.site_round(
+                          admin.policy)))
     _stop_on_sigterm()
     agent.start()
-    print(f"site {cfg['name']}: connected out to {cfg['superlink']}; rounds run as the "
-          "site's policy says (Ctrl-C stops it)", flush=True)
+    api = None
     try:
+        api, why = SiteAPI.for_home(home, admin)
+        print(f"site {cfg['name']}: connected out to {cfg['superlink']}; rounds run as the "
+              "site's policy says; "
+              + (f"the site admins' API at {api.public_url}" if api else
+                 f"(the site admins' API is off: {why})") + " (Ctrl-C stops it)", flush=True)
         while agent.node.alive():
             time.sleep(1)
         raise ImagingHubError(f"the SuperNode stopped:\n{agent.node.tail()}")
     finally:
+        if api is not None:
+            api.stop()
         agent.stop()
 
 
-def _site_preview(home, args, folder: Path) -> int:
+def _site_preview(admin, args) -> int:
     """Run a pending round here as approved for this look only, and show
     what would leave: nothing is sent, nothing is audited."""
-    from .policy import Policy, Study
-    from .site import pending_request
+    from .siteapi import released_view
 
-    found = pending_request(folder / "pending.json", args.request)
-    if found is None:
-        raise ImagingHubError(f"no pending request {args.request}: see 'imaginghub "
-                              "federation site pending'")
-    req, weights = found
-    look = Policy()
-    look.approve(Study(req.coordinator, req.study, notebooks=[req.notebook_sha256],
-                       cohorts={req.cohort_alias: args.cohort},
-                       parameters={k: {"values": [v]} for k, v in req.parameters.items()},
-                       min_cell=args.min_cell, auto=True))
-    outcome = _site_round(home, folder, look).run(req, weights=weights, preview=look)
+    outcome = admin.preview(args.request, args.cohort, args.min_cell)
     print(f"preview of {args.request} on {args.cohort}: {outcome.status}"
           + (f" ({outcome.reason})" if outcome.reason else ""))
     for name, r in outcome.released.items():
         print(f"  {name:<16} {r.kind:<10} {r.size:>8} bytes  suppressed cells: "
               f"{len(r.suppressed)} {r.suppressed[:10]}")
-        print(f"    {r.data[:400].decode('utf-8', 'replace') if r.kind != 'state_dict' else ''}")
-    if weights is not None and outcome.released:
-        print("  (weights: only the names, dtypes and shapes of the study's model, re-encoded)")
+        content = json.dumps(released_view(r)["content"], sort_keys=True)
+        print(f"    {content[:400]}")
     return 0 if outcome.status == "released" else 1
 
 
@@ -401,6 +394,9 @@ def add_parser(sub) -> None:
     cr = cs.add_parser("register", help="register a site's node key by its name")
     cr.add_argument("site")
     cr.add_argument("public_key")
+    cu = cs.add_parser("unregister", help="withdraw a site's node key (it can no longer "
+                                          "connect)")
+    cu.add_argument("site")
     cs.add_parser("sites", help="the registered sites and whether they are online")
     rs = cs.add_parser("researchers", help="who may submit and watch studies through the "
                                            "hub (its group 'federation'; admins may too)")

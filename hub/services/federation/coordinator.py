@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,37 @@ class Coordinator:
         write_private(self.sites_file, json.dumps(sites, indent=1, sort_keys=True) + "\n",
                       mode=0o644)
         return node
+
+    def register_key(self, site: str, public_key: str) -> str:
+        """:meth:`register` with the key's text (as an admin sends it over
+        HTTP): one OpenSSH public key line."""
+        key = public_key.strip()
+        if "\n" in key or not key.startswith("ecdsa-sha2-") or len(key) > 1024:
+            raise ConfigError("a site's node key is the one line of its node.pub (an OpenSSH "
+                              "ecdsa-sha2-... public key), as 'site init' printed it")
+        with tempfile.TemporaryDirectory(prefix="imaginghub-node-") as folder:
+            path = Path(folder) / "node.pub"
+            path.write_text(key + "\n")
+            return self.register(site, path)
+
+    def unregister(self, site: str) -> str:
+        """Withdraw a site's node key: the node can no longer connect; the
+        studies' records keep its name. Its node id."""
+        nodes = {name: node for node, name in self.sites().items()}
+        if site not in nodes:
+            raise ConfigError(f"no site {site} is registered here")
+        self.flwr("supernode", "unregister", nodes[site], CONNECTION)
+        sites = {n: name for n, name in self.sites().items() if name != site}
+        write_private(self.sites_file, json.dumps(sites, indent=1, sort_keys=True) + "\n",
+                      mode=0o644)
+        return nodes[site]
+
+    def status(self) -> list[dict]:
+        """Each registered site: its name, node and status as the SuperLink
+        sees it (online, offline, ...)."""
+        seen = {str(n["node-id"]): n.get("status", "unknown") for n in self.nodes()}
+        return [{"site": name, "node": node, "status": seen.get(node, "unknown")}
+                for node, name in sorted(self.sites().items(), key=lambda kv: kv[1])]
 
     @property
     def sites_file(self) -> Path:
