@@ -363,8 +363,11 @@ def running_stacks(homes: list[Path], *extra):
         yield [RunningStack(home, proc, output) for home, (proc, output) in zip(homes, started)]
     finally:
         problems = []
+        for proc, _ in started:  # all stop at once, then each is waited for
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
         for home, (proc, output) in zip(homes, started):
-            code = stop_stack(proc) if proc.poll() is None else proc.returncode
+            code = stop_stack(proc, signalled=True)
             leftovers = processes_using(home)
             remove_site(home)
             if code != 0 or leftovers:
@@ -372,9 +375,11 @@ def running_stacks(homes: list[Path], *extra):
         assert not problems, problems
 
 
-def stop_stack(proc: subprocess.Popen, timeout: float = 60) -> int:
+def stop_stack(proc: subprocess.Popen, timeout: float = 60, signalled: bool = False) -> int:
+    """Ctrl-C (unless ``signalled`` already) and the exit code."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        if not signalled:
+            proc.send_signal(signal.SIGINT)
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -128,7 +128,7 @@ def test_a_site_runs_an_approved_round_as_the_studys_own_user(stack, tmp_path):
     from imaginghub.hub.hubapi import HubAPI
     from imaginghub.hub.services.federation.audit import Audit
     from imaginghub.hub.services.federation.policy import Policy, Study
-    from imaginghub.hub.services.federation.site import RoundRequest, SiteRound
+    from imaginghub.hub.services.federation.site import RoundRequest, SiteRound, study_user
     from imaginghub.kernels.catalog import Catalog
     from imaginghub.kernels.jobs import Jobs
 
@@ -157,8 +157,10 @@ def test_a_site_runs_an_approved_round_as_the_studys_own_user(stack, tmp_path):
     done = site.run(req)
     assert done.status == "released", done.reason
     job = jobs.get(done.job_id)
-    assert job.user == "fed-stats1" and job.cohort["ref"] == cohort.ref
-    groups = HubAPI(stack.home).request("GET", "/users/fed-stats1").json()["groups"]
+    user = study_user("consortium", "stats1")
+    assert user.startswith("fed-stats1-") and user != study_user("other", "stats1")
+    assert job.user == user and job.cohort["ref"] == cohort.ref
+    groups = HubAPI(stack.home).request("GET", f"/users/{user}").json()["groups"]
     assert groups == ["project-oncology"]
     assert json.loads(done.released["num_series"].data) == len(KEYS)
     # three CT series: under the workflow's minimum cell of 5, which the site's

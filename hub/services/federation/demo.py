@@ -282,14 +282,20 @@ def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None
                           f"see {log}")
 
 
-def _stop_workspace(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+def _stop_workspaces(procs: list[subprocess.Popen], homes: list) -> None:
+    """Ctrl-C to every workspace at once, each waited for; then their Unix
+    accounts removed."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
         try:
             proc.wait(90)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    for home in homes:
+        _remove_accounts(home)
 
 
 def _remove_accounts(home) -> None:
@@ -310,6 +316,8 @@ def workspaces(root: Path, names, out=sys.stdout):
 
     homes, procs, logs = {}, {}, {}
     with contextlib.ExitStack() as es:
+        started, made = [], []
+        es.callback(_stop_workspaces, started, made)
         for name in names:
             base = root / name[-1]  # short: kernels' socket paths live below it
             (base / "homes").mkdir(parents=True, mode=0o755)
@@ -319,9 +327,9 @@ def workspaces(root: Path, names, out=sys.stdout):
                 "homes_dir": str(base / "homes"),
                 "account_prefix": f"fd{secrets.token_hex(2)}-"}})
             homes[name], logs[name] = home, base / "up.log"
-            es.callback(_remove_accounts, home)
+            made.append(home)
             procs[name] = _start_workspace(home.path, logs[name], site_series(name))
-            es.callback(_stop_workspace, procs[name])
+            started.append(procs[name])
         with ThreadPoolExecutor(len(procs)) as pool:
             for name, f in {n: pool.submit(_wait_ready, procs[n], logs[n])
                             for n in procs}.items():

@@ -2,7 +2,8 @@
 as an ordinary job of the study's own hub user, released through the egress
 gate, recorded in the site's audit.
 
-- The round runs as ``fed-<study>``, a hub user that is a member of one
+- The round runs as ``fed-<study>-<hash>`` (:func:`study_user`), a hub user
+  of the coordinator's study that is a member of one
   project only: the one holding the cohort version the site's admin mapped
   to the study's cohort alias. So the job's token reads that project and
   nothing else, whatever the notebook tries.
@@ -38,10 +39,16 @@ RELEASED = "released"
 FINISHED = ("succeeded", "failed", "cancelled", "timed_out", "interrupted")
 
 
-def study_user(study: str) -> str:
-    """The hub user a study's rounds run as: ``fed-<study>``."""
+def study_user(coordinator: str, study: str) -> str:
+    """The hub user a coordinator's study runs as at this site:
+    ``fed-<study>-<6 hex digits>``, at most 24 characters (a Unix account
+    with the site's account prefix). The digits are a hash of the
+    coordinator's name and the whole study id, so two coordinators' studies
+    of one id (or ids that differ in case, or only past the 13 characters
+    kept) never share a user, and with it a project."""
+    digest = hashlib.sha256(f"{coordinator}/{study}".encode()).hexdigest()[:6]
     try:
-        return validate_name(f"fed-{study}".lower())
+        return validate_name(f"fed-{study.lower()[:13]}-{digest}")
     except ConfigError:
         raise ConfigError(f"study {study!r} cannot name a hub user (fed-{study}): use "
                           "letters, digits, '.', '_' and '-'") from None
@@ -175,7 +182,7 @@ class SiteRound:
             except ValueError as e:
                 return Outcome(REFUSED, str(e))
         project, _, ref = decision.cohort.partition("/")
-        user = self._study_user(req.study, project)
+        user = self._study_user(req.coordinator, req.study, project)
         job = self.jobs.submit_as(user, req.workflow,
                                   {**req.parameters, "cohort": ref, "project": project},
                                   inputs=inputs)
@@ -221,10 +228,10 @@ class SiteRound:
 
     _users = threading.Lock()  # two rounds at once set up one user once
 
-    def _study_user(self, study: str, project: str) -> str:
+    def _study_user(self, coordinator: str, study: str, project: str) -> str:
         """The study's hub user, a member of ``project`` only."""
         with self._users:
-            return self._set_up_user(study_user(study), project)
+            return self._set_up_user(study_user(coordinator, study), project)
 
     def _set_up_user(self, user: str, project: str) -> str:
         self.hub.ensure_user(user, admin=False)
