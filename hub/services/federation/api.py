@@ -1,4 +1,4 @@
-"""The coordinator's REST API for researchers, behind the hub.
+"""The coordinator's REST API for researchers and its admin, behind the hub.
 
 Flower's Control API (where runs are submitted) has no login, so
 researchers never reach it: they submit and watch studies here, at
@@ -20,7 +20,14 @@ group's name.
   answers 409 (rerun it, or choose another);
 - ``POST studies/ID/rerun``: the study again from its record; 202 with the
   rerun's number; ``GET studies/ID/reruns/N``: its record;
-- ``GET sites``: the registered sites' names.
+- ``GET sites``: the registered sites' names (to the hub's admins also
+  each one's node and status at the SuperLink).
+
+The coordinator's admin (a hub admin) also registers sites here:
+
+- ``POST sites``: ``{"site", "public_key"}`` (the text of the site's
+  ``node.pub``): 201 with its node; 409 for a name registered already;
+- ``DELETE sites/NAME``: its key withdrawn, it can no longer connect.
 """
 
 from __future__ import annotations
