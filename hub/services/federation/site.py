@@ -192,7 +192,7 @@ class SiteRound:
                 job.cancel()
                 return Outcome(FAILED, "the round's job ran over the site's time limit",
                                job.id)
-            time.sleep(1)
+            time.sleep(0.5)
             job = job.refresh()
         if job.status != "succeeded":
             return Outcome(FAILED, f"the round's job {job.status} at this site", job.id)
