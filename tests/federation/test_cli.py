@@ -109,6 +109,7 @@ def test_two_admins_run_a_study_from_the_command_line(stack, tmp_path):
         assert "study stats-cli (federated-stats): finished" in shown
         assert "hospital-a       released; left the site: 4 outputs" in shown
         assert '"num_series": 4' in shown
+        assert admin.get(site + "pending").json() == {"pending": []}  # it waits no longer
         audit = stack.cli("federation", "site", "audit", "--study", "stats-cli").stdout
         for line in audit.splitlines():
             assert re.search(r'"sha256": "([0-9a-f]{16})', line).group(1) in shown

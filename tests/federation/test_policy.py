@@ -100,3 +100,25 @@ def test_the_policy_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not a federation policy"):
         load(path)
+
+
+def test_pending_requests_are_kept_until_the_policy_decides_them(tmp_path):
+    """A request that waits is kept with its starting weights (for a
+    preview); once decided (run or refused), it and its weights go."""
+    from imaginghub.hub.services.federation.site import (RoundRequest, drop_pending,
+                                                         keep_pending, pending_request,
+                                                         read_pending)
+
+    path = tmp_path / "pending.json"
+    one = RoundRequest("consortium", "lung-2027", "federated-train", NB, {}, "lung-ct", 1)
+    two = RoundRequest("consortium", "lung-2027", "federated-train", NB, {}, "lung-ct", 2)
+    keep_pending(path, one, b"weights of round 1")
+    keep_pending(path, two)
+    assert set(read_pending(path)) == {"consortium/lung-2027/1", "consortium/lung-2027/2"}
+    req, weights = pending_request(path, "consortium/lung-2027/1")
+    assert req == one and weights == b"weights of round 1"
+    drop_pending(path, one)
+    drop_pending(path, one)  # once more: nothing to do
+    assert set(read_pending(path)) == {"consortium/lung-2027/2"}
+    assert list((tmp_path / "pending-weights").iterdir()) == []
+    assert pending_request(path, "consortium/lung-2027/1") is None

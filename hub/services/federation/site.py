@@ -68,17 +68,35 @@ class RoundRequest:
     round_number: int
 
 
+_pending = threading.Lock()  # the agent's rounds are threads; only it writes the file
+
+
 def keep_pending(path: Path, req: RoundRequest, weights: bytes | None = None) -> None:
     """Keep a request that waits for the site's admin (the latest per
     coordinator, study and round), atomically; a training round's starting
     weights beside it (``pending-weights/SHA256``), for a preview."""
-    items = read_pending(path)
     item = asdict(req)
     if weights is not None:
         item["weights_sha256"] = hashlib.sha256(weights).hexdigest()
         write_private(path.parent / "pending-weights" / item["weights_sha256"], weights)
-    items[f"{req.coordinator}/{req.study}/{req.round_number}"] = item
-    write_private(path, json.dumps(items, indent=1, sort_keys=True) + "\n")
+    with _pending:
+        items = read_pending(path)
+        items[f"{req.coordinator}/{req.study}/{req.round_number}"] = item
+        write_private(path, json.dumps(items, indent=1, sort_keys=True) + "\n")
+
+
+def drop_pending(path: Path, req: RoundRequest) -> None:
+    """A kept request that no longer waits (the policy has decided it),
+    and its weights."""
+    with _pending:
+        items = read_pending(path)
+        item = items.pop(f"{req.coordinator}/{req.study}/{req.round_number}", None)
+        if item is None:
+            return
+        write_private(path, json.dumps(items, indent=1, sort_keys=True) + "\n")
+    sha = item.get("weights_sha256")
+    if sha and not any(i.get("weights_sha256") == sha for i in items.values()):
+        (path.parent / "pending-weights" / sha).unlink(missing_ok=True)
 
 
 def pending_request(path: Path, key: str) -> tuple[RoundRequest, bytes | None] | None:
@@ -164,8 +182,11 @@ class SiteRound:
             req.coordinator, req.study, notebook_sha256=req.notebook_sha256,
             parameters=req.parameters, cohort_alias=req.cohort_alias,
             round_number=req.round_number)
-        if decision.status == PENDING and self.pending is not None:
-            keep_pending(self.pending, req, weights)
+        if self.pending is not None and preview is None:
+            if decision.status == PENDING:
+                keep_pending(self.pending, req, weights)
+            else:  # decided: it waits no longer
+                drop_pending(self.pending, req)
         if decision.status != APPROVED:
             return Outcome(decision.status, decision.reason)
         workflow = self.jobs.workflow(req.workflow)
