@@ -168,27 +168,34 @@ c.Spawner.poll_interval = 10
 c.Spawner.server_token_scopes = {server_scopes!r}
 c.Spawner.environment = {server_env!r}
 
-# -- A federation's coordinator (`imaginghub federation coordinator init`) ----
-# Researchers submit and watch studies at /services/federation/api/, which
-# `imaginghub federation coordinator start` serves on loopback; members of
-# the hub group "federation" (and admins) may use it, from their browser,
-# their server (IMAGINGHUB_FEDERATION_URL, the server's token) or anywhere.
-_coordinator = HOME / "federation" / "coordinator.json"
-_fed = json.loads(_coordinator.read_text()) if _coordinator.exists() else {{}}
-if _fed.get("api_port"):
+# -- A federation's APIs: external services that `imaginghub federation
+# coordinator start` / `site start` serve on loopback, each with a role that
+# looks up users and their groups.
+def _federation_api(name, port, token, description):
     c.JupyterHub.services.append({{
-        "name": "federation",
-        "url": "http://127.0.0.1:%d" % _fed["api_port"],
-        "api_token": secret("federation_service_token"),
-        "oauth_no_confirm": True,
-    }})
+        "name": name, "url": "http://127.0.0.1:%d" % port, "api_token": secret(token),
+        "oauth_no_confirm": True}})
+    c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {{
+        "name": name + "-service", "description": description,
+        "scopes": ["read:users", "read:users:groups"], "services": [name]}}]
+
+
+def _federation_json(name):
+    path = HOME / "federation" / name
+    return json.loads(path.read_text()) if path.exists() else {{}}
+
+
+# A coordinator (`imaginghub federation coordinator init`): researchers submit
+# and watch studies at /services/federation/api/; members of the hub group
+# "federation" (and admins) may use it, from their browser, their server
+# (IMAGINGHUB_FEDERATION_URL, the server's token) or anywhere.
+_fed = _federation_json("coordinator.json")
+if _fed.get("api_port"):
+    _federation_api("federation", _fed["api_port"], "federation_service_token",
+                    "the coordinator's API for researchers: who is in the group")
     for _role in c.JupyterHub.load_roles:
         if _role["name"] == "user":
             _role["scopes"] = [*_role["scopes"], "access:services!service=federation"]
-    c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {{
-        "name": "federation-service",
-        "description": "the coordinator's API for researchers: who is in the group",
-        "scopes": ["read:users", "read:users:groups"], "services": ["federation"]}}]
     c.JupyterHub.load_groups = {{**c.JupyterHub.load_groups, "federation": {{
         "users": sorted(_fed.get("researchers", []))}}}}
     c.Spawner.server_token_scopes = [*c.Spawner.server_token_scopes,
@@ -198,24 +205,14 @@ if _fed.get("api_port"):
         "IMAGINGHUB_FEDERATION_URL":
             "http://127.0.0.1:%d/services/federation/api/" % _fed["api_port"]}}
 
-# -- A federation's site (`imaginghub federation site init`) -------------------
-# The site's admins change its policy, look at pending rounds and the audit at
-# /services/federation-site/api/, which `imaginghub federation site start`
-# serves on loopback: hub admins only (the admin role's access to services;
-# users' roles and servers' tokens get none).
-_site = HOME / "federation" / "site.json"
-_site_cfg = json.loads(_site.read_text()) if _site.exists() else {{}}
+# A site (`imaginghub federation site init`): its admins change its policy,
+# look at pending rounds and the audit at /services/federation-site/api/:
+# hub admins only (the admin role's access to services; users' roles and
+# servers' tokens get none).
+_site_cfg = _federation_json("site.json")
 if _site_cfg.get("api_port"):
-    c.JupyterHub.services.append({{
-        "name": "federation-site",
-        "url": "http://127.0.0.1:%d" % _site_cfg["api_port"],
-        "api_token": secret("federation_site_token"),
-        "oauth_no_confirm": True,
-    }})
-    c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {{
-        "name": "federation-site-service",
-        "description": "the site admins' API: who is an admin",
-        "scopes": ["read:users", "read:users:groups"], "services": ["federation-site"]}}]
+    _federation_api("federation-site", _site_cfg["api_port"], "federation_site_token",
+                    "the site admins' API: who is an admin")
 
 # -- The site's own settings of JupyterHub's classes ---------------------------
 # (c.Spawner.environment.update({{...}}) adds to what is above)

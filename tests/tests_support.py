@@ -97,6 +97,23 @@ def kernels_as(stack, user: str):
         yield token
 
 
+def hub_config(stack):
+    """The stack's hub configuration, as the hub loads it."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    return PyFileConfigLoader("jupyterhub_config.py", path=str(stack.home.hub_dir)).load_config()
+
+
+def server_token(stack, user: str) -> str:
+    """A token of ``user`` with just the scopes of a server's token (what
+    code in the user's notebooks has)."""
+    from imaginghub.hub.hubapi import HubAPI
+
+    scopes = list(hub_config(stack).Spawner.server_token_scopes)
+    return HubAPI(stack.home).request("POST", f"/users/{user}/tokens", json={
+        "scopes": scopes, "note": "as the user's server"}).json()["token"]
+
+
 def structure_set(study, series, frame, rois: dict[int, tuple[str, list]]) -> Dataset:
     """pydicom's rtstruct.dcm (read with force=True) made into the structure
     set of a series (its study, series and frame of reference UIDs), with

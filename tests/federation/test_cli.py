@@ -16,7 +16,7 @@ import subprocess
 import httpx
 import pytest
 from conftest import IMAGINGHUB, as_account
-from tests_support import WORKFLOWS, wait_for
+from tests_support import WORKFLOWS, server_token, wait_for
 
 from imaginghub.hub import demo
 from imaginghub.hub.services.jobs.workflows import load
@@ -72,7 +72,7 @@ def test_two_admins_run_a_study_from_the_command_line(stack, tmp_path):
         (waiting,) = admin.get(site + "pending").json()["pending"]
         assert waiting["key"] == "consortium/stats-cli/1"
         assert waiting["workflow"] == "federated-stats" and waiting["cohort_alias"] == "onc"
-        for token in (stack.token("alice"), _server_token(stack, "admin")):
+        for token in (stack.token("alice"), server_token(stack, "admin")):
             r = httpx.get(site + "pending", headers={"Authorization": f"token {token}"})
             assert r.status_code == 403, r.text
 
@@ -145,20 +145,6 @@ def _site_api(stack) -> tuple[str, httpx.Client]:
     wait_for(lambda: admin.get(url + "site").status_code == 200, 60, "the site admins' API")
     assert admin.get(url + "site").json()["site"] == "hospital-a"
     return url, admin
-
-
-def _server_token(stack, user: str) -> str:
-    """A token with just the scopes of ``user``'s server (what code in a
-    notebook has)."""
-    from traitlets.config.loader import PyFileConfigLoader
-
-    from imaginghub.hub.hubapi import HubAPI
-
-    cfg = PyFileConfigLoader("jupyterhub_config.py",
-                             path=str(stack.home.hub_dir)).load_config()
-    return HubAPI(stack.home).request("POST", f"/users/{user}/tokens", json={
-        "scopes": list(cfg.Spawner.server_token_scopes),
-        "note": "as a server"}).json()["token"]
 
 
 def _tables() -> str:

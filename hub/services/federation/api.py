@@ -62,10 +62,10 @@ class Context:
 
 class Base(ServiceHandler):
     """A federation API's handler: the caller is a person the hub logged in
-    (a service's token is refused), a member of :data:`RESEARCHERS` or an
-    admin; with ``admins_only``, an admin of the hub."""
+    (a service's token is refused): for the ``open_methods``, a member of
+    :data:`RESEARCHERS` or an admin; for the others, an admin of the hub."""
 
-    admins_only = False
+    open_methods = frozenset({"GET", "POST", "PUT", "DELETE"})
 
     def initialize(self, ctx):
         self.ctx = ctx
@@ -75,7 +75,7 @@ class Base(ServiceHandler):
         if self.caller.kind == "service":
             raise web.HTTPError(403, reason="this API is for people the hub logged in, not "
                                             "for services")
-        if self.admins_only or self.request.method not in self.open_methods:
+        if self.request.method not in self.open_methods:
             if not self.caller.admin:
                 raise web.HTTPError(403, reason="this is for the hub's admins")
             return
@@ -83,8 +83,6 @@ class Base(ServiceHandler):
         if not self.caller.admin and RESEARCHERS not in groups:
             raise web.HTTPError(403, reason=f"studies are for the hub group {RESEARCHERS!r}: "
                                             "ask the coordinator's admin to add you")
-
-    open_methods = frozenset({"GET", "POST", "PUT", "DELETE"})  # to researchers
 
     def folder(self, study: str) -> Path:
         folder = self.ctx.coord.study_dir(study)
@@ -241,7 +239,7 @@ class SitesHandler(Base):
 
 
 class SiteHandler(Base):
-    admins_only = True
+    open_methods = frozenset()  # admins only
 
     async def delete(self, site: str):
         if site not in self.ctx.coord.sites().values():

@@ -313,7 +313,7 @@ def cmd_site(args, home) -> int:
                   f"{json.dumps(req['parameters'], sort_keys=True)}")
         return 0
     if c == "audit":
-        for row in admin.audit_db().rows(study=args.study):
+        for row in admin.audit.rows(study=args.study):
             print(json.dumps(row, sort_keys=True, default=str))
         return 0
     if c == "preview":

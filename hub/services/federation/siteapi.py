@@ -39,6 +39,7 @@ import json
 import logging
 from contextlib import contextmanager
 from dataclasses import asdict
+from functools import cached_property
 
 from tornado import web
 
@@ -66,6 +67,7 @@ class SiteAdmin:
                          "HOST:PORT --ca CA.crt'")
         self.folder = _dir(home) / "site"
         self.policy_path = self.folder / "federation-policy.json"
+        self.pending_path = self.folder / "pending.json"
 
     # -- the policy ------------------------------------------------------------------
     def policy(self) -> Policy:
@@ -105,15 +107,15 @@ class SiteAdmin:
     def pending(self) -> dict[str, dict]:
         from .site import read_pending
 
-        return read_pending(self.folder / "pending.json")
+        return read_pending(self.pending_path)
 
     def site_round(self, policy):
         from ...cli import _jobs
         from ...hubapi import HubAPI
         from .site import SiteRound
 
-        return SiteRound(policy, self.audit_db(), _jobs(self.home), HubAPI(self.home),
-                         pending=self.folder / "pending.json")
+        return SiteRound(policy, self.audit, _jobs(self.home), HubAPI(self.home),
+                         pending=self.pending_path)
 
     def preview(self, key: str, cohort: str, min_cell: int = 5):
         """Run a pending round here, as approved for this look only, on
@@ -121,7 +123,7 @@ class SiteAdmin:
         leave. Nothing is sent, nothing is audited."""
         from .site import pending_request
 
-        found = pending_request(self.folder / "pending.json", key)
+        found = pending_request(self.pending_path, key)
         if found is None:
             raise ImagingHubError(f"no pending request {key}: see 'imaginghub federation "
                                   "site pending'")
@@ -133,7 +135,9 @@ class SiteAdmin:
                            min_cell=min_cell, auto=True))
         return self.site_round(look).run(req, weights=weights, preview=look)
 
-    def audit_db(self):
+    @cached_property
+    def audit(self):
+        """The site's audit (one database engine for the agent and the API)."""
         from .audit import Audit
 
         return Audit(f"sqlite:///{self.folder / 'audit.sqlite'}")
@@ -161,7 +165,7 @@ class Context:
 
 
 class AdminBase(Base):
-    admins_only = True
+    open_methods = frozenset()  # admins only
 
     def study(self, body: dict, coordinator: str, study: str) -> Study:
         unknown = set(body) - STUDY_FIELDS
@@ -253,7 +257,7 @@ class PreviewHandler(AdminBase):
 class AuditHandler(AdminBase):
     async def get(self):
         rows = await self.blocking(
-            lambda: self.ctx.admin.audit_db().rows(
+            lambda: self.ctx.admin.audit.rows(
                 coordinator=self.get_argument("coordinator", None),
                 study=self.get_argument("study", None)))
         self.send({"rows": rows})
