@@ -228,6 +228,32 @@ def test_projects_and_deletions_reach_the_catalog(env):
     assert demo.series("ct-head").series_uid in env.rows()
 
 
+def test_a_project_given_while_the_series_is_read_reaches_its_row(env):
+    """An admin assigns a series while the feed is reading it (a slow
+    archive, or a modality's store followed at once by the assignment): the
+    row the feed writes afterwards keeps the project (it once wrote the
+    projects it had looked up before the read, and the series stayed out
+    of its project's catalog until the next full crawl)."""
+    study, series = env.store_series(1)
+
+    async def read_while_assigned(_, client):
+        sync = CatalogSync(client, env.archive.dicomweb_url, env.catalog, env.store)
+
+        async def assign_now(response):
+            if response.url.path.endswith("/metadata"):  # mid-read, as the API would
+                env.store.assign([(study, series)], "neuro", by="test")
+                sync.update_projects([series])
+
+        client.event_hooks["response"].append(assign_now)
+        return await sync.changed(series)
+
+    try:
+        assert env.run(read_while_assigned)
+        assert env.rows()[series]["project_set"] == "neuro"
+    finally:
+        env.store.unassign("neuro", study_uids=[study])
+
+
 def counting(sync: CatalogSync) -> list[str]:
     """The series ``sync`` re-reads, in order."""
     reads, changed = [], sync.changed
@@ -251,7 +277,7 @@ def test_the_qido_feed_follows_any_dicomweb_archive(env):
         reads = counting(sync)
         feed = QidoFeed(archive=client, dicomweb_url=env.archive.dicomweb_url, store=env.store,
                         catalog_sync=sync)
-        assert await feed.step() == 0  # the first look only notes what is there
+        await feed.start()  # the first look only notes what is there
         study, series = env.store_series(2, study_date=today)
         _, old = env.store_series(1, study_date="20190304")
         assert await feed.step() == 1 and reads == [series]
@@ -268,6 +294,25 @@ def test_the_qido_feed_follows_any_dicomweb_archive(env):
         counts = await sync.full()
         assert counts["deleted"] >= 2 and not {old, series} & set(env.rows())
         assert await feed.step() == 0  # gone from the window: nothing to read
+
+        # running, the feed notes what is there before the crawl lists it: a
+        # series stored in between is either listed by the crawl or new to the feed
+        order = []
+        noted = feed.start
+
+        async def start():
+            await noted()
+            order.append("noted")
+
+        async def crawl(every):
+            order.append("crawl")
+            await asyncio.Event().wait()
+
+        feed.start, sync.periodic = start, crawl
+        running = asyncio.create_task(feed.run())
+        await asyncio.sleep(1)
+        running.cancel()
+        assert order == ["noted", "crawl"]
 
     env.run(scenario)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable, Iterable
 
 import httpx
@@ -165,16 +166,27 @@ class CatalogSync:
         self.dicomweb = dicomweb_url.rstrip("/")
         self.catalog = catalog
         self.store = store
+        # A row's projects are looked up as it is written, under this lock,
+        # which update_projects holds too: an assignment made while a series
+        # is being read (the store changed, then update_projects) is never
+        # overwritten by the projects looked up before it.
+        self._projects = threading.Lock()
+
+    def _write(self, rows: list[dict]) -> int:
+        """Upsert archive rows with their projects as the store has them now."""
+        with self._projects:
+            for row in rows:
+                row["projects"] = sorted(self.store.projects_of(row["series_uid"]))
+            return self.catalog.upsert(rows)
 
     async def changed(self, series_uid: str) -> bool:
         """Re-read one series; its row is removed when the archive no longer
         has it. True when the series is in the catalog now."""
-        row = await series_row(self.archive, self.dicomweb, series_uid,
-                               self.store.projects_of(series_uid))
+        row = await series_row(self.archive, self.dicomweb, series_uid, ())
         if row is None:
             await self.deleted([series_uid])
             return False
-        await asyncio.to_thread(self.catalog.upsert, [row])
+        await asyncio.to_thread(self._write, [row])
         return True
 
     async def deleted(self, series_uids: Iterable[str]) -> int:
@@ -190,9 +202,10 @@ class CatalogSync:
                         study_uids: Iterable[str] = ()) -> int:
         """Copy the current projects of these series (and of every series of
         these studies) from the store into their rows; returns the rows changed."""
-        uids = self._archive_rows(list(series_uids), list(study_uids))
-        for uid in uids:
-            self.catalog.set_projects(uid, sorted(self.store.projects_of(uid)))
+        with self._projects:
+            uids = self._archive_rows(list(series_uids), list(study_uids))
+            for uid in uids:
+                self.catalog.set_projects(uid, sorted(self.store.projects_of(uid)))
         return len(uids)
 
     async def full(self, progress: Callable[[int, int], None] | None = None) -> dict:
@@ -209,8 +222,7 @@ class CatalogSync:
             series = _value(record.get("0020000E"))
             async with limit:
                 try:
-                    return series, await _row(self.archive, self.dicomweb, record,
-                                              self.store.projects_of(series) if series else ())
+                    return series, await _row(self.archive, self.dicomweb, record, ())
                 except (httpx.HTTPError, ValueError, LookupError) as e:
                     log.warning("catalog: series %s not read (%s)", series, e)
                     counts["failed"] += 1
@@ -231,7 +243,7 @@ class CatalogSync:
                     rows.append(row)
                 if progress:
                     progress(done, total)
-            counts["updated"] += await asyncio.to_thread(self.catalog.upsert, rows)
+            counts["updated"] += await asyncio.to_thread(self._write, rows)
             offset = total
             if len(page) < PAGE:
                 break

@@ -71,8 +71,18 @@ class ArchiveFeed(LoggingConfigurable):
     async def step(self) -> int:
         raise NotImplementedError
 
+    async def start(self) -> None:
+        """Once, before the first crawl starts (a feed that only sees what
+        changes between two looks notes here what is there: the crawl reads
+        that, the looks what comes after)."""
+
     async def run(self) -> None:
-        """Look every ``interval`` seconds; crawl every ``full_sync_hours``."""
+        """:meth:`start`, then look every ``interval`` seconds; crawl every
+        ``full_sync_hours``, the first crawl right after :meth:`start`."""
+        try:
+            await self.start()
+        except Exception:
+            log.exception("%s feed: the first look failed; will retry", self.name)
         crawl = (asyncio.create_task(self.catalog_sync.periodic(self.full_sync_hours * 3600))
                  if self.catalog_sync is not None else None)
         try:
@@ -94,8 +104,8 @@ class QidoFeed(ArchiveFeed):
     studies of the last ``window_days`` days. A series seen for the first
     time is read at once; one whose instance count changed is read again
     once the count held for one look (it has settled), not per instance.
-    The first look after a start only notes what is there (the full crawl
-    at start reads it all). Series of older studies, and deletions, reach
+    The first look, before the full crawl at start, only notes what is
+    there (the crawl reads it all). Series of older studies, and deletions, reach
     the catalog by the full crawl. Series that arrive other than through
     the gateway stay in no project until an admin assigns them."""
 
@@ -135,11 +145,15 @@ class QidoFeed(ArchiveFeed):
                 break
         return found
 
+    async def start(self) -> None:
+        """Note what is there: the crawl, which starts after this, reads it."""
+        now = await self._recent()
+        self._read, self._seen, self._started = dict(now), dict(now), True
+
     async def step(self) -> int:
         now = await self._recent()
-        if not self._started:  # the full crawl at start reads what is there
-            self._started = True
-            self._read, self._seen = dict(now), dict(now)
+        if not self._started:  # start() failed: note what is there (the crawl reads it)
+            self._read, self._seen, self._started = dict(now), dict(now), True
             return 0
         todo = []
         for uid, count in now.items():
