@@ -172,9 +172,12 @@ c.Spawner.environment = {server_env!r}
 # coordinator start` / `site start` serve on loopback, each with a role that
 # looks up users and their groups.
 def _federation_api(name, port, token, description):
+    # served by `federation ... start`, not by the hub, and often started
+    # after it: the hub looks for it for a second, not its default 30 s (a
+    # minute more for every start of a hub that is coordinator and site)
     c.JupyterHub.services.append({{
         "name": name, "url": "http://127.0.0.1:%d" % port, "api_token": secret(token),
-        "oauth_no_confirm": True}})
+        "oauth_no_confirm": True, "timeout": 1}})
     c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {{
         "name": name + "-service", "description": description,
         "scopes": ["read:users", "read:users:groups"], "services": [name]}}]

@@ -116,6 +116,10 @@ def test_a_researchers_server_reaches_the_api_with_its_own_token(stack, api):
     the test before)."""
     cfg = hub_config(stack)
     assert "access:services!service=federation" in cfg.Spawner.server_token_scopes
+    # the APIs run apart from the hub (and may start after it): its start
+    # does not wait for them (JupyterHub waits 30 s for each, by default)
+    assert {s["name"]: s["timeout"] for s in cfg.JupyterHub.services
+            if s["name"].startswith("federation")} == {"federation": 1, "federation-site": 1}
     url = cfg.Spawner.environment["IMAGINGHUB_FEDERATION_URL"]
     token = server_token(stack, "alice")
     r = httpx.get(url + "studies", headers={"Authorization": f"token {token}"}, timeout=30)
