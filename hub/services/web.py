@@ -86,19 +86,30 @@ def _phrase(reason: str) -> str:
     return line.encode("latin-1", "replace").decode("latin-1")
 
 
+def api_routes(prefix: str, routes: list[tuple[str, type]], ctx, not_found: type) -> list:
+    """A service's routes: each ``(path, handler)`` at ``PREFIX/api/PATH``
+    (``path`` a regular expression), then ``not_found`` for the rest of
+    ``PREFIX``; every handler is given ``ctx``."""
+    api, kwargs = prefix.rstrip("/") + "/api", {"ctx": ctx}
+    return [*((f"{api}/{path}", handler, kwargs) for path, handler in routes),
+            (rf"{prefix.rstrip('/')}/(.*)", not_found, kwargs)]
+
+
 class ThreadedServer:
     """A web application served on loopback in a thread of its own (with
     its own event loop), next to a foreground command's other work: the
     federation's APIs, which ``coordinator start`` and ``site start`` serve
-    for as long as they run. ``make_app`` is called in that thread; an
-    error there (the port taken, ...) is raised here."""
+    for as long as they run. ``make_context()`` and ``make_app(context)``
+    are called in that thread (an error there, the port taken, ... is
+    raised here); the context's ``aclose()``, when it has one, is awaited
+    there once the server stops."""
 
-    def __init__(self, make_app, port: int, name: str):
+    def __init__(self, make_context, make_app, port: int, name: str):
         import asyncio
         import threading
 
         self.port = port
-        self._make_app = make_app
+        self._make = (make_context, make_app)
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._error: BaseException | None = None
@@ -114,9 +125,10 @@ class ThreadedServer:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
+        make_context, make_app = self._make
         try:
-            app = self._make_app()
-            server = app.listen(self.port, address="127.0.0.1")
+            ctx = make_context()
+            server = make_app(ctx).listen(self.port, address="127.0.0.1")
         except BaseException as e:  # said to the caller
             self._error = e
             self._ready.set()
@@ -126,7 +138,7 @@ class ThreadedServer:
             loop.run_forever()
         finally:
             server.stop()
-            close = getattr(app, "aclose", None)
+            close = getattr(ctx, "aclose", None)
             if close is not None:
                 loop.run_until_complete(close())
             loop.close()

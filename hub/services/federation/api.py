@@ -43,7 +43,7 @@ from tornado import web
 
 from ...errors import ConfigError
 from ..identity import Users, identify
-from ..web import ServiceHandler, ThreadedServer
+from ..web import ServiceHandler, ThreadedServer, api_routes
 
 log = logging.getLogger("imaginghub.federation")
 
@@ -58,6 +58,9 @@ class Context:
         self.coord, self.users, self.workflow_dirs = coord, users, workflow_dirs
         self.service = SERVICE
         self.lock = asyncio.Lock()  # one submission at a time: ids are claimed in order
+
+    async def aclose(self) -> None:
+        await self.users.aclose()
 
 
 class Base(ServiceHandler):
@@ -255,20 +258,15 @@ class NotFound(Base):
 
 
 def make_app(ctx: Context, prefix: str = "/services/federation/") -> web.Application:
-    api = prefix.rstrip("/") + "/api"
-    k = {"ctx": ctx}
     name = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
-    app = web.Application([
-        (rf"{api}/studies", StudiesHandler, k),
-        (rf"{api}/studies/(?P<study>{name})", StudyHandler, k),
-        (rf"{api}/studies/(?P<study>{name})/reruns/(?P<rerun>[0-9]{{1,6}})", StudyHandler, k),
-        (rf"{api}/studies/(?P<study>{name})/rerun", RerunHandler, k),
-        (rf"{api}/sites", SitesHandler, k),
-        (rf"{api}/sites/(?P<site>{name})", SiteHandler, k),
-        (rf"{prefix.rstrip('/')}/(.*)", NotFound, k),
-    ])
-    app.aclose = ctx.users.aclose  # when the server stops
-    return app
+    return web.Application(api_routes(prefix, [
+        ("studies", StudiesHandler),
+        (rf"studies/(?P<study>{name})", StudyHandler),
+        (rf"studies/(?P<study>{name})/reruns/(?P<rerun>[0-9]{{1,6}})", StudyHandler),
+        (rf"studies/(?P<study>{name})/rerun", RerunHandler),
+        ("sites", SitesHandler),
+        (rf"sites/(?P<site>{name})", SiteHandler),
+    ], ctx, NotFound))
 
 
 class ResearchersAPI(ThreadedServer):
@@ -282,11 +280,8 @@ class ResearchersAPI(ThreadedServer):
         self.public_url = public_url
         dirs = [project_workflows(), *(workflow_dirs or [])]
 
-        def app():
-            ctx = Context(coord, hub_users(hub_api, token), dirs)
-            return make_app(ctx)
-
-        super().__init__(app, port, "federation-api")
+        super().__init__(lambda: Context(coord, hub_users(hub_api, token), dirs), make_app,
+                         port, "federation-api")
 
     @classmethod
     def for_home(cls, home, coord) -> ResearchersAPI | None:

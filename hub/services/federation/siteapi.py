@@ -44,7 +44,7 @@ from functools import cached_property
 from tornado import web
 
 from ...errors import ConfigError, ImagingHubError
-from ..web import ThreadedServer
+from ..web import ThreadedServer, api_routes
 from .api import Base, hub_users
 from .policy import Policy, Study, load
 
@@ -163,6 +163,9 @@ class Context:
     def __init__(self, admin: SiteAdmin, users):
         self.admin, self.users, self.service = admin, users, SERVICE
 
+    async def aclose(self) -> None:
+        await self.users.aclose()
+
 
 class AdminBase(Base):
     open_methods = frozenset()  # admins only
@@ -269,22 +272,17 @@ class NotFound(AdminBase):
 
 
 def make_app(ctx: Context, prefix: str = f"/services/{SERVICE}/") -> web.Application:
-    api = prefix.rstrip("/") + "/api"
-    k = {"ctx": ctx}
     name = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
     study = rf"(?P<coordinator>{name})/(?P<study>{name})"
-    app = web.Application([
-        (rf"{api}/site", SiteInfo, k),
-        (rf"{api}/policy", PolicyHandler, k),
-        (rf"{api}/policy/studies/{study}", ApprovalHandler, k),
-        (rf"{api}/policy/studies/{study}/rounds/(?P<number>[0-9]{{1,6}})", RoundHandler, k),
-        (rf"{api}/pending", PendingHandler, k),
-        (rf"{api}/pending/(?P<key>{name}/{name}/[0-9]{{1,6}})/preview", PreviewHandler, k),
-        (rf"{api}/audit", AuditHandler, k),
-        (rf"{prefix.rstrip('/')}/(.*)", NotFound, k),
-    ])
-    app.aclose = ctx.users.aclose
-    return app
+    return web.Application(api_routes(prefix, [
+        ("site", SiteInfo),
+        ("policy", PolicyHandler),
+        (rf"policy/studies/{study}", ApprovalHandler),
+        (rf"policy/studies/{study}/rounds/(?P<number>[0-9]{{1,6}})", RoundHandler),
+        ("pending", PendingHandler),
+        (rf"pending/(?P<key>{name}/{name}/[0-9]{{1,6}})/preview", PreviewHandler),
+        ("audit", AuditHandler),
+    ], ctx, NotFound))
 
 
 class SiteAPI(ThreadedServer):
@@ -293,7 +291,7 @@ class SiteAPI(ThreadedServer):
     def __init__(self, admin: SiteAdmin, *, port: int, hub_api: str, token: str,
                  public_url: str = ""):
         self.public_url = public_url
-        super().__init__(lambda: make_app(Context(admin, hub_users(hub_api, token))), port,
+        super().__init__(lambda: Context(admin, hub_users(hub_api, token)), make_app, port,
                          "federation-site-api")
 
     @classmethod
