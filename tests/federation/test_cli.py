@@ -93,6 +93,9 @@ def test_two_admins_run_a_study_from_the_command_line(stack, tmp_path):
         assert "no pending request consortium/other/1" in stack.cli(
             "federation", "site", "preview", "consortium/other/1", "--cohort",
             f"oncology/{cohort.ref}", check=False).stderr
+        r = admin.post(site + "pending/consortium/other/1/preview",
+                       json={"cohort": f"oncology/{cohort.ref}"})
+        assert r.status_code == 404 and "no pending request" in r.json()["message"]
 
         # approved with the command, each round over the API
         sha = load(WORKFLOWS / "federated-stats.ipynb").sha256

@@ -55,6 +55,10 @@ TOKEN = "federation_site_token"  # the site admins' API's, as a hub service
 STUDY_FIELDS = {"notebooks", "cohorts", "parameters", "min_cell", "auto"}
 
 
+class NoSuchRequest(ImagingHubError):
+    """No pending request has that key (decided meanwhile, or never asked)."""
+
+
 class SiteAdmin:
     """A site's admin operations on its folder (``federation/site``)."""
 
@@ -125,8 +129,8 @@ class SiteAdmin:
 
         found = pending_request(self.pending_path, key)
         if found is None:
-            raise ImagingHubError(f"no pending request {key}: see 'imaginghub federation "
-                                  "site pending'")
+            raise NoSuchRequest(f"no pending request {key}: see 'imaginghub federation "
+                                "site pending'")
         req, weights = found
         look = Policy()
         look.approve(Study(req.coordinator, req.study, notebooks=[req.notebook_sha256],
@@ -245,10 +249,10 @@ class PreviewHandler(AdminBase):
                 or not isinstance(min_cell, int) or min_cell < 1:
             raise web.HTTPError(400, reason='preview on a cohort: {"cohort": '
                                             '"project/name@version", "min_cell": N (1 or more)}')
-        if key not in self.ctx.admin.pending():
-            raise web.HTTPError(404, reason=f"no pending request {key}")
         try:
             outcome = await self.blocking(self.ctx.admin.preview, key, cohort, min_cell)
+        except NoSuchRequest:
+            raise web.HTTPError(404, reason=f"no pending request {key}") from None
         except ImagingHubError as e:
             raise web.HTTPError(400, reason=str(e)) from None
         self.send({"request": key, "cohort": cohort, "status": outcome.status,
