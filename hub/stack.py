@@ -386,6 +386,10 @@ class Stack(Configurable):
         self.say(f"  state directory: {self.home.path}")
         if self.external:
             self.say(f"  archive: the site's own at {self.endpoint.dicomweb}")
+        from .services.federation.commands import roles
+
+        for line in roles(self.home):
+            self.say(f"  federation: {line}")
         if admin_password:
             self.say(f"  admin login: admin / {admin_password}")
             self.say("  (shown once; 'imaginghub users passwd admin' sets a new one)")

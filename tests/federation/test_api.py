@@ -120,6 +120,11 @@ def test_a_researchers_server_reaches_the_api_with_its_own_token(stack, api):
     # does not wait for them (JupyterHub waits 30 s for each, by default)
     assert {s["name"]: s["timeout"] for s in cfg.JupyterHub.services
             if s["name"].startswith("federation")} == {"federation": 1, "federation-site": 1}
+    # `up` says which roles this workspace has, and what starts them
+    banner = stack.output.read_text()
+    assert "  federation: coordinator session-hub: 'imaginghub federation coordinator " \
+        "start'" in banner
+    assert "  federation: site session-site of 127.0.0.1:" in banner
     url = cfg.Spawner.environment["IMAGINGHUB_FEDERATION_URL"]
     token = server_token(stack, "alice")
     r = httpx.get(url + "studies", headers={"Authorization": f"token {token}"}, timeout=30)

@@ -35,6 +35,24 @@ def _write(path: Path, data: dict) -> None:
     write_private(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
+def roles(home) -> list[str]:
+    """A line for each federation role of this installation, with the
+    command that runs it (``up`` shows them: the hub only lists their APIs)."""
+    lines = []
+    for file, say in (
+            ("coordinator.json", lambda c: f"coordinator {c['name']}: 'imaginghub federation "
+                                           "coordinator start' opens it to the sites and "
+                                           "serves the researchers' API"),
+            ("site.json", lambda c: f"site {c['name']} of {c['superlink']}: 'imaginghub "
+                                    "federation site start' connects it and serves its "
+                                    "admins' API")):
+        try:
+            lines.append(say(json.loads((_dir(home) / file).read_text())))
+        except (OSError, ValueError, KeyError):
+            continue
+    return lines
+
+
 def _pairs(pairs: list[str], what: str) -> dict:
     out = {}
     for p in pairs or []:
