@@ -33,6 +33,7 @@ import json
 from pathlib import Path
 
 from imaginghub.hub.config import load_site_config
+from imaginghub.hub.services.federation.commands import role_config
 
 HOME = Path({home!r})
 SECRETS = HOME / "secrets"
@@ -183,16 +184,11 @@ def _federation_api(name, port, token, description):
         "scopes": ["read:users", "read:users:groups"], "services": [name]}}]
 
 
-def _federation_json(name):
-    path = HOME / "federation" / name
-    return json.loads(path.read_text()) if path.exists() else {{}}
-
-
 # A coordinator (`imaginghub federation coordinator init`): researchers submit
 # and watch studies at /services/federation/api/; members of the hub group
 # "federation" (and admins) may use it, from their browser, their server
 # (IMAGINGHUB_FEDERATION_URL, the server's token) or anywhere.
-_fed = _federation_json("coordinator.json")
+_fed = role_config(HOME, "coordinator")
 if _fed.get("api_port"):
     _federation_api("federation", _fed["api_port"], "federation_service_token",
                     "the coordinator's API for researchers: who is in the group")
@@ -212,7 +208,7 @@ if _fed.get("api_port"):
 # look at pending rounds and the audit at /services/federation-site/api/:
 # hub admins only (the admin role's access to services; users' roles and
 # servers' tokens get none).
-_site_cfg = _federation_json("site.json")
+_site_cfg = role_config(HOME, "site")
 if _site_cfg.get("api_port"):
     _federation_api("federation-site", _site_cfg["api_port"], "federation_site_token",
                     "the site admins' API: who is an admin")

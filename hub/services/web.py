@@ -109,7 +109,7 @@ class ThreadedServer:
         import threading
 
         self.port = port
-        self._make = (make_context, make_app)
+        self._make_context, self._make_app = make_context, make_app
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._error: BaseException | None = None
@@ -125,10 +125,9 @@ class ThreadedServer:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
-        make_context, make_app = self._make
         try:
-            ctx = make_context()
-            server = make_app(ctx).listen(self.port, address="127.0.0.1")
+            ctx = self._make_context()
+            server = self._make_app(ctx).listen(self.port, address="127.0.0.1")
         except BaseException as e:  # said to the caller
             self._error = e
             self._ready.set()

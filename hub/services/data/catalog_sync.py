@@ -58,14 +58,15 @@ _SKIPPED_VRS = {"PN", "SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN", "LT", "ST"
 _COLUMNS = {kw for _, kw, _ in FIELDS.values() if kw}
 
 
-async def series_row(archive: httpx.AsyncClient, dicomweb_url: str, series_uid: str,
-                     projects: Iterable[str]) -> dict | None:
+async def series_row(archive: httpx.AsyncClient, dicomweb_url: str,
+                     series_uid: str) -> dict | None:
     """The catalog row of one series of the archive whose DICOMweb root is
-    ``dicomweb_url``; None when the archive does not have it."""
+    ``dicomweb_url``, without its projects (the store's, added as it is
+    written: :meth:`CatalogSync._write`); None when the archive does not have it."""
     dicomweb = dicomweb_url.rstrip("/")
     found = await qido_search(archive, f"{dicomweb}/series",
                         [("SeriesInstanceUID", series_uid), *_INCLUDE])
-    return await _row(archive, dicomweb, found[0], projects) if found else None
+    return await _row(archive, dicomweb, found[0]) if found else None
 
 
 async def qido_search(archive: httpx.AsyncClient, url: str, params: list) -> list[dict]:
@@ -77,8 +78,7 @@ async def qido_search(archive: httpx.AsyncClient, url: str, params: list) -> lis
     return r.json()
 
 
-async def _row(archive: httpx.AsyncClient, dicomweb: str, record: dict,
-               projects: Iterable[str]) -> dict | None:
+async def _row(archive: httpx.AsyncClient, dicomweb: str, record: dict) -> dict | None:
     """The row from a series' QIDO-RS record and one instance's metadata."""
     found = {_keyword(t): e for t, e in record.items()}
     study, series = _value(found.get("StudyInstanceUID")), _value(found.get("SeriesInstanceUID"))
@@ -95,8 +95,7 @@ async def _row(archive: httpx.AsyncClient, dicomweb: str, record: dict,
         return None
     r.raise_for_status()
     meta = {_keyword(t): e for t, e in r.json()[0].items()}
-    row: dict = {"series_uid": series, "collection": None, "size_mb": None,
-                 "projects": sorted(projects)}
+    row: dict = {"series_uid": series, "collection": None, "size_mb": None}
     for name, (_, kw, kind) in FIELDS.items():
         if kw and name != "series_uid":
             value = _value(found.get(kw))
@@ -182,7 +181,7 @@ class CatalogSync:
     async def changed(self, series_uid: str) -> bool:
         """Re-read one series; its row is removed when the archive no longer
         has it. True when the series is in the catalog now."""
-        row = await series_row(self.archive, self.dicomweb, series_uid, ())
+        row = await series_row(self.archive, self.dicomweb, series_uid)
         if row is None:
             await self.deleted([series_uid])
             return False
@@ -222,7 +221,7 @@ class CatalogSync:
             series = _value(record.get("0020000E"))
             async with limit:
                 try:
-                    return series, await _row(self.archive, self.dicomweb, record, ())
+                    return series, await _row(self.archive, self.dicomweb, record)
                 except (httpx.HTTPError, ValueError, LookupError) as e:
                     log.warning("catalog: series %s not read (%s)", series, e)
                     counts["failed"] += 1

@@ -120,9 +120,8 @@ class QidoFeed(ArchiveFeed):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._read: dict[str, int] = {}   # series: instances when last read
+        self._read: dict[str, int] | None = None  # series: instances when last read
         self._seen: dict[str, int] = {}   # series: instances at the last look
-        self._started = False
 
     async def _recent(self) -> dict[str, int]:
         """Series of recent studies and their instance counts."""
@@ -148,13 +147,13 @@ class QidoFeed(ArchiveFeed):
     async def start(self) -> None:
         """Note what is there: the crawl, which starts after this, reads it."""
         now = await self._recent()
-        self._read, self._seen, self._started = dict(now), dict(now), True
+        self._read, self._seen = dict(now), dict(now)
 
     async def step(self) -> int:
-        now = await self._recent()
-        if not self._started:  # start() failed: note what is there (the crawl reads it)
-            self._read, self._seen, self._started = dict(now), dict(now), True
+        if self._read is None:  # start() failed: note what is there now
+            await self.start()
             return 0
+        now = await self._recent()
         todo = []
         for uid, count in now.items():
             if uid not in self._read:

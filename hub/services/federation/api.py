@@ -53,14 +53,22 @@ STUDY_FIELDS = {"study", "workflow", "cohort_alias", "parameters", "rounds", "mi
                 "round_timeout"}
 
 
-class Context:
-    def __init__(self, coord, users: Users, workflow_dirs: list[Path]):
-        self.coord, self.users, self.workflow_dirs = coord, users, workflow_dirs
-        self.service = SERVICE
-        self.lock = asyncio.Lock()  # one submission at a time: ids are claimed in order
+class HubContext:
+    """What a federation API's handlers are given: the hub's users (who
+    calls) and the service's name; closed when its server stops."""
+
+    def __init__(self, users: Users, service: str):
+        self.users, self.service = users, service
 
     async def aclose(self) -> None:
         await self.users.aclose()
+
+
+class Context(HubContext):
+    def __init__(self, coord, users: Users, workflow_dirs: list[Path]):
+        super().__init__(users, SERVICE)
+        self.coord, self.workflow_dirs = coord, workflow_dirs
+        self.lock = asyncio.Lock()  # one submission at a time: ids are claimed in order
 
 
 class Base(ServiceHandler):

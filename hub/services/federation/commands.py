@@ -35,22 +35,23 @@ def _write(path: Path, data: dict) -> None:
     write_private(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
+def role_config(state_dir: Path, role: str) -> dict:
+    """``coordinator.json`` or ``site.json`` (``role``) of the state
+    directory ``state_dir``; {} when this installation has not that role."""
+    try:
+        return json.loads((state_dir / FOLDER / f"{role}.json").read_text())
+    except FileNotFoundError:
+        return {}
+
+
 def roles(home) -> list[str]:
     """A line for each federation role of this installation, with the
     command that runs it (``up`` shows them: the hub only lists their APIs)."""
-    lines = []
-    for file, say in (
-            ("coordinator.json", lambda c: f"coordinator {c['name']}: 'imaginghub federation "
-                                           "coordinator start' opens it to the sites and "
-                                           "serves the researchers' API"),
-            ("site.json", lambda c: f"site {c['name']} of {c['superlink']}: 'imaginghub "
-                                    "federation site start' connects it and serves its "
-                                    "admins' API")):
-        try:
-            lines.append(say(json.loads((_dir(home) / file).read_text())))
-        except (OSError, ValueError, KeyError):
-            continue
-    return lines
+    coord, site = role_config(home.path, "coordinator"), role_config(home.path, "site")
+    return [*([f"coordinator {coord['name']}: 'imaginghub federation coordinator start' "
+               "opens it to the sites and serves the researchers' API"] if coord else []),
+            *([f"site {site['name']} of {site['superlink']}: 'imaginghub federation site "
+               "start' connects it and serves its admins' API"] if site else [])]
 
 
 def _pairs(pairs: list[str], what: str) -> dict:
@@ -265,10 +266,7 @@ def init_site(home, name: str, *, coordinator: str, ca: Path, runtime_port: int 
     folder = _dir(home) / "site"
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ca, folder / "federation-ca.crt")
-    try:
-        old = json.loads((_dir(home) / "site.json").read_text())
-    except FileNotFoundError:
-        old = {}
+    old = role_config(home.path, "site")
     cfg = {"name": name, "superlink": coordinator,
            "runtime_port": runtime_port or old.get("runtime_port") or free_port(),
            "api_port": old.get("api_port") or free_port(), "pinned": pin or bridge_hash()}

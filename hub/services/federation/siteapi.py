@@ -45,7 +45,7 @@ from tornado import web
 
 from ...errors import ConfigError, ImagingHubError
 from ..web import ThreadedServer, api_routes
-from .api import Base, hub_users
+from .api import Base, HubContext, hub_users
 from .policy import Policy, Study, load
 
 log = logging.getLogger("imaginghub.federation")
@@ -163,12 +163,10 @@ def released_view(released) -> dict:
 
 
 # -- the API ---------------------------------------------------------------------------
-class Context:
+class Context(HubContext):
     def __init__(self, admin: SiteAdmin, users):
-        self.admin, self.users, self.service = admin, users, SERVICE
-
-    async def aclose(self) -> None:
-        await self.users.aclose()
+        super().__init__(users, SERVICE)
+        self.admin = admin
 
 
 class AdminBase(Base):
